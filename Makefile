@@ -1,0 +1,43 @@
+# tagvision: two commands on a fresh machine.
+#   make quickstart   create .venv, install, run the whole flow on a folder of class folders
+#   make test         create .venv, install with test tools, lint and run the tests
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= $(firstword $(wildcard ../shared/datasets/clothing-small/train))
+QUICKSTART_DIR ?= tagvision-data/quickstart
+
+.PHONY: quickstart test venv lint bench clean
+
+$(BIN)/tagvision: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/tagvision
+
+quickstart: venv
+	@test -n "$(DATA)" || { echo "Give a folder of class folders: make quickstart DATA=path/to/folders"; exit 2; }
+	rm -rf $(QUICKSTART_DIR)
+	$(BIN)/tagvision project create quickstart --type multiclass --domain general-compact --data-dir $(QUICKSTART_DIR)
+	$(BIN)/tagvision image add quickstart --from-folders "$(DATA)" --data-dir $(QUICKSTART_DIR)
+	$(BIN)/tagvision train quickstart --data-dir $(QUICKSTART_DIR)
+	$(BIN)/tagvision performance quickstart --data-dir $(QUICKSTART_DIR)
+	$(BIN)/tagvision predict quickstart $$(find "$(DATA)" -mindepth 2 -type f | sort | awk 'NR % 400 == 1' | head -8) --data-dir $(QUICKSTART_DIR)
+	$(BIN)/tagvision iteration list quickstart --data-dir $(QUICKSTART_DIR)
+
+lint: venv
+	$(BIN)/ruff check tagvision tests bench
+
+test: venv lint
+	$(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/accuracy.py
+
+clean:
+	rm -rf $(VENV) tagvision-data .pytest_cache

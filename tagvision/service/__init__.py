@@ -1,0 +1,33 @@
+"""The use cases of tagvision. Interfaces (CLI, API, web) call these and nothing below them.
+
+``Service.open(settings)`` gives one object whose parts are ``projects`` (projects and
+tags), ``images``, ``training`` (iterations and performance) and ``prediction``.
+"""
+
+from __future__ import annotations
+
+from tagvision.config import Settings
+from tagvision.service.context import Context, Progress, no_progress
+from tagvision.service.images import Images, NewImage
+from tagvision.service.prediction import Prediction
+from tagvision.service.projects import Projects
+from tagvision.service.training import Training
+
+
+class Service:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.projects = Projects(ctx)
+        self.images = Images(ctx)
+        self.training = Training(ctx)
+        self.prediction = Prediction(ctx)
+
+    @classmethod
+    def open(cls, settings: Settings | None = None) -> Service:
+        return cls(Context.open(settings or Settings.load()))
+
+    def close(self) -> None:
+        self.ctx.close()
+
+
+__all__ = ["NewImage", "Progress", "Service", "Settings", "no_progress"]

@@ -1,0 +1,83 @@
+"""What every use case shares: settings, the database, the blob store and the backbones."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from tagvision import backbone
+from tagvision.config import Settings
+from tagvision.errors import NotFound
+from tagvision.store import queries
+from tagvision.store.blobs import BlobStore
+from tagvision.store.database import Database
+from tagvision.store.models import Iteration, Project, Tag
+
+# (stage, done, total): how long work reports where it is.
+Progress = Callable[[str, int, int], None]
+
+
+def no_progress(_stage: str, _done: int, _total: int) -> None:
+    return None
+
+
+@dataclass
+class Context:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    _embedders: dict[str, backbone.Embedder] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Context:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(settings, Database(settings.database_url), BlobStore(settings.blob_root))
+
+    def embedder(self, domain: str) -> backbone.Embedder:
+        """The backbone of ``domain``, exported and loaded once per process."""
+        with self._lock:
+            if domain not in self._embedders:
+                self._embedders[domain] = backbone.Embedder(backbone.spec_for(domain), self.settings.models_dir)
+            return self._embedders[domain]
+
+    def backbone_key(self, domain: str) -> str:
+        """Names cached embeddings: the exported model file's stem (model name + weights digest)."""
+        spec = backbone.spec_for(domain)
+        return backbone.onnx_path(spec, self.settings.models_dir).stem
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def get_project(session: Session, ref: str) -> Project:
+    project = queries.project_by_ref(session, ref)
+    if project is None:
+        raise NotFound(f"No project named or with id {ref!r}.", code="BadRequestProjectNotFound")
+    return project
+
+
+def get_tag(session: Session, project: Project, ref: str) -> Tag:
+    tag = queries.tag_by_ref(session, project.id, ref)
+    if tag is None:
+        known = ", ".join(t.name for t in project.tags) or "none yet"
+        raise NotFound(f"Project {project.name!r} has no tag {ref!r} (tags: {known}).",
+                       code="BadRequestTagNotFound")
+    return tag
+
+
+def get_iteration(session: Session, project: Project, ref: str | None) -> Iteration:
+    """The named iteration, or the newest completed one when ``ref`` is None."""
+    if ref is None:
+        iteration = queries.newest_completed_iteration(session, project.id)
+        if iteration is None:
+            raise NotFound(f"Project {project.name!r} has no trained iteration yet; train it first.",
+                           code="BadRequestIterationNotFound")
+        return iteration
+    iteration = queries.iteration_by_ref(session, project.id, ref)
+    if iteration is None:
+        raise NotFound(f"Project {project.name!r} has no iteration {ref!r}.", code="BadRequestIterationNotFound")
+    return iteration

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models and queries, migrations, the content-addressed blob store."""

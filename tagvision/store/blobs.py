@@ -1,0 +1,70 @@
+"""Content-addressed blob store on a local (or shared) file system.
+
+A blob's name is the SHA-256 of its bytes, kept as ``ab/cdef...``. Writes are atomic:
+a temporary file in the same folder, ``fsync``, ``rename``, then ``fsync`` of the folder.
+A blob is always written before the database row that names it, so a crash can leave an
+unreferenced blob (harmless) but never a row without its blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from tagvision.errors import StorageError
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+            raise ValueError(f"not a blob key: {key!r}")
+        return self.root / key[:2] / key[2:]
+
+    def put(self, data: bytes) -> str:
+        """Store ``data``; returns its key (hex SHA-256). Idempotent."""
+        key = hashlib.sha256(data).hexdigest()
+        target = self.path(key)
+        if target.exists() and target.stat().st_size == len(data):
+            return key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise StorageError(f"Could not write to the blob store: {exc.strerror or exc}.") from exc
+        return key
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"Blob {key} is missing from the blob store.") from None
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

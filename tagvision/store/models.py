@@ -1,0 +1,124 @@
+"""SQLAlchemy 2 models: the schema of a tagvision store.
+
+Ids are UUID strings, as Custom Vision's are. Times are timezone-aware UTC. The schema is
+created and upgraded only by the Alembic migrations in ``migrations/``; keep the two in
+step (``tests/test_store.py`` checks that they agree).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    classification_type: Mapped[str] = mapped_column(String(16))  # Multiclass | Multilabel
+    domain: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_modified: Mapped[datetime] = mapped_column(default=utcnow)
+
+    tags: Mapped[list[Tag]] = relationship(back_populates="project", cascade="all, delete-orphan",
+                                           passive_deletes=True, order_by="Tag.created")
+    iterations: Mapped[list[Iteration]] = relationship(back_populates="project", cascade="all, delete-orphan",
+                                                       passive_deletes=True, order_by="Iteration.created")
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    type: Mapped[str] = mapped_column(String(16), default="Regular")
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+    project: Mapped[Project] = relationship(back_populates="tags")
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("project_id", "sha256"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # also the blob key
+    format: Mapped[str] = mapped_column(String(8))
+    content_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    # Where the image came from: original file name, URL, landing page, licence, creator...
+    source: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+    tags: Mapped[list[ImageTag]] = relationship(cascade="all, delete-orphan", passive_deletes=True,
+                                                lazy="selectin")
+
+
+class ImageTag(Base):
+    __tablename__ = "image_tags"
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    tag_id: Mapped[str] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Embedding(Base):
+    """Cached backbone output for one image content; shared across projects."""
+
+    __tablename__ = "embeddings"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    backbone: Mapped[str] = mapped_column(String(64), primary_key=True)  # model name + weights digest
+    plain: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, (dim,)
+    flipped: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Iteration(Base):
+    """One training run. Frozen once ``status`` is Completed: its artifacts never change."""
+
+    __tablename__ = "iterations"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="Training")  # Training | Completed | Failed
+    training_type: Mapped[str] = mapped_column(String(16), default="Regular")  # Regular | Advanced
+    classification_type: Mapped[str] = mapped_column(String(16))
+    domain: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_modified: Mapped[datetime] = mapped_column(default=utcnow)
+    trained_at: Mapped[datetime | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    # Blob keys of the frozen artifacts: the head and the cross-validation evaluation.
+    head_blob: Mapped[str | None] = mapped_column(String(64), default=None)
+    evaluation_blob: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The tags (id, name) in head column order, counts, chosen settings and timings.
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    training_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+
+    project: Mapped[Project] = relationship(back_populates="iterations")
