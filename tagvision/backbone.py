@@ -73,7 +73,7 @@ def spec_for(domain: str) -> BackboneSpec:
     except KeyError:
         known = ", ".join(sorted(BACKBONES))
         raise InvalidInput(f"Unknown domain {domain!r}; choose one of: {known}.",
-                           code="BadRequestDomainInvalid") from None
+                           code="BadRequestProjectUnknownDomain") from None
 
 
 # --------------------------------------------------------------------------- export
@@ -185,6 +185,9 @@ def _session(path: Path, threads: int):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle worker threads sleep instead of spinning: a server shares its cores between
+    # training, predictions and decoding, and spinning threads starve the others.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

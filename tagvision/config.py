@@ -14,18 +14,15 @@ class Settings:
     """Where tagvision keeps its state.
 
     The embedded default is one data directory holding ``tagvision.db`` (SQLite, WAL) and
-    ``blobs/`` (content-addressed files); a deployment can point ``database_url`` and
-    ``blob_root`` elsewhere.
+    ``blobs/`` (content-addressed files) and ``models/`` (the backbones exported to ONNX);
+    ``TAGVISION_DATABASE_URL``, ``TAGVISION_BLOB_ROOT`` and ``TAGVISION_MODELS_DIR`` move
+    them elsewhere (PostgreSQL, shared storage, a read-only model cache).
     """
 
     data_dir: Path
     database_url: str
     blob_root: Path
-
-    @property
-    def models_dir(self) -> Path:
-        """Exported backbones (ONNX), shared by every project of this data directory."""
-        return self.data_dir / "models"
+    models_dir: Path  # exported backbones (ONNX), shared by every project
 
     @classmethod
     def load(cls, data_dir: Path | str | None = None) -> Settings:
@@ -34,4 +31,5 @@ class Settings:
         root = Path(data_dir or env.get("TAGVISION_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
         url = env.get("TAGVISION_DATABASE_URL") or f"sqlite:///{root / 'tagvision.db'}"
         blobs = Path(env.get("TAGVISION_BLOB_ROOT") or root / "blobs").expanduser().resolve()
-        return cls(data_dir=root, database_url=url, blob_root=blobs)
+        models = Path(env.get("TAGVISION_MODELS_DIR") or root / "models").expanduser().resolve()
+        return cls(data_dir=root, database_url=url, blob_root=blobs, models_dir=models)

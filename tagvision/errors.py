@@ -54,7 +54,7 @@ class ImageError(TagvisionError):
 class TrainingError(TagvisionError):
     """Training cannot start or did not finish."""
 
-    code = "BadRequestTrainingFailed"
+    code = "BadRequestTrainingValidationFailed"
 
 
 class StorageError(TagvisionError):

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from sklearn import metrics as sk_metrics
-from sklearn.model_selection import StratifiedKFold
 
 __all__ = [
     "Performance",
@@ -148,6 +146,8 @@ def stratified_folds(labels: np.ndarray, k_max: int = 5, seed: int = 0) -> np.nd
     k = max(2, min(k_max, int(counts[smallest])))
     if (labels.sum(axis=1) == 1).all():
         folds = np.empty(len(labels), dtype=np.int64)
+        from sklearn.model_selection import StratifiedKFold  # imported late: it costs 0.6 s at start-up
+
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         for fold, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels.argmax(axis=1))):
             folds[held] = fold
@@ -285,7 +285,9 @@ def precision_recall_curve(
         raise ValueError(f"tag {tag} is out of range for {labels.shape[1]} tags")
     if not labels[:, tag].any():
         raise ValueError(f"tag {tag} has no image; its precision-recall curve is undefined")
-    return sk_metrics.precision_recall_curve(labels[:, tag], probabilities[:, tag])
+    from sklearn.metrics import precision_recall_curve as sk_curve
+
+    return sk_curve(labels[:, tag], probabilities[:, tag])
 
 
 class _Counts(NamedTuple):

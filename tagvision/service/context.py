@@ -56,7 +56,7 @@ class Context:
 def get_project(session: Session, ref: str) -> Project:
     project = queries.project_by_ref(session, ref)
     if project is None:
-        raise NotFound(f"No project named or with id {ref!r}.", code="BadRequestProjectNotFound")
+        raise NotFound(f"No project named or with id {ref!r}.", code="NotFoundProject")
     return project
 
 
@@ -65,7 +65,7 @@ def get_tag(session: Session, project: Project, ref: str) -> Tag:
     if tag is None:
         known = ", ".join(t.name for t in project.tags) or "none yet"
         raise NotFound(f"Project {project.name!r} has no tag {ref!r} (tags: {known}).",
-                       code="BadRequestTagNotFound")
+                       code="NotFoundTag")
     return tag
 
 
@@ -75,9 +75,9 @@ def get_iteration(session: Session, project: Project, ref: str | None) -> Iterat
         iteration = queries.newest_completed_iteration(session, project.id)
         if iteration is None:
             raise NotFound(f"Project {project.name!r} has no trained iteration yet; train it first.",
-                           code="BadRequestIterationNotFound")
+                           code="NotFoundIteration")
         return iteration
     iteration = queries.iteration_by_ref(session, project.id, ref)
     if iteration is None:
-        raise NotFound(f"Project {project.name!r} has no iteration {ref!r}.", code="BadRequestIterationNotFound")
+        raise NotFound(f"Project {project.name!r} has no iteration {ref!r}.", code="NotFoundIteration")
     return iteration

@@ -57,7 +57,7 @@ class Images:
         for item in todo:
             if multiclass and len({tag_ids[r] for r in item.tags}) > 1:
                 raise InvalidInput(f"{item.name}: a multiclass project allows one tag per image.",
-                                   code="BadRequestMultiClassTagMultipleTags")
+                                   code="BadRequestImageTags")
 
         results: list[ImageCreateResult] = []
         seen: dict[str, str] = {}  # sha256 -> image id, across the whole call
@@ -126,7 +126,7 @@ class Images:
             project = get_project(session, ref)
             sha = session.scalar(select(Image.sha256).where(Image.project_id == project.id, Image.id == image_id))
         if sha is None:
-            raise NotFound(f"Project has no image {image_id!r}.", code="BadRequestImageNotFound")
+            raise NotFound(f"Project has no image {image_id!r}.", code="NotFoundImage")
         return self.ctx.blobs.get(sha)
 
     def delete(self, ref: str, image_ids: list[str]) -> int:

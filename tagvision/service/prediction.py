@@ -36,7 +36,7 @@ class Prediction:
             iteration = get_iteration(session, get_project(session, ref), iteration_ref)
             if iteration.status != "Completed" or iteration.head_blob is None:
                 raise TrainingError(f"{iteration.name} is {iteration.status}; only a completed iteration predicts.",
-                                    code="BadRequestIterationNotCompleted")
+                                    code="BadRequestIterationIsNotTrained")
             iteration_id, domain = iteration.id, iteration.domain
             head_key, tags = iteration.head_blob, [tuple(t) for t in iteration.details["tags"]]
         cached = self._models.get(iteration_id)

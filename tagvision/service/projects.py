@@ -18,14 +18,14 @@ MAX_NAME = 255
 
 def clean_name(value: str, what: str) -> str:
     """Trimmed, NFC-normalised name; refuses empty, over-long or control-character names."""
+    code = f"BadRequest{what.capitalize()}Name"  # BadRequestProjectName, BadRequestTagName
     name = unicodedata.normalize("NFC", value).strip()
     if not name:
-        raise InvalidInput(f"The {what} name is empty.", code="BadRequestInvalidName")
+        raise InvalidInput(f"The {what} name is empty.", code=code)
     if len(name) > MAX_NAME:
-        raise InvalidInput(f"The {what} name has {len(name)} characters; at most {MAX_NAME} are allowed.",
-                           code="BadRequestInvalidName")
+        raise InvalidInput(f"The {what} name has {len(name)} characters; at most {MAX_NAME} are allowed.", code=code)
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
-        raise InvalidInput(f"The {what} name {name!r} contains control characters.", code="BadRequestInvalidName")
+        raise InvalidInput(f"The {what} name {name!r} contains control characters.", code=code)
     return name
 
 
@@ -34,7 +34,7 @@ def classification_type(value: str) -> str:
         if value.lower() == known.lower():
             return known
     raise InvalidInput(f"Unknown classification type {value!r}; choose multiclass or multilabel.",
-                       code="BadRequestInvalidClassificationType")
+                       code="BadRequestProjectUnknownClassification")
 
 
 class Projects:
@@ -73,7 +73,7 @@ class Projects:
         """Create tags; all or nothing. Names must be new in the project (and distinct)."""
         cleaned = [clean_name(n, "tag") for n in names]
         if not cleaned:
-            raise InvalidInput("Name at least one tag.", code="BadRequestInvalidName")
+            raise InvalidInput("Name at least one tag.", code="BadRequestTagName")
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             taken = {t.name.casefold() for t in project.tags}

@@ -159,8 +159,7 @@ class Training:
         progress("embedding images", 0, len(missing))
         for result in embedder.embed([lambda h=h: self.ctx.blobs.get(h) for h in missing]):
             if result.error is not None:
-                raise TrainingError(f"Image {missing[result.index]} can no longer be decoded: {result.error.message}",
-                                    code="BadRequestTrainingFailed")
+                raise TrainingError(f"Image {missing[result.index]} can no longer be decoded: {result.error.message}")
             pending.append(Embedding(sha256=missing[result.index], backbone=key,
                                      plain=result.plain.astype("<f4").tobytes(),
                                      flipped=result.flipped.astype("<f4").tobytes()))
@@ -189,12 +188,12 @@ class Training:
     def performance(self, ref: str, iteration_ref: str | None = None, threshold: float = 0.5) -> PerformanceView:
         """Cross-validated precision, recall and AP of an iteration at ``threshold``."""
         if not 0.0 <= threshold <= 1.0:
-            raise TrainingError(f"The threshold must be between 0 and 1, not {threshold}.", code="BadRequestInvalid")
+            raise TrainingError(f"The threshold must be between 0 and 1, not {threshold}.", code="BadRequest")
         with self.ctx.db.session() as session:
             iteration = get_iteration(session, get_project(session, ref), iteration_ref)
             if iteration.status != "Completed" or iteration.evaluation_blob is None:
                 raise TrainingError(f"{iteration.name} is {iteration.status}; it has no performance figures.",
-                                    code="BadRequestIterationNotCompleted")
+                                    code="BadRequestIterationIsNotTrained")
             key, tags, iteration_id = iteration.evaluation_blob, iteration.details["tags"], iteration.id
         evaluation = Evaluation.from_bytes(self.ctx.blobs.get(key))
         result = metrics.evaluate(evaluation.probabilities, evaluation.labels, evaluation.folds, threshold)
@@ -205,7 +204,7 @@ class Training:
             iteration = get_iteration(session, get_project(session, ref), iteration_ref)
             key = iteration.evaluation_blob
         if key is None:
-            raise TrainingError("This iteration has no evaluation.", code="BadRequestIterationNotCompleted")
+            raise TrainingError("This iteration has no evaluation.", code="BadRequestIterationIsNotTrained")
         return Evaluation.from_bytes(self.ctx.blobs.get(key))
 
 
@@ -252,5 +251,5 @@ def _check_trainable(snapshot: TrainingSet) -> None:
              if c < MIN_IMAGES_PER_TAG]
     if short:
         raise TrainingError(f"Every tag needs at least {MIN_IMAGES_PER_TAG} images; too few: {', '.join(short)}.",
-                            code="BadRequestNotEnoughImagesPerTag")
+                            code="BadRequestTrainingValidationFailed")
 

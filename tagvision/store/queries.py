@@ -49,7 +49,7 @@ def existing_hashes(session: Session, project_id: str, hashes: list[str]) -> dic
     for start in range(0, len(hashes), 500):
         chunk = hashes[start:start + 500]
         found.update(session.execute(select(Image.sha256, Image.id).where(
-            Image.project_id == project_id, Image.sha256.in_(chunk))).tuples().all())
+            Image.project_id == project_id, Image.sha256.in_(chunk))).all())
     return found
 
 
@@ -59,7 +59,7 @@ def tagged_images(session: Session, project_id: str) -> list[tuple[str, str, str
                            .join(ImageTag, ImageTag.image_id == Image.id)
                            .where(Image.project_id == project_id)
                            .order_by(Image.created, Image.id, ImageTag.tag_id))
-    return [tuple(row) for row in rows]  # type: ignore[misc]
+    return [(image_id, sha, tag_id) for image_id, sha, tag_id in rows]
 
 
 def cached_embedding_hashes(session: Session, backbone: str, hashes: list[str]) -> set[str]:

@@ -1,0 +1,59 @@
+"""Shared fixtures: real photos from ../shared/datasets, a shared ONNX cache, fresh data dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tagvision.config import Settings
+from tagvision.service import Service
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("TAGVISION_DATASETS", REPO.parent / "shared" / "datasets"))
+CLOTHING = DATASETS / "clothing-small"
+CAR_DAMAGE = DATASETS / "car-damage"
+MODELS = REPO / "tagvision-data" / "test-models"  # exported once, reused by every test run
+
+
+def need(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.skip(f"real photos not found: {path} (see ../shared/datasets/README.md)")
+    return path
+
+
+def photos(dataset: Path, split: str, tag: str, count: int, skip: int = 0) -> list[Path]:
+    """The first ``count`` photos of one class folder (sorted, so tests are repeatable)."""
+    return sorted((need(dataset) / split / tag).iterdir())[skip:skip + count]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_models_dir() -> Path:
+    MODELS.mkdir(parents=True, exist_ok=True)
+    os.environ["TAGVISION_MODELS_DIR"] = str(MODELS)
+    return MODELS
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def svc(data_dir: Path):
+    service = Service.open(Settings.load(data_dir))
+    yield service
+    service.close()
+
+
+@pytest.fixture
+def class_folders(tmp_path: Path) -> Path:
+    """A folder of class folders: 8 clothing photos each of dress, hat and shoes."""
+    root = tmp_path / "photos"
+    for tag in ("dress", "hat", "shoes"):
+        (root / tag).mkdir(parents=True)
+        for path in photos(CLOTHING, "train", tag, 8):
+            shutil.copy(path, root / tag / path.name)
+    return root

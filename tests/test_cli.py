@@ -1,0 +1,168 @@
+"""The command line end to end, as a user runs it, on real photos; bad input; a kill mid-import."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from tests.conftest import CLOTHING, photos
+
+PROJECT_KEYS = {"id", "name", "description", "settings", "created", "lastModified"}
+PERFORMANCE_KEYS = {"precision", "precisionStdDeviation", "recall", "recallStdDeviation", "averagePrecision",
+                    "perTagPerformance"}
+TAG_PERFORMANCE_KEYS = {"id", "name", "precision", "precisionStdDeviation", "recall", "recallStdDeviation",
+                        "averagePrecision"}
+
+
+def tagvision(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "tagvision.cli", *args, "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_the_whole_flow_from_folders_to_predictions(data_dir: Path, class_folders: Path, tmp_path: Path) -> None:
+    project = json.loads(tagvision("project", "create", "shoes", "--type", "multiclass", "--domain",
+                                   "general-compact", "--json", data_dir=data_dir).stdout)
+    assert set(project) >= PROJECT_KEYS
+    assert project["settings"]["classificationType"] == "Multiclass"
+    tagvision("tag", "create", "shoes", "dress", "hat", "shoes", "pants", data_dir=data_dir)
+
+    added = tagvision("image", "add", "shoes", "--from-folders", str(class_folders), data_dir=data_dir)
+    assert "Added 24 images, 0 already there, 0 refused." in added.stdout
+    pants = photos(CLOTHING, "train", "pants", 8)
+    by_tag = json.loads(tagvision("image", "add", project["id"], "--tag", "pants", *map(str, pants), "--json",
+                                  data_dir=data_dir).stdout)
+    assert by_tag["isBatchSuccessful"] and [i["status"] for i in by_tag["images"]] == ["OK"] * 8
+
+    trained = tagvision("train", "shoes", data_dir=data_dir)
+    assert "Iteration 1 completed" in trained.stdout and "on 32 images" in trained.stdout
+    assert "embedding images" in trained.stderr, "a progress bar is shown"
+
+    performance = json.loads(tagvision("performance", "shoes", "--threshold", "0.7", "--json",
+                                       data_dir=data_dir).stdout)
+    assert set(performance) >= PERFORMANCE_KEYS
+    assert {t["name"] for t in performance["perTagPerformance"]} == {"dress", "hat", "shoes", "pants"}
+    assert all(set(t) >= TAG_PERFORMANCE_KEYS for t in performance["perTagPerformance"])
+    assert performance["precision"] > 0.8 and performance["averagePrecision"] > 0.8
+    table = tagvision("performance", "shoes", data_dir=data_dir).stdout
+    assert "5-fold cross-validation, threshold 50%" in table and "overall" in table
+
+    unseen = [p for tag in ("dress", "hat", "shoes", "pants") for p in photos(CLOTHING, "test", tag, 2)]
+    lines = tagvision("predict", "shoes", *map(str, unseen), "--json", data_dir=data_dir).stdout.splitlines()
+    predictions = [json.loads(line) for line in lines]
+    assert [p["image"] for p in predictions] == list(map(str, unseen))
+    for p in predictions:
+        probabilities = [x["probability"] for x in p["predictions"]]
+        assert probabilities == sorted(probabilities, reverse=True) and len(probabilities) == 4
+        assert set(p["predictions"][0]) == {"tagId", "tagName", "probability"}
+    top = [p["predictions"][0]["tagName"] for p in predictions]
+    assert sum(t == want for t, want in zip(top, ["dress"] * 2 + ["hat"] * 2 + ["shoes"] * 2 + ["pants"] * 2,
+                                            strict=True)) >= 7
+
+    iterations = json.loads(tagvision("iteration", "list", "shoes", "--json", data_dir=data_dir).stdout)
+    assert [(i["name"], i["status"]) for i in iterations] == [("Iteration 1", "Completed")]
+    again = tagvision("train", "shoes", data_dir=data_dir, check=False)
+    assert again.returncode == 1 and "BadRequestTrainingNotNeeded" in again.stderr
+    tagvision("train", "shoes", "--force", data_dir=data_dir)
+    chosen = json.loads(tagvision("predict", "shoes", str(unseen[0]), "--iteration", "Iteration 1", "--json",
+                                  data_dir=data_dir).stdout)
+    assert chosen["predictions"] == predictions[0]["predictions"]
+    projects = json.loads(tagvision("project", "list", "--json", data_dir=data_dir).stdout)
+    assert [p["name"] for p in projects] == ["shoes"]
+
+
+def test_data_dir_comes_from_the_environment(tmp_path: Path) -> None:
+    env = {**os.environ, "TAGVISION_DATA_DIR": str(tmp_path / "env-data")}
+    subprocess.run([sys.executable, "-m", "tagvision.cli", "project", "create", "x"], env=env, check=True,
+                   capture_output=True)
+    assert (tmp_path / "env-data" / "tagvision.db").is_file()
+
+
+def test_bad_images_get_their_codes_and_good_ones_land(data_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed" / "hat"
+    folder.mkdir(parents=True)
+    good = photos(CLOTHING, "train", "hat", 3)
+    for path in good:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "copy.jpg").write_bytes(good[0].read_bytes())
+    (folder / "truncated.jpg").write_bytes(good[1].read_bytes()[:3000])
+    (folder / "notes.jpg").write_text("<html>not a photo</html>")
+    (folder / "big.png").write_bytes(good[2].read_bytes() + os.urandom(6 * 1024 * 1024))
+    buffer = io.BytesIO()
+    Image.new("1", (12000, 10)).save(buffer, "PNG")
+    (folder / "wide.png").write_bytes(buffer.getvalue())
+    tagvision("project", "create", "p", data_dir=data_dir)
+
+    result = json.loads(tagvision("image", "add", "p", "--from-folders", str(tmp_path / "mixed"), "--json",
+                                  data_dir=data_dir).stdout)
+    status = {Path(i["sourceUrl"]).name: i["status"] for i in result["images"]}
+    assert status == {good[0].name: "OK", good[1].name: "OK", good[2].name: "OK", "copy.jpg": "OKDuplicate",
+                      "truncated.jpg": "ErrorImageFormat", "notes.jpg": "ErrorImageFormat",
+                      "big.png": "ErrorImageSize", "wide.png": "ErrorImageDimensions"}
+    assert result["isBatchSuccessful"] is False
+    listed = json.loads(tagvision("image", "list", "p", "--json", data_dir=data_dir).stdout)
+    assert len(listed) == 3 and all(i["tags"][0]["tagName"] == "hat" for i in listed)
+
+    missing = tagvision("train", "nope", data_dir=data_dir, check=False)
+    assert missing.returncode == 1 and "error: NotFoundProject" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_a_kill_during_image_add_leaves_a_consistent_store_and_a_rerun_finishes(data_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    source = tmp_path / "many"
+    for tag in ("t-shirt", "pants", "longsleeve", "shirt"):
+        (source / tag).mkdir(parents=True)
+        for path in photos(CLOTHING, "train", tag, 100):
+            (source / tag / path.name).symlink_to(path)
+    tagvision("project", "create", "p", data_dir=data_dir)
+    command = [sys.executable, "-m", "tagvision.cli", "image", "add", "p", "--from-folders", str(source),
+               "--data-dir", str(data_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    database = data_dir / "tagvision.db"
+    count = 0
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        count = _count(database, "select count(*) from images")
+        if count >= 64:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the import finished before it could be killed"
+
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("pragma integrity_check").fetchone()[0] == "ok"
+        rows = connection.execute("select sha256 from images").fetchall()
+    assert 64 <= len(rows) < 400
+    for (sha,) in rows:
+        blob = data_dir / "blobs" / sha[:2] / sha[2:]
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == sha, "every row has its complete blob"
+
+    rerun = tagvision("image", "add", "p", "--from-folders", str(source), "--json", data_dir=data_dir)
+    statuses = [i["status"] for i in json.loads(rerun.stdout)["images"]]
+    assert statuses.count("OKDuplicate") == len(rows) and statuses.count("OK") == 400 - len(rows)
+    assert _count(database, "select count(*) from images") == 400
+    assert _count(database, "select count(*) from image_tags") == 400
+
+
+def _count(database: Path, query: str) -> int:
+    if not database.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
+            return connection.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0  # schema not created yet

@@ -1,0 +1,174 @@
+"""The service layer on real photos: names, tags, images, training, performance, prediction."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tagvision.errors import Conflict, InvalidInput, NotFound, TrainingError
+from tagvision.service import NewImage
+from tests.conftest import CLOTHING, photos
+
+
+def new(path, *tags: str) -> NewImage:
+    return NewImage(path.name, path.read_bytes, tags)
+
+
+@pytest.mark.parametrize("name", ["shoes 👟", "Robert'); DROP TABLE projects;--", "<script>alert(1)</script>",
+                                  "ünïcödé", "a" * 255])
+def test_project_names_are_stored_verbatim(svc, name: str) -> None:
+    project = svc.projects.create(name)
+    assert svc.projects.get(name).id == project.id
+    assert svc.projects.get(project.id).name == name
+    assert [p.name for p in svc.projects.list()] == [name]
+
+
+@pytest.mark.parametrize("name", ["", "   ", "a" * 256, "tab\there", "nul\x00"])
+def test_bad_names_are_refused_with_a_code(svc, name: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        svc.projects.create(name)
+    assert info.value.code == "BadRequestProjectName"
+    assert svc.projects.list() == []
+
+
+def test_duplicate_names_and_unknown_references(svc) -> None:
+    svc.projects.create("p")
+    with pytest.raises(Conflict) as info:
+        svc.projects.create("p")
+    assert info.value.code == "BadRequestProjectNameNotUnique"
+    svc.projects.create_tags("p", ["a"])
+    with pytest.raises(Conflict):
+        svc.projects.create_tags("p", ["b", "A"])  # case-insensitive clash, all or nothing
+    assert [t.name for t in svc.projects.list_tags("p")] == ["a"]
+    with pytest.raises(NotFound) as missing:
+        svc.projects.get("nope")
+    assert missing.value.code == "NotFoundProject"
+    with pytest.raises(NotFound):
+        svc.images.add("p", [NewImage("x", lambda: b"", ("zzz",))])  # unknown tag
+    with pytest.raises(InvalidInput):
+        svc.projects.create("q", classification="objectdetection")
+
+
+def test_add_reports_each_bad_image_and_keeps_the_good_ones(svc, tmp_path) -> None:
+    svc.projects.create("p")
+    svc.projects.create_tags("p", ["hat"])
+    good = photos(CLOTHING, "train", "hat", 3)
+    half = good[0].read_bytes()[:4000]
+    buffer = io.BytesIO()
+    Image.new("RGB", (10241, 8)).save(buffer, "PNG")
+    huge = good[1].read_bytes() + b"\0" * (6 * 1024 * 1024)
+
+    def unreadable() -> bytes:
+        raise PermissionError("denied")
+
+    items = [new(good[0], "hat"), NewImage("half.jpg", lambda: half, ("hat",)),
+             NewImage("text.jpg", lambda: b"hello, world", ("hat",)),
+             NewImage("wide.png", buffer.getvalue, ("hat",)), NewImage("huge.jpg", lambda: huge, ("hat",)),
+             NewImage("gone.jpg", unreadable, ("hat",)), new(good[1], "hat"), new(good[0], "hat"), new(good[2])]
+    summary = svc.images.add("p", items)
+    assert [r.status for r in summary.results] == [
+        "OK", "ErrorImageFormat", "ErrorImageFormat", "ErrorImageDimensions", "ErrorImageSize", "ErrorSource",
+        "OK", "OKDuplicate", "OK"]
+    assert summary.results[7].image_id == summary.results[0].image_id
+    assert not summary.is_batch_successful
+    listed = svc.images.list("p")
+    assert len(listed) == 3
+    assert len(svc.images.list("p", tag="hat")) == 2 and len(svc.images.list("p", untagged=True)) == 1
+    assert svc.images.data("p", summary.results[0].image_id) == good[0].read_bytes()
+    assert svc.projects.list_tags("p")[0].image_count == 2
+
+
+def test_multiclass_images_take_one_tag(svc) -> None:
+    svc.projects.create("p")
+    svc.projects.create_tags("p", ["a", "b"])
+    path = photos(CLOTHING, "train", "hat", 1)[0]
+    with pytest.raises(InvalidInput):
+        svc.images.add("p", [new(path, "a", "b")])
+    assert svc.images.list("p") == []
+
+
+def add_classes(svc, project: str, tags: dict[str, int], split: str = "train") -> None:
+    svc.projects.create_tags(project, list(tags))
+    items = [new(p, tag) for tag, count in tags.items() for p in photos(CLOTHING, split, tag, count)]
+    assert svc.images.add(project, items).is_batch_successful
+
+
+def test_training_needs_two_tags_with_five_images(svc) -> None:
+    svc.projects.create("p")
+    add_classes(svc, "p", {"hat": 6})
+    with pytest.raises(TrainingError) as one:
+        svc.training.train("p")
+    assert one.value.code == "BadRequestTrainingValidationFailed"
+    add_classes(svc, "p", {"shoes": 4})
+    with pytest.raises(TrainingError) as few:
+        svc.training.train("p")
+    assert few.value.code == "BadRequestTrainingValidationFailed" and "shoes (4)" in few.value.message
+    assert svc.training.iterations("p") == []
+
+
+def test_train_performance_predict_and_embedding_cache(svc) -> None:
+    svc.projects.create("p")
+    add_classes(svc, "p", {"hat": 12, "shoes": 12, "pants": 12})
+    first = svc.training.train("p")
+    assert first.status == "Completed" and first.name == "Iteration 1" and first.image_count == 36
+    with pytest.raises(TrainingError) as same:
+        svc.training.train("p")
+    assert same.value.code == "BadRequestTrainingNotNeeded"
+    second = svc.training.train("p", force=True)
+    with svc.ctx.db.session() as session:
+        from tagvision.store.models import Iteration
+
+        details = [session.get(Iteration, i.id).details for i in (first, second)]
+    assert details[0]["embeddingsComputed"] == 36
+    assert details[1]["embeddingsComputed"] == 0, "a second run on the same images computes no embedding"
+
+    unseen = [p for tag in ("hat", "shoes", "pants") for p in photos(CLOTHING, "test", tag, 3)]
+    results = svc.prediction.predict("p", [(p.name, p.read_bytes) for p in unseen] + [("bad", lambda: b"xx")])
+    truth = ["hat"] * 3 + ["shoes"] * 3 + ["pants"] * 3
+    assert sum(r.predictions[0].tag_name == tag for r, tag in zip(results, truth, strict=False)) >= 8
+    for r in results[:9]:
+        probabilities = [p.probability for p in r.predictions]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert abs(sum(probabilities) - 1) < 1e-5
+    assert results[9].error_code == "ErrorImageFormat" and results[9].predictions == []
+    assert svc.prediction.predict("p", [(unseen[0].name, unseen[0].read_bytes)], "Iteration 1")[0].iteration_id \
+        == first.id
+
+
+def test_performance_is_recomputed_at_any_threshold(svc) -> None:
+    svc.projects.create("tops")
+    add_classes(svc, "tops", {"shirt": 15, "t-shirt": 15, "longsleeve": 15})  # easily confused
+    iteration = svc.training.train("tops")
+    perf = svc.training.performance("tops")
+    assert perf.iteration_id == iteration.id and perf.performance.folds == 5 and perf.image_count == 45
+    assert 0.4 < perf.performance.recall < 1.0
+    assert sorted(name for _, name in perf.tags) == ["longsleeve", "shirt", "t-shirt"]
+    assert [t.support for t in perf.performance.per_tag] == [15, 15, 15]
+    strict = svc.training.performance("tops", threshold=0.95)
+    loose = svc.training.performance("tops", threshold=0.05)
+    assert strict.performance.recall < perf.performance.recall <= loose.performance.recall
+    assert loose.performance.precision < perf.performance.precision
+    assert strict.performance.average_precision == perf.performance.average_precision  # AP has no threshold
+    with pytest.raises(TrainingError):
+        svc.training.performance("tops", threshold=1.5)
+
+
+def test_multilabel_project_trains_independent_sigmoids(svc) -> None:
+    svc.projects.create("m", classification="multilabel")
+    svc.projects.create_tags("m", ["top", "bottom", "tee"])
+    items = ([new(p, "top", "tee") for p in photos(CLOTHING, "train", "t-shirt", 10)]
+             + [new(p, "top") for p in photos(CLOTHING, "train", "longsleeve", 10)]
+             + [new(p, "bottom") for p in photos(CLOTHING, "train", "pants", 10)])
+    assert svc.images.add("m", items).is_batch_successful
+    iteration = svc.training.train("m")
+    assert iteration.classification_type == "Multilabel"
+    perf = svc.training.performance("m").performance
+    assert perf.recall > 0.7
+    shirt = photos(CLOTHING, "test", "t-shirt", 1)[0]
+    (result,) = svc.prediction.predict("m", [(shirt.name, shirt.read_bytes)])
+    probabilities = {p.tag_name: p.probability for p in result.predictions}
+    assert probabilities["top"] > 0.5 and probabilities["bottom"] < 0.5
+    assert not np.isclose(sum(probabilities.values()), 1.0)
