@@ -87,6 +87,18 @@ def cached_embeddings(dataset: str, split: str, paths: Sequence[Path], domain: s
     return plain, flipped
 
 
-def rss_mb(maxrss: int) -> float:
-    """``ru_maxrss`` in MB (kilobytes on Linux, bytes on macOS)."""
-    return maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+def peak_rss_mb() -> float:
+    """Peak resident set of this process, MB: ``VmHWM`` where /proc has it, else ``ru_maxrss``.
+
+    On Linux ``ru_maxrss`` of a subprocess starts at its parent's peak (kept across fork +
+    exec), so it cannot measure a child alone; ``VmHWM`` belongs to the process's own memory.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)

@@ -59,7 +59,8 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="ONNX export cache")
     args = parser.parse_args()
     for dataset in args.datasets:  # exit 2 naming a missing folder before any work
-        list_split(dataset, "train"), list_split(dataset, "test")
+        for split in ("train", "test"):
+            list_split(dataset, split)
 
     header = f"{'dataset':<16}{'k':>4}{'draws':>6}{'ours %':>9}{'± sd':>6}{'ref %':>7}{'diff':>7}" \
              f"{'shrinkage':>14}{'fit s':>7}"
