@@ -21,6 +21,7 @@ from rich.table import Table
 from tagvision.config import Settings
 from tagvision.errors import InvalidInput, TagvisionError
 from tagvision.service import NewImage, Service
+from tagvision.service.keys import KeyStore
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp"}
 
@@ -346,6 +347,69 @@ def iteration_delete(project: ProjectArg, iteration: Annotated[str, typer.Argume
     with service(data_dir) as svc:
         svc.training.delete_iteration(project, iteration)
     out.print(f"Deleted {iteration}", highlight=False)
+
+
+# ---------------------------------------------------------------------- server
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8000,
+    data_dir: DataDir = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
+) -> None:
+    """Run the server: the Custom Vision Training and Prediction APIs (OpenAPI page at /docs)."""
+    import logging
+    import socket
+
+    import uvicorn
+
+    from tagvision.api.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise InvalidInput(f"Cannot listen on {host}:{port}: {exc.strerror}.", code="BadRequest") from None
+    bound = sock.getsockname()[1]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    endpoint = f"http://[{shown}]:{bound}" if ":" in shown else f"http://{shown}:{bound}"
+    svc = Service.open(Settings.load(data_dir))
+    try:
+        svc.keys.current()  # made at first start
+        (svc.ctx.settings.data_dir / "server.json").write_text(json.dumps({"endpoint": endpoint}))
+        err.print(f"tagvision serving on {endpoint}  (API docs: {endpoint}/docs; keys: tagvision keys"
+                  f"{' --data-dir ' + str(data_dir) if data_dir else ''})", highlight=False)
+        config = uvicorn.Config(create_app(svc), log_level="info", access_log=access_log, timeout_keep_alive=30)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        svc.close()
+
+
+@app.command()
+def keys(
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+    regenerate: Annotated[str | None, typer.Option(help="Replace a key: training or prediction. The old key "
+                                                   "stops working at once.", show_default=False)] = None,
+) -> None:
+    """Show the server's endpoint, Training-Key and Prediction-Key."""
+    settings = Settings.load(data_dir)
+    store = KeyStore(settings.data_dir)
+    current = store.regenerate(regenerate) if regenerate else store.current()
+    try:
+        endpoint = json.loads((settings.data_dir / "server.json").read_text())["endpoint"]
+    except (OSError, ValueError, KeyError):
+        endpoint = "http://127.0.0.1:8000"
+    if as_json:
+        print_json({"endpoint": endpoint, "trainingKey": current.training, "predictionKey": current.prediction})
+        return
+    out.print(f"Endpoint:        {endpoint}\nTraining-Key:    {current.training}\n"
+              f"Prediction-Key:  {current.prediction}", highlight=False)
 
 
 def main() -> None:

@@ -57,3 +57,12 @@ def class_folders(tmp_path: Path) -> Path:
         for path in photos(CLOTHING, "train", tag, 8):
             shutil.copy(path, root / tag / path.name)
     return root
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """A running ``tagvision serve`` on 127.0.0.1 with a fresh data dir (see tests/server.py)."""
+    from tests.server import Server
+
+    with Server(tmp_path / "server-data") as running:
+        yield running

@@ -1,14 +1,19 @@
 """The use cases of tagvision. Interfaces (CLI, API, web) call these and nothing below them.
 
 ``Service.open(settings)`` gives one object whose parts are ``projects`` (projects and
-tags), ``images``, ``training`` (iterations and performance) and ``prediction``.
+tags), ``images``, ``training`` (iterations, performance, publishing), ``prediction``
+(classifying, stored predictions, suggestions), ``exports``, ``jobs`` (background
+training and exports) and ``keys`` (the API keys).
 """
 
 from __future__ import annotations
 
 from tagvision.config import Settings
 from tagvision.service.context import Context, Progress, no_progress
+from tagvision.service.exports import Exports
 from tagvision.service.images import Images, NewImage
+from tagvision.service.jobs import Jobs
+from tagvision.service.keys import KeyStore
 from tagvision.service.prediction import Prediction
 from tagvision.service.projects import Projects
 from tagvision.service.training import Training
@@ -20,13 +25,17 @@ class Service:
         self.projects = Projects(ctx)
         self.images = Images(ctx)
         self.training = Training(ctx)
-        self.prediction = Prediction(ctx)
+        self.prediction = Prediction(ctx, self.training)
+        self.exports = Exports(ctx)
+        self.jobs = Jobs(self.training, self.exports)
+        self.keys = KeyStore(ctx.settings.data_dir)
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> Service:
         return cls(Context.open(settings or Settings.load()))
 
     def close(self) -> None:
+        self.jobs.shutdown()
         self.ctx.close()
 
 

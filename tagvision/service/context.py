@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from tagvision import backbone
+from tagvision import backbone, domains
 from tagvision.config import Settings
 from tagvision.errors import NotFound
 from tagvision.store import queries
@@ -38,15 +38,16 @@ class Context:
         return cls(settings, Database(settings.database_url), BlobStore(settings.blob_root))
 
     def embedder(self, domain: str) -> backbone.Embedder:
-        """The backbone of ``domain``, exported and loaded once per process."""
+        """The backbone serving ``domain``, exported and loaded once per process."""
+        key = domains.backbone_for(domain)
         with self._lock:
-            if domain not in self._embedders:
-                self._embedders[domain] = backbone.Embedder(backbone.spec_for(domain), self.settings.models_dir)
-            return self._embedders[domain]
+            if key not in self._embedders:
+                self._embedders[key] = backbone.Embedder(backbone.spec_for(key), self.settings.models_dir)
+            return self._embedders[key]
 
     def backbone_key(self, domain: str) -> str:
         """Names cached embeddings: the exported model file's stem (model name + weights digest)."""
-        spec = backbone.spec_for(domain)
+        spec = backbone.spec_for(domains.backbone_for(domain))
         return backbone.onnx_path(spec, self.settings.models_dir).stem
 
     def close(self) -> None:

@@ -1,21 +1,26 @@
-"""Use cases for training images: adding (validated, deduplicated), listing, deleting."""
+"""Use cases for training images: adding (uploads and URLs; validated, deduplicated), listing, tagging, deleting."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 
-from tagvision import images
-from tagvision.errors import ImageError, InvalidInput, NotFound
-from tagvision.service.context import Context, Progress, get_project, get_tag, no_progress
-from tagvision.service.views import ImageCreateResult, ImageCreateSummary, ImageView
+from tagvision import fetch, images
+from tagvision.errors import ImageError, InvalidInput, NotFound, TagvisionError
+from tagvision.service.context import Context, Progress, get_iteration, get_project, get_tag, no_progress
+from tagvision.service.views import ImageCreateResult, ImageCreateSummary, ImageTagCreateSummary, ImageView
 from tagvision.store import queries
 from tagvision.store.models import Image, ImageTag, utcnow
 
 BATCH = 32  # images per transaction: a crash loses at most the batch in flight
+URL_FETCHERS = 8  # concurrent downloads for images added by URL
+MAX_TAGS_PER_IMAGE = 100
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 10, 128, 256
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class NewImage:
     read: Callable[[], bytes]
     tags: tuple[str, ...] = ()  # tag ids or names
     source: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,13 +74,17 @@ class Images:
             ]
             results.extend(self._store_batch(project_id, checked, seen))
             progress("adding images", min(start + BATCH, len(todo)), len(todo))
-        return ImageCreateSummary(results)
+        views = {v.id: v for v in self.by_ids(project_id, [r.image_id for r in results if r.image_id])}
+        return ImageCreateSummary([replace(r, image=views.get(r.image_id)) if r.image_id else r for r in results])
 
     def _check(self, item: NewImage, max_bytes: int, tag_ids: dict[str, str]) -> _Checked | ImageCreateResult:
         try:
             data = item.read()
         except OSError as exc:
             return ImageCreateResult(item.name, "ErrorSource", message=f"Could not read the image: {exc}.")
+        except TagvisionError as exc:  # a URL that could not be fetched
+            status = exc.code if exc.code.startswith("Error") else "ErrorSource"
+            return ImageCreateResult(item.name, status, message=exc.message)
         try:
             facts = images.validate(data, max_bytes=max_bytes)
         except ImageError as exc:
@@ -100,25 +110,73 @@ class Images:
                 row = Image(project_id=project_id, sha256=c.facts.sha256, format=c.facts.format,
                             content_type=c.facts.content_type, width=c.facts.width, height=c.facts.height,
                             size_bytes=c.facts.size_bytes, source={"name": c.item.name, **c.item.source},
-                            tags=[ImageTag(tag_id=t) for t in c.tag_ids])
+                            image_metadata=dict(c.item.metadata), tags=[ImageTag(tag_id=t) for t in c.tag_ids])
                 session.add(row)
                 session.flush()
                 seen[c.facts.sha256] = row.id
                 out.append(ImageCreateResult(c.item.name, "OK", row.id))
         return out
 
-    def list(self, ref: str, *, tag: str | None = None, untagged: bool = False,
-             skip: int = 0, take: int | None = None) -> list[ImageView]:
+    def add_urls(self, ref: str, entries: list[tuple[str, tuple[str, ...]]],
+                 metadata: dict[str, str] | None = None) -> ImageCreateSummary:
+        """Download (url, tags) entries concurrently through the SSRF guard, then add them like uploads."""
+        def download(url: str) -> bytes | TagvisionError:
+            try:
+                return fetch.fetch(url, max_bytes=images.MAX_TRAINING_BYTES).data
+            except TagvisionError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=URL_FETCHERS, thread_name_prefix="fetch") as pool:
+            fetched = list(pool.map(download, [url for url, _ in entries]))
+        items = [NewImage(url, _reader(result), tags, {"url": url}, metadata or {})
+                 for (url, tags), result in zip(entries, fetched, strict=True)]
+        return self.add(ref, items)
+
+    def list(self, ref: str, *, tag: str | None = None, tag_ids: list[str] | None = None, untagged: bool = False,
+             tagged: bool = False, iteration: str | None = None, metadata: list[MetadataCondition] | None = None,
+             newest_first: bool = True, skip: int = 0, take: int | None = None) -> list[ImageView]:
+        """Images of a project, newest first; filtered by tag(s), tagging status, iteration or metadata."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             names = {t.id: t.name for t in project.tags}
-            query = select(Image).where(Image.project_id == project.id).order_by(Image.created.desc(), Image.id)
-            if tag is not None:
-                query = query.join(ImageTag).where(ImageTag.tag_id == get_tag(session, project, tag).id)
-            if untagged:
-                query = query.where(~Image.tags.any())
-            query = query.offset(skip).limit(take)
-            return [_image_view(img, names) for img in session.scalars(query)]
+            query = self._filtered(session, project, tag, tag_ids, untagged, tagged, iteration)
+            order = (Image.created.desc(), Image.id.desc()) if newest_first else (Image.created, Image.id)
+            rows = list(session.scalars(query.order_by(*order)))
+            rows = [r for r in rows if _metadata_matches(r.image_metadata, metadata)]
+            end = None if take is None else skip + take
+            return [image_view(img, names) for img in rows[skip:end]]
+
+    def count(self, ref: str, *, tag_ids: list[str] | None = None, untagged: bool = False, tagged: bool = False,
+              iteration: str | None = None, metadata: list[MetadataCondition] | None = None) -> int:
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            query = self._filtered(session, project, None, tag_ids, untagged, tagged, iteration)
+            if metadata:
+                return sum(_metadata_matches(r.image_metadata, metadata) for r in session.scalars(query))
+            return session.scalar(select(func.count()).select_from(query.with_only_columns(Image.id).subquery()))
+
+    def _filtered(self, session, project, tag, tag_ids, untagged, tagged, iteration):
+        query = select(Image).where(Image.project_id == project.id)
+        wanted = [get_tag(session, project, t).id for t in ([tag] if tag else []) + list(tag_ids or [])]
+        if wanted:
+            query = query.where(Image.tags.any(ImageTag.tag_id.in_(wanted)))
+        if untagged:
+            query = query.where(~Image.tags.any())
+        if tagged:
+            query = query.where(Image.tags.any())
+        if iteration is not None:
+            trained = get_iteration(session, project, iteration)
+            query = query.where(Image.id.in_(trained.details.get("imageIds", [])))
+        return query
+
+    def by_ids(self, ref: str, image_ids: list[str]) -> list[ImageView]:
+        """The named images, in the order asked; unknown ids are left out (as Custom Vision does)."""
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            names = {t.id: t.name for t in project.tags}
+            found = {img.id: img for img in session.scalars(
+                select(Image).where(Image.project_id == project.id, Image.id.in_(image_ids)))}
+            return [image_view(found[i], names) for i in dict.fromkeys(image_ids) if i in found]
 
     def data(self, ref: str, image_id: str) -> bytes:
         """The original bytes of one image."""
@@ -129,20 +187,130 @@ class Images:
             raise NotFound(f"Project has no image {image_id!r}.", code="NotFoundImage")
         return self.ctx.blobs.get(sha)
 
-    def delete(self, ref: str, image_ids: list[str]) -> int:
-        """Delete images from a project; returns how many were deleted."""
+    def tag(self, ref: str, pairs: list[tuple[str, str]]) -> ImageTagCreateSummary:
+        """Add (image id, tag id) taggings; a multiclass image keeps one tag (extra ones are ``exceeded``)."""
+        created: list[tuple[str, str]] = []
+        duplicated: list[tuple[str, str]] = []
+        exceeded: list[tuple[str, str]] = []
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
-            rows = session.scalars(select(Image).where(Image.project_id == project.id, Image.id.in_(image_ids)))
-            count = 0
-            for row in rows:
-                session.delete(row)
-                count += 1
+            tags = {t.id: t for t in project.tags}
+            rows = {img.id: img for img in session.scalars(select(Image).where(
+                Image.project_id == project.id, Image.id.in_({i for i, _ in pairs})))}
+            for image_id, tag_id in dict.fromkeys(pairs):
+                if image_id not in rows:
+                    raise NotFound(f"Project has no image {image_id!r}.", code="NotFoundImage")
+                if tag_id not in tags:
+                    raise NotFound(f"Project has no tag {tag_id!r}.", code="NotFoundTag")
+                current = {t.tag_id for t in rows[image_id].tags}
+                if tag_id in current:
+                    duplicated.append((image_id, tag_id))
+                elif len(current) >= (1 if project.classification_type == "Multiclass" else MAX_TAGS_PER_IMAGE):
+                    exceeded.append((image_id, tag_id))
+                else:
+                    kinds = {tags[t].type == "Negative" for t in current} | {tags[tag_id].type == "Negative"}
+                    if len(kinds) > 1:
+                        raise InvalidInput(f"Image {image_id} cannot carry the Negative tag and a regular tag.",
+                                           code="BadRequestNegativeAndRegularTagOnSameImage")
+                    rows[image_id].tags.append(ImageTag(tag_id=tag_id))
+                    created.append((image_id, tag_id))
+            if created:
+                project.last_modified = utcnow()
+        return ImageTagCreateSummary(created, duplicated, exceeded)
+
+    def untag(self, ref: str, image_ids: list[str], tag_ids: list[str]) -> None:
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            for tag_id in tag_ids:
+                get_tag(session, project, tag_id)
+            session.execute(delete(ImageTag).where(
+                ImageTag.tag_id.in_(tag_ids),
+                ImageTag.image_id.in_(select(Image.id).where(Image.project_id == project.id,
+                                                             Image.id.in_(image_ids)))))
             project.last_modified = utcnow()
-            return count
+
+    def set_metadata(self, ref: str, image_ids: list[str], metadata: dict[str, str]) -> list[tuple[str, str, dict]]:
+        """Merge ``metadata`` into each image's; -> (image id, status, metadata) per id."""
+        for key, value in metadata.items():
+            if not key or len(key) > MAX_METADATA_KEY:
+                raise InvalidInput(f"Metadata keys are 1 to {MAX_METADATA_KEY} characters.",
+                                   code="BadRequestImageMetadataKey")
+            if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
+                raise InvalidInput(f"Metadata values are strings of at most {MAX_METADATA_VALUE} characters.",
+                                   code="BadRequestImageMetadataValue")
+        out = []
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            rows = {img.id: img for img in session.scalars(select(Image).where(
+                Image.project_id == project.id, Image.id.in_(image_ids)))}
+            for image_id in image_ids:
+                row = rows.get(image_id)
+                if row is None:
+                    out.append((image_id, "ErrorImageNotFound", {}))
+                    continue
+                merged = {**(row.image_metadata or {}), **metadata}
+                if len(merged) > MAX_METADATA_PAIRS:
+                    out.append((image_id, "ErrorLimitExceed", row.image_metadata or {}))
+                    continue
+                row.image_metadata = merged
+                out.append((image_id, "OK", merged))
+        return out
+
+    def delete(self, ref: str, image_ids: list[str] | None = None, *, every: bool = False) -> int:
+        """Delete the named images (or ``every`` image) from a project; returns how many were deleted.
+
+        Iterations keep working: they hold their own frozen heads, and blobs are content-addressed.
+        """
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            query = select(Image.id).where(Image.project_id == project.id)
+            if not every:
+                query = query.where(Image.id.in_(image_ids or []))
+            ids = list(session.scalars(query))
+            for start in range(0, len(ids), 500):
+                session.execute(delete(Image).where(Image.id.in_(ids[start:start + 500])))
+            project.last_modified = utcnow()
+            return len(ids)
 
 
-def _image_view(img: Image, tag_names: dict[str, str]) -> ImageView:
+@dataclass(frozen=True)
+class MetadataCondition:
+    key: str
+    equal: bool
+    value: str
+
+
+def parse_metadata_filter(text: str) -> list[MetadataCondition]:
+    """Custom Vision's ``$filter``: ``metadata=k1 eq 'v1' and k2 ne 'v2'`` (the ``metadata=`` is optional)."""
+    body = text.strip()
+    if body.lower().startswith("metadata="):
+        body = body[len("metadata="):]
+    conditions = []
+    for part in re.split(r"\s+and\s+", body.strip(), flags=re.IGNORECASE):
+        match = re.fullmatch(r"\s*([^\s']+)\s+(eq|ne)\s+'((?:[^']|'')*)'\s*", part, flags=re.IGNORECASE)
+        if match is None:
+            raise InvalidInput(f"Cannot read the filter {text!r}; write it as metadata=key eq 'value' and key2 ne "
+                               "'value2'.", code="BadRequestInvalid")
+        key, op, value = match.groups()
+        conditions.append(MetadataCondition(key, op.lower() == "eq", value.replace("''", "'")))
+    return conditions
+
+
+def _metadata_matches(metadata: dict | None, conditions: list[MetadataCondition] | None) -> bool:
+    metadata = metadata or {}
+    return all((metadata.get(c.key) == c.value) == c.equal for c in conditions or [])
+
+
+def _reader(result: bytes | TagvisionError) -> Callable[[], bytes]:
+    def read() -> bytes:
+        if isinstance(result, TagvisionError):
+            raise result
+        return result
+    return read
+
+
+def image_view(img: Image, tag_names: dict[str, str]) -> ImageView:
     return ImageView(img.id, img.created, img.width, img.height, img.content_type, img.sha256,
-                     [(t.tag_id, tag_names[t.tag_id]) for t in img.tags], img.source)
+                     [(t.tag_id, tag_names[t.tag_id], t.created) for t in img.tags], img.source,
+                     dict(img.image_metadata or {}))
 

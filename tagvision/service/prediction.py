@@ -1,52 +1,119 @@
-"""Use case: probabilities per tag for new images, from a completed iteration."""
+"""Use cases for predicting: probabilities per tag from a completed iteration, stored predictions
+(the review queue that feeds re-training), and suggestions for untagged images."""
 
 from __future__ import annotations
 
+import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
+from sqlalchemy import and_, select
 
-from tagvision.errors import TrainingError
+from tagvision import backbone, fetch, images
+from tagvision.errors import InvalidInput, NotFound, TagvisionError, TrainingError
 from tagvision.learn import LinearHead
 from tagvision.service.context import Context, get_iteration, get_project
-from tagvision.service.views import ImagePrediction, TagProbability
+from tagvision.service.images import Images, NewImage, image_view
+from tagvision.service.training import Training
+from tagvision.service.views import (
+    ImageCreateSummary,
+    ImagePrediction,
+    PredictionView,
+    SuggestionView,
+    TagProbability,
+)
+from tagvision.store import queries
+from tagvision.store.models import Image, PredictionTag, new_id, utcnow
+from tagvision.store.models import Prediction as StoredPrediction
 
 HEAD_CACHE = 16
+MAX_QUERY_TAGS = 2
+MAX_QUERY_RESULTS = 256
 
 
 @dataclass(frozen=True)
 class Model:
     """A completed iteration, ready to predict: its head and tags in column order."""
 
+    project_id: str
     iteration_id: str
     domain: str
     head: LinearHead
     tags: list[tuple[str, str]]
 
 
-class Prediction:
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self._models: OrderedDict[str, Model] = OrderedDict()
+@dataclass(frozen=True)
+class QueryTag:
+    tag_id: str
+    min_threshold: float = 0.0
+    max_threshold: float = 1.0
 
-    def model(self, ref: str, iteration_ref: str | None = None) -> Model:
+
+@dataclass(frozen=True)
+class PredictionQuery:
+    """Custom Vision's PredictionQueryToken: which stored predictions, in which order, from where."""
+
+    order_by: str = "Newest"  # Newest | Oldest | Suggested (most uncertain first)
+    tags: tuple[QueryTag, ...] = ()
+    iteration_id: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    application: str | None = None
+    max_count: int = 50
+    continuation: str | None = None
+
+
+def uncertainty(probabilities: np.ndarray, multilabel: bool) -> float:
+    """0 when the model is sure, 1 for a coin toss: normalised entropy (multiclass) or the
+    largest binary entropy over the tags (multilabel)."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0)
+    if multilabel:
+        q = np.clip(1.0 - p, 1e-12, 1.0)
+        return float(np.max(-(p * np.log2(p) + q * np.log2(q)), initial=0.0))
+    if len(p) < 2:
+        return 0.0
+    return float(-(p * np.log(p)).sum() / math.log(len(p)))
+
+
+class Prediction:
+    def __init__(self, ctx: Context, training: Training) -> None:
+        self.ctx = ctx
+        self.training = training
+        self._models: OrderedDict[str, Model] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ models
+
+    def model(self, ref: str, iteration_ref: str | None = None, *, published: str | None = None) -> Model:
+        """A completed iteration's head: by iteration (default: newest completed) or by publish name."""
         with self.ctx.db.session() as session:
-            iteration = get_iteration(session, get_project(session, ref), iteration_ref)
+            project = get_project(session, ref)
+            if published is not None:
+                iteration = queries.published_iteration(session, project.id, published)
+                if iteration is None:
+                    raise NotFound(f"Project {project.name!r} has no iteration published as {published!r}.",
+                                   code="NotFoundIteration")
+            else:
+                iteration = get_iteration(session, project, iteration_ref)
             if iteration.status != "Completed" or iteration.head_blob is None:
                 raise TrainingError(f"{iteration.name} is {iteration.status}; only a completed iteration predicts.",
                                     code="BadRequestIterationIsNotTrained")
             iteration_id, domain = iteration.id, iteration.domain
             head_key, tags = iteration.head_blob, [tuple(t) for t in iteration.details["tags"]]
-        cached = self._models.get(iteration_id)
-        if cached is None:
-            cached = Model(iteration_id, domain, LinearHead.from_bytes(self.ctx.blobs.get(head_key)), tags)
-            self._models[iteration_id] = cached
-            while len(self._models) > HEAD_CACHE:
-                self._models.popitem(last=False)
-        self._models.move_to_end(iteration_id)
-        return cached
+            project_id = project.id
+        with self._lock:  # the server predicts from many threads
+            cached = self._models.get(iteration_id)
+            if cached is None:
+                head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))
+                cached = self._models[iteration_id] = Model(project_id, iteration_id, domain, head, tags)
+                while len(self._models) > HEAD_CACHE:
+                    self._models.popitem(last=False)
+            self._models.move_to_end(iteration_id)
+            return cached
 
     def predict(self, ref: str, items: list[tuple[str, Callable[[], bytes]]],
                 iteration_ref: str | None = None) -> list[ImagePrediction]:
@@ -65,8 +132,199 @@ class Prediction:
                 out.append(ImagePrediction(name, model.iteration_id, error=result.error.message,
                                            error_code=result.error.code))
                 continue
-            row = by_index[result.index]
-            ranked = sorted(range(len(model.tags)), key=lambda j: -row[j])
-            out.append(ImagePrediction(name, model.iteration_id, [
-                TagProbability(model.tags[j][0], model.tags[j][1], float(row[j])) for j in ranked]))
+            out.append(ImagePrediction(name, model.iteration_id, _ranked(model.tags, by_index[result.index])))
         return out
+
+    # ------------------------------------------------------------------ one image, as the API classifies
+
+    def classify(self, ref: str, data: bytes, *, iteration_ref: str | None = None, published: str | None = None,
+                 store: bool = True, application: str | None = None, source: str | None = None,
+                 max_bytes: int = images.MAX_PREDICTION_BYTES) -> PredictionView:
+        """Classify one encoded image; stored (for review and re-training) unless ``store`` is False.
+
+        Bad images raise :class:`ImageError` with Custom Vision's ``BadRequestImage*`` codes.
+        """
+        model = self.model(ref, iteration_ref, published=published)
+        try:
+            facts = images.validate(data, max_bytes=max_bytes)
+        except TagvisionError as exc:
+            raise type(exc)(exc.message, code=_bad_request_code(exc.code)) from None
+        embedder = self.ctx.embedder(model.domain)
+        try:
+            batch = backbone.preprocess_bytes(data, embedder.spec)[None]
+        except TagvisionError as exc:
+            raise type(exc)(exc.message, code=_bad_request_code(exc.code)) from None
+        plain, flipped = embedder.forward_pairs(batch)
+        row = model.head.predict_proba(plain, flipped)[0]
+        types = self._tag_types(model.project_id)
+        ranked = _ranked(model.tags, row, types)
+        created = utcnow()
+        prediction_id = new_id()
+        if store:
+            self.ctx.blobs.put(data)
+            with self.ctx.db.session() as session:
+                stored = StoredPrediction(
+                    id=prediction_id, project_id=model.project_id, iteration_id=model.iteration_id, sha256=facts.sha256,
+                    content_type=facts.content_type, width=facts.width, height=facts.height, domain=model.domain,
+                    application=application, source={"url": source} if source else {},
+                    uncertainty=uncertainty(row, model.head.multilabel), created=created,
+                    tags=[PredictionTag(tag_id=t, probability=float(p)) for (t, _), p in zip(model.tags, row,
+                                                                                               strict=True)])
+                session.add(stored)
+        return PredictionView(prediction_id, model.project_id, model.iteration_id, created, ranked,
+                              domain=model.domain, width=facts.width, height=facts.height)
+
+    def classify_url(self, ref: str, url: str, *, max_bytes: int = images.MAX_PREDICTION_BYTES,
+                     **options) -> PredictionView:
+        """Download an image through the SSRF guard and classify it (see :meth:`classify`)."""
+        self.model(ref, options.get("iteration_ref"), published=options.get("published"))  # 404 before fetching
+        try:
+            data = fetch.fetch(url, max_bytes=max_bytes).data
+        except TagvisionError as exc:
+            raise type(exc)(exc.message, code=_bad_request_code(exc.code)) from None
+        return self.classify(ref, data, max_bytes=max_bytes, source=url, **options)
+
+    def _tag_types(self, project_id: str) -> dict[str, str]:
+        with self.ctx.db.session() as session:
+            return {t.id: t.type for t in get_project(session, project_id).tags}
+
+    # ------------------------------------------------------------------ stored predictions
+
+    def query(self, ref: str, query: PredictionQuery) -> tuple[list[PredictionView], str | None]:
+        """Stored predictions matching ``query``; -> (page, continuation token or None at the end)."""
+        if len(query.tags) > MAX_QUERY_TAGS:
+            raise InvalidInput(f"A prediction query combines at most {MAX_QUERY_TAGS} tags.",
+                               code="BadRequestPredictionTagsExceededCount")
+        if query.order_by not in ("Newest", "Oldest", "Suggested"):
+            raise InvalidInput(f"Unknown orderBy {query.order_by!r}; use Newest, Oldest or Suggested.",
+                               code="BadRequestPredictionInvalidQueryParameters")
+        try:
+            offset = int(query.continuation or 0)
+        except ValueError:
+            raise InvalidInput("The continuation token is not one this server gave out.",
+                               code="BadRequestPredictionInvalidQueryParameters") from None
+        count = max(1, min(query.max_count or 50, MAX_QUERY_RESULTS))
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            sql = select(StoredPrediction).where(StoredPrediction.project_id == project.id)
+            if query.iteration_id:
+                sql = sql.where(StoredPrediction.iteration_id == get_iteration(session, project,
+                                                                               query.iteration_id).id)
+            if query.application:
+                sql = sql.where(StoredPrediction.application == query.application)
+            if query.start_time:
+                sql = sql.where(StoredPrediction.created >= query.start_time)
+            if query.end_time:
+                sql = sql.where(StoredPrediction.created <= query.end_time)
+            for tag in query.tags:
+                sql = sql.where(StoredPrediction.tags.any(and_(
+                    PredictionTag.tag_id == tag.tag_id, PredictionTag.probability >= tag.min_threshold,
+                    PredictionTag.probability <= tag.max_threshold)))
+            order = {"Newest": (StoredPrediction.created.desc(), StoredPrediction.id),
+                     "Oldest": (StoredPrediction.created, StoredPrediction.id),
+                     "Suggested": (StoredPrediction.uncertainty.desc(), StoredPrediction.created.desc(),
+                                   StoredPrediction.id)}[query.order_by]
+            rows = list(session.scalars(sql.order_by(*order).offset(offset).limit(count + 1)))
+            names = {t.id: (t.name, t.type) for t in project.tags}
+            page = [_stored_view(row, names) for row in rows[:count]]
+        return page, (str(offset + count) if len(rows) > count else None)
+
+    def stored(self, ref: str, prediction_id: str) -> PredictionView:
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            row = session.get(StoredPrediction, prediction_id)
+            if row is None or row.project_id != project.id:
+                raise NotFound(f"No stored prediction {prediction_id!r}.", code="NotFound")
+            return _stored_view(row, {t.id: (t.name, t.type) for t in project.tags})
+
+    def image_data(self, ref: str, prediction_id: str) -> bytes:
+        return self.ctx.blobs.get(self.stored(ref, prediction_id).sha256)
+
+    def delete(self, ref: str, prediction_ids: list[str]) -> int:
+        if not prediction_ids:
+            raise InvalidInput("Name the predictions to delete.", code="BadRequestPredictionIdsMissing")
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            rows = list(session.scalars(select(StoredPrediction).where(
+                StoredPrediction.project_id == project.id, StoredPrediction.id.in_(prediction_ids))))
+            for row in rows:
+                session.delete(row)
+            return len(rows)
+
+    def to_training_images(self, ref: str, entries: list[tuple[str, tuple[str, ...]]],
+                           metadata: dict[str, str] | None = None) -> ImageCreateSummary:
+        """Turn stored predictions (prediction id, tag ids) into tagged training images."""
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            rows = {r.id: r for r in session.scalars(select(StoredPrediction).where(
+                StoredPrediction.project_id == project.id,
+                StoredPrediction.id.in_([pid for pid, _ in entries])))}
+        items = []
+        for prediction_id, tags in entries:
+            row = rows.get(prediction_id)
+            read = (lambda sha=row.sha256: self.ctx.blobs.get(sha)) if row else _missing(prediction_id)
+            source = {"prediction": prediction_id, **(row.source if row else {})}
+            items.append(NewImage(prediction_id, read, tags, source, metadata or {}))
+        return Images(self.ctx).add(ref, items)
+
+    # ------------------------------------------------------------------ suggestions for untagged images
+
+    def suggest(self, ref: str, iteration_ref: str, image_ids: list[str] | None = None, *,
+                tag_ids: list[str] | None = None, threshold: float = 0.0) -> list[SuggestionView]:
+        """Predictions for the project's images (the named ones, else the untagged ones), not stored.
+
+        With ``tag_ids``, only images where one of those tags reaches ``threshold`` are kept.
+        """
+        model = self.model(ref, iteration_ref)
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            sql = select(Image).where(Image.project_id == project.id)
+            sql = sql.where(Image.id.in_(image_ids)) if image_ids is not None else sql.where(~Image.tags.any())
+            rows = list(session.scalars(sql.order_by(Image.created.desc(), Image.id)))
+            names = {t.id: t.name for t in project.tags}
+            types = {t.id: t.type for t in project.tags}
+            views = [image_view(r, names) for r in rows]
+        if not views:
+            return []
+        hashes = [v.sha256 for v in views]
+        self.training.cache_embeddings(model.domain, hashes)
+        with self.ctx.db.session() as session:
+            plain, flipped = queries.load_embeddings(session, self.ctx.backbone_key(model.domain), hashes)
+        probabilities = model.head.predict_proba(plain, flipped)
+        columns = [j for j, (tag_id, _) in enumerate(model.tags) if not tag_ids or tag_id in tag_ids]
+        out = []
+        for view, row in zip(views, probabilities, strict=True):
+            if tag_ids and not any(row[j] >= threshold for j in columns):
+                continue
+            out.append(SuggestionView(view, model.project_id, model.iteration_id,
+                                      _ranked(model.tags, row, types), uncertainty(row, model.head.multilabel)))
+        return out
+
+
+def _ranked(tags: list[tuple[str, str]], row: np.ndarray, types: dict[str, str] | None = None) -> list[TagProbability]:
+    types = types or {}
+    return [TagProbability(tags[j][0], tags[j][1], float(row[j]), types.get(tags[j][0], "Regular"))
+            for j in np.argsort(-row, kind="stable")]
+
+
+def _stored_view(row: StoredPrediction, names: dict[str, tuple[str, str]]) -> PredictionView:
+    """``names``: tag id -> (name, type)."""
+    ranked = []
+    for t in sorted(row.tags, key=lambda t: -t.probability):
+        name, kind = names.get(t.tag_id, ("", "Regular"))
+        ranked.append(TagProbability(t.tag_id, name, t.probability, kind))
+    return PredictionView(row.id, row.project_id, row.iteration_id, row.created, ranked, domain=row.domain,
+                          width=row.width, height=row.height, sha256=row.sha256, uncertainty=row.uncertainty,
+                          source=row.source.get("url"), application=row.application)
+
+
+def _bad_request_code(code: str) -> str:
+    """ImageCreateStatus codes (``ErrorImageSize``) -> the request-level codes (``BadRequestImageSizeBytes``)."""
+    return {"ErrorImageSize": "BadRequestImageSizeBytes", "ErrorImageFormat": "BadRequestImageFormat",
+            "ErrorImageDimensions": "BadRequestImageDimensions", "ErrorSource": "BadRequestImageUrl"}.get(code, code)
+
+
+def _missing(prediction_id: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        raise NotFound(f"No stored prediction {prediction_id!r}.", code="ErrorSource")
+    return read

@@ -6,14 +6,15 @@ import unicodedata
 
 from sqlalchemy import select
 
-from tagvision import backbone
-from tagvision.errors import Conflict, InvalidInput
-from tagvision.service.context import Context, get_project, get_tag
-from tagvision.service.views import CLASSIFICATION_TYPES, ProjectView, TagView
+from tagvision import domains
+from tagvision.errors import Conflict, InvalidInput, NotFound
+from tagvision.service.context import Context, get_iteration, get_project, get_tag
+from tagvision.service.views import CLASSIFICATION_TYPES, TAG_TYPES, ProjectView, TagView
 from tagvision.store import queries
 from tagvision.store.models import Project, Tag, utcnow
 
 MAX_NAME = 255
+MAX_DESCRIPTION = 4000
 
 
 def clean_name(value: str, what: str) -> str:
@@ -45,11 +46,12 @@ class Projects:
                description: str = "") -> ProjectView:
         name = clean_name(name, "project")
         kind = classification_type(classification)
-        backbone.spec_for(domain)
+        domain_id = domains.resolve(domain).id
         with self.ctx.db.session() as session:
             if session.scalar(select(Project.id).where(Project.name == name)):
                 raise Conflict(f"A project named {name!r} already exists.", code="BadRequestProjectNameNotUnique")
-            project = Project(name=name, classification_type=kind, domain=domain, description=description)
+            project = Project(name=name, classification_type=kind, domain=domain_id,
+                              description=_description(description, "Project"))
             session.add(project)
             session.flush()
             return _project_view(session, project)
@@ -62,20 +64,53 @@ class Projects:
         with self.ctx.db.session() as session:
             return _project_view(session, get_project(session, ref))
 
+    def update(self, ref: str, *, name: str | None = None, description: str | None = None,
+               domain: str | None = None, classification: str | None = None) -> ProjectView:
+        """Rename, describe, or change the domain or classification type (the next training uses them)."""
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            if name is not None:
+                name = clean_name(name, "project")
+                clash = session.scalar(select(Project.id).where(Project.name == name, Project.id != project.id))
+                if clash:
+                    raise Conflict(f"A project named {name!r} already exists.", code="BadRequestProjectNameNotUnique")
+                project.name = name
+            if description is not None:
+                project.description = _description(description, "Project")
+            if domain is not None:
+                project.domain = domains.resolve(domain).id
+            if classification is not None:
+                kind = classification_type(classification)
+                if kind == "Multiclass" and queries.multi_tagged_image_count(session, project.id):
+                    raise InvalidInput("Some images carry more than one tag; a multiclass project allows one tag "
+                                       "per image. Remove the extra tags first.", code="BadRequestImageTags")
+                project.classification_type = kind
+            project.last_modified = utcnow()
+            session.flush()
+            return _project_view(session, project)
+
     def delete(self, ref: str) -> None:
         """Delete a project with its tags, images and iterations (blobs stay for other projects)."""
         with self.ctx.db.session() as session:
-            session.delete(get_project(session, ref))
+            project = get_project(session, ref)
+            if any(i.status == "Training" for i in project.iterations):
+                raise Conflict(f"Project {project.name!r} is training; delete it when the training has ended.",
+                               code="BadRequestTrainingAlreadyInProgress")
+            session.delete(project)
 
     # ------------------------------------------------------------------ tags
 
-    def create_tags(self, ref: str, names: list[str], description: str = "") -> list[TagView]:
+    def create_tags(self, ref: str, names: list[str], description: str = "", type_: str = "Regular") -> list[TagView]:
         """Create tags; all or nothing. Names must be new in the project (and distinct)."""
         cleaned = [clean_name(n, "tag") for n in names]
         if not cleaned:
             raise InvalidInput("Name at least one tag.", code="BadRequestTagName")
+        kind = tag_type(type_)
+        description = _description(description, "Tag")
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
+            if kind == "Negative" and (len(cleaned) > 1 or any(t.type == "Negative" for t in project.tags)):
+                raise InvalidInput("A project has at most one Negative tag.", code="BadRequestMultipleNegativeTag")
             taken = {t.name.casefold() for t in project.tags}
             seen: set[str] = set()
             for name in cleaned:
@@ -83,23 +118,80 @@ class Projects:
                     raise Conflict(f"Project {project.name!r} already has a tag named {name!r}.",
                                    code="BadRequestTagNameNotUnique")
                 seen.add(name.casefold())
-            tags = [Tag(project_id=project.id, name=name, description=description) for name in cleaned]
+            tags = [Tag(project_id=project.id, name=name, description=description, type=kind) for name in cleaned]
             session.add_all(tags)
             project.last_modified = utcnow()
             session.flush()
             return [TagView(t.id, t.name, t.description, t.type, 0) for t in tags]
 
-    def list_tags(self, ref: str) -> list[TagView]:
+    def list_tags(self, ref: str, iteration_ref: str | None = None) -> list[TagView]:
+        """The project's tags with their image counts (as trained in ``iteration_ref``, when given)."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
-            counts = queries.image_counts_by_tag(session, project.id)
-            return [TagView(t.id, t.name, t.description, t.type, counts.get(t.id, 0)) for t in project.tags]
+            if iteration_ref is None:
+                counts = queries.image_counts_by_tag(session, project.id)
+                return [TagView(t.id, t.name, t.description, t.type, counts.get(t.id, 0)) for t in project.tags]
+            iteration = get_iteration(session, project, iteration_ref)
+            trained = dict((tag_id, n) for tag_id, _, n in _trained_tags(iteration))
+            return [TagView(t.id, t.name, t.description, t.type, trained[t.id]) for t in project.tags
+                    if t.id in trained]
+
+    def get_tag(self, ref: str, tag_ref: str, iteration_ref: str | None = None) -> TagView:
+        for tag in self.list_tags(ref, iteration_ref):
+            if tag_ref in (tag.id, tag.name):
+                return tag
+        raise NotFound(f"No tag {tag_ref!r} in this project" + (" and iteration." if iteration_ref else "."),
+                       code="NotFoundTag")
+
+    def update_tag(self, ref: str, tag_ref: str, *, name: str | None = None, description: str | None = None,
+                   type_: str | None = None) -> TagView:
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            tag = get_tag(session, project, tag_ref)
+            if name is not None:
+                name = clean_name(name, "tag")
+                if any(t.name.casefold() == name.casefold() and t.id != tag.id for t in project.tags):
+                    raise Conflict(f"Project {project.name!r} already has a tag named {name!r}.",
+                                   code="BadRequestTagNameNotUnique")
+                tag.name = name
+            if description is not None:
+                tag.description = _description(description, "Tag")
+            if type_ is not None:
+                kind = tag_type(type_)
+                if kind == "Negative" and any(t.type == "Negative" and t.id != tag.id for t in project.tags):
+                    raise InvalidInput("A project has at most one Negative tag.", code="BadRequestMultipleNegativeTag")
+                tag.type = kind
+            project.last_modified = utcnow()
+            count = queries.image_counts_by_tag(session, project.id).get(tag.id, 0)
+            return TagView(tag.id, tag.name, tag.description, tag.type, count)
 
     def delete_tag(self, ref: str, tag_ref: str) -> None:
+        """Delete a tag; its images stay (untagged if it was their only tag)."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             session.delete(get_tag(session, project, tag_ref))
             project.last_modified = utcnow()
+
+
+def tag_type(value: str) -> str:
+    for known in TAG_TYPES:
+        if value.lower() == known.lower():
+            return known
+    raise InvalidInput(f"Unknown tag type {value!r}; choose one of: {', '.join(TAG_TYPES)}.", code="BadRequestTagType")
+
+
+def _description(value: str, what: str) -> str:
+    if len(value) > MAX_DESCRIPTION:
+        raise InvalidInput(f"The description has {len(value)} characters; at most {MAX_DESCRIPTION} are allowed.",
+                           code=f"BadRequest{what}Description")
+    return value
+
+
+def _trained_tags(iteration) -> list[tuple[str, str, int]]:
+    """(tag id, name, image count) of the tags an iteration was trained on."""
+    details = iteration.details or {}
+    counts = details.get("tagImageCounts") or [0] * len(details.get("tags", []))
+    return [(tag_id, name, n) for (tag_id, name), n in zip(details.get("tags", []), counts, strict=True)]
 
 
 def _project_view(session, project: Project) -> ProjectView:

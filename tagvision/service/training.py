@@ -8,14 +8,17 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from sqlalchemy import select
 
 from tagvision import learn, metrics
-from tagvision.errors import StorageError, TrainingError
-from tagvision.service.context import Context, Progress, get_iteration, get_project, no_progress
-from tagvision.service.views import IterationView, PerformanceView
+from tagvision.errors import Conflict, InvalidInput, StorageError, TrainingError
+from tagvision.service import images as images_service
+from tagvision.service.context import Context, Progress, get_iteration, get_project, get_tag, no_progress
+from tagvision.service.views import ImagePerformanceView, IterationView, PerformanceView, TagProbability
 from tagvision.store import queries
-from tagvision.store.models import Embedding, Iteration, Project, utcnow
+from tagvision.store.models import Embedding, Image, Iteration, Project, utcnow
 
+MAX_ITERATIONS = 20  # as Custom Vision; delete old iterations to train more
 MIN_TAGS = 2
 MIN_IMAGES_PER_TAG = 5
 EMBED_COMMIT = 64  # embeddings per transaction while caching
@@ -69,23 +72,49 @@ class Training:
 
     # ------------------------------------------------------------------ training
 
-    def start(self, ref: str, *, force: bool = False) -> IterationView:
-        """Check the project can be trained and create its next iteration (status Training)."""
+    def start(self, ref: str, *, force: bool = False, training_type: str = "Regular",
+              selected_tags: list[str] | None = None, reserved_budget_hours: int = 0) -> IterationView:
+        """Check the project can be trained and create its next iteration (status Training).
+
+        ``selected_tags`` (ids or names) trains on those tags only. Refused while another
+        iteration of the project is training, and when nothing changed since the newest
+        completed iteration (unless ``force``).
+        """
+        if training_type != "Regular":
+            raise TrainingError(f"Training type {training_type!r} is not available in this version; "
+                                "train with trainingType=Regular.", code="BadRequestNotSupported")
+        if reserved_budget_hours < 0:
+            raise InvalidInput("reservedBudgetInHours cannot be negative.", code="BadRequestInvalid")
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
-            snapshot = _training_set(session, project)
+            if any(i.status == "Training" for i in project.iterations):
+                raise TrainingError(f"Project {project.name!r} is already training; wait for that iteration.",
+                                    code="BadRequestTrainingAlreadyInProgress")
+            if len(project.iterations) >= MAX_ITERATIONS:
+                raise TrainingError(f"A project keeps at most {MAX_ITERATIONS} iterations; delete an old one "
+                                    "first.", code="BadRequestExceedIterationPerProjectLimit")
+            selected = sorted({get_tag(session, project, t).id for t in selected_tags}) if selected_tags else None
+            snapshot = _training_set(session, project, selected)
             _check_trainable(snapshot)
             newest = queries.newest_completed_iteration(session, project.id)
             if (not force and newest is not None and newest.domain == project.domain
+                    and newest.classification_type == project.classification_type
                     and newest.details.get("fingerprint") == snapshot.fingerprint):
                 raise TrainingError("Nothing changed since the last iteration; add or re-tag images first "
                                     "(or force the training).", code="BadRequestTrainingNotNeeded")
             iteration = Iteration(project_id=project.id, name=_next_name(project),
                                   classification_type=project.classification_type, domain=project.domain,
-                                  details={"fingerprint": snapshot.fingerprint})
+                                  reserved_budget_hours=reserved_budget_hours,
+                                  details={"fingerprint": snapshot.fingerprint, "selectedTags": selected})
             session.add(iteration)
             session.flush()
             return iteration_view(iteration)
+
+    def interrupted(self) -> list[tuple[str, str]]:
+        """(project id, iteration id) of iterations left ``Training`` by a stopped process."""
+        with self.ctx.db.session() as session:
+            return [(i.project_id, i.id) for i in session.scalars(
+                select(Iteration).where(Iteration.status == "Training").order_by(Iteration.created))]
 
     def run(self, ref: str, iteration_id: str, progress: Progress = no_progress) -> IterationView:
         """Train a started iteration to Completed (or Failed, with the reason, and re-raise)."""
@@ -108,7 +137,10 @@ class Training:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             iteration = get_iteration(session, project, iteration_id)
-            snapshot = _training_set(session, project)
+            if iteration.status != "Training":
+                raise TrainingError(f"{iteration.name} is {iteration.status}, not waiting to train.",
+                                    code="BadRequestIterationValidationFailed")
+            snapshot = _training_set(session, project, iteration.details.get("selectedTags"))
             domain, multilabel = iteration.domain, iteration.classification_type == "Multilabel"
         _check_trainable(snapshot)
         computed = self.cache_embeddings(domain, snapshot.hashes, progress)
@@ -131,7 +163,9 @@ class Training:
             iteration.details = {
                 **iteration.details,
                 "tags": [list(t) for t in snapshot.tags],
+                "tagImageCounts": [int(c) for c in snapshot.labels.sum(axis=0)],
                 "imageCount": len(snapshot.image_ids),
+                "imageIds": snapshot.image_ids,
                 "head": "shrinkage-lda",
                 "shrinkage": model.shrinkage_,
                 "folds": int(model.folds_.max()) + 1,
@@ -183,7 +217,60 @@ class Training:
 
     def delete_iteration(self, ref: str, iteration_ref: str) -> None:
         with self.ctx.db.session() as session:
-            session.delete(get_iteration(session, get_project(session, ref), iteration_ref))
+            iteration = get_iteration(session, get_project(session, ref), iteration_ref)
+            if iteration.publish_name:
+                raise InvalidInput(f"{iteration.name} is published as {iteration.publish_name!r}; unpublish it "
+                                   "first.", code="BadRequestIterationIsPublished")
+            if iteration.status == "Training":
+                raise TrainingError(f"{iteration.name} is training; delete it when it has finished.",
+                                    code="BadRequestTrainingAlreadyInProgress")
+            session.delete(iteration)
+
+    def rename_iteration(self, ref: str, iteration_ref: str, name: str) -> IterationView:
+        name = name.strip()
+        if not name or len(name) > 255:
+            raise InvalidInput("An iteration name is 1 to 255 characters.", code="BadRequestIterationName")
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            iteration = get_iteration(session, project, iteration_ref)
+            if any(i.name == name and i.id != iteration.id for i in project.iterations):
+                raise Conflict(f"Another iteration is named {name!r}.", code="BadRequestIterationNameNotUnique")
+            iteration.name, iteration.last_modified = name, utcnow()
+            session.flush()
+            return iteration_view(iteration)
+
+    def publish(self, ref: str, iteration_ref: str, publish_name: str, resource_id: str = "",
+                overwrite: bool = False) -> IterationView:
+        """Make a completed iteration answer the Prediction API as ``publish_name``."""
+        publish_name = publish_name.strip()
+        if not publish_name or len(publish_name) > 255 or "/" in publish_name:
+            raise InvalidInput("A publish name is 1 to 255 characters, without '/'.",
+                               code="BadRequestInvalidPublishName")
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            iteration = get_iteration(session, project, iteration_ref)
+            if iteration.status != "Completed":
+                raise TrainingError(f"{iteration.name} is {iteration.status}; only a completed iteration can be "
+                                    "published.", code="BadRequestIterationIsNotTrained")
+            holder = queries.published_iteration(session, project.id, publish_name)
+            if holder is not None and holder.id != iteration.id:
+                if not overwrite:
+                    raise Conflict(f"{holder.name} is already published as {publish_name!r}; unpublish it or "
+                                   "publish with overwrite.", code="BadRequestInvalidPublishName")
+                holder.publish_name = holder.publish_resource_id = None
+                session.flush()
+            iteration.publish_name, iteration.publish_resource_id = publish_name, resource_id
+            iteration.last_modified = utcnow()
+            session.flush()
+            return iteration_view(iteration)
+
+    def unpublish(self, ref: str, iteration_ref: str) -> None:
+        with self.ctx.db.session() as session:
+            iteration = get_iteration(session, get_project(session, ref), iteration_ref)
+            if not iteration.publish_name:
+                raise InvalidInput(f"{iteration.name} is not published.", code="BadRequestIterationNotPublished")
+            iteration.publish_name = iteration.publish_resource_id = None
+            iteration.last_modified = utcnow()
 
     def performance(self, ref: str, iteration_ref: str | None = None, threshold: float = 0.5) -> PerformanceView:
         """Cross-validated precision, recall and AP of an iteration at ``threshold``."""
@@ -199,6 +286,32 @@ class Training:
         result = metrics.evaluate(evaluation.probabilities, evaluation.labels, evaluation.folds, threshold)
         return PerformanceView(iteration_id, threshold, result, [tuple(t) for t in tags], len(evaluation.labels))
 
+    def image_performances(self, ref: str, iteration_ref: str, *, tag_ids: list[str] | None = None,
+                           newest_first: bool = True, skip: int = 0,
+                           take: int | None = None) -> list[ImagePerformanceView]:
+        """The iteration's training images with their out-of-fold (cross-validated) probabilities."""
+        evaluation = self.evaluation(ref, iteration_ref)
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            iteration = get_iteration(session, project, iteration_ref)
+            tags = [tuple(t) for t in iteration.details["tags"]]
+            wanted = {get_tag(session, project, t).id for t in tag_ids or []}
+            row_of = {str(image_id): k for k, image_id in enumerate(evaluation.image_ids)}
+            names = {t.id: t.name for t in project.tags}
+            order = (Image.created.desc(), Image.id.desc()) if newest_first else (Image.created, Image.id)
+            images = session.scalars(select(Image).where(Image.project_id == project.id,
+                                                         Image.id.in_(list(row_of))).order_by(*order))
+            out = []
+            for image in images:
+                k = row_of[image.id]
+                if wanted and not wanted & {tags[j][0] for j in np.flatnonzero(evaluation.labels[k])}:
+                    continue
+                row = evaluation.probabilities[k]
+                ranked = [TagProbability(tags[j][0], tags[j][1], float(row[j])) for j in np.argsort(-row)]
+                out.append(ImagePerformanceView(images_service.image_view(image, names), ranked))
+        end = None if take is None else skip + take
+        return out[skip:end]
+
     def evaluation(self, ref: str, iteration_ref: str | None = None) -> Evaluation:
         with self.ctx.db.session() as session:
             iteration = get_iteration(session, get_project(session, ref), iteration_ref)
@@ -213,7 +326,8 @@ def iteration_view(iteration: Iteration) -> IterationView:
     return IterationView(iteration.id, iteration.name, iteration.status, iteration.project_id, iteration.domain,
                          iteration.classification_type, iteration.training_type, iteration.created,
                          iteration.last_modified, iteration.trained_at, iteration.error, iteration.training_seconds,
-                         details.get("imageCount", 0), len(details.get("tags", [])))
+                         details.get("imageCount", 0), len(details.get("tags", [])),
+                         iteration.reserved_budget_hours, iteration.publish_name, iteration.publish_resource_id)
 
 
 def _next_name(project: Project) -> str:
@@ -224,8 +338,11 @@ def _next_name(project: Project) -> str:
     return f"Iteration {number}"
 
 
-def _training_set(session, project: Project) -> TrainingSet:
+def _training_set(session, project: Project, selected: list[str] | None = None) -> TrainingSet:
+    """The tagged images and their labels; with ``selected`` tag ids, only those tags take part."""
     rows = queries.tagged_images(session, project.id)
+    if selected is not None:
+        rows = [r for r in rows if r[2] in selected]
     tags = [(t.id, t.name) for t in project.tags]
     used = {tag_id for _, _, tag_id in rows}
     tags = [t for t in tags if t[0] in used]  # tags without images take no part

@@ -14,6 +14,7 @@ from typing import Any
 from tagvision import metrics
 
 CLASSIFICATION_TYPES = ("Multiclass", "Multilabel")
+TAG_TYPES = ("Regular", "Negative", "GeneralProduct")
 
 
 def _time(value: datetime | None) -> str | None:
@@ -38,10 +39,12 @@ class ProjectView:
             "name": self.name,
             "description": self.description,
             "settings": {"domainId": self.domain, "classificationType": self.classification_type,
-                         "targetExportPlatforms": []},
+                         "targetExportPlatforms": [], "useNegativeSet": False, "detectionParameters": None,
+                         "imageProcessingSettings": None, "exportModelContainerUri": None,
+                         "notificationQueueUri": None},
             "created": _time(self.created),
             "lastModified": _time(self.last_modified),
-            "thumbnailUri": None,
+            "thumbnailUri": "",
             "drModeEnabled": False,
             "status": "Succeeded",
         }
@@ -68,8 +71,9 @@ class ImageView:
     height: int
     content_type: str
     sha256: str
-    tags: list[tuple[str, str]]  # (tag id, tag name)
+    tags: list[tuple[str, str, datetime]]  # (tag id, tag name, when tagged)
     source: dict[str, Any]
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,9 +81,14 @@ class ImageView:
             "created": _time(self.created),
             "width": self.width,
             "height": self.height,
+            "resizedImageUri": None,
+            "thumbnailUri": None,
+            "originalImageUri": None,
+            "tags": [{"tagId": tag_id, "tagName": name, "created": _time(when)} for tag_id, name, when in self.tags],
+            "regions": None,
+            "metadata": self.metadata or None,
             "contentType": self.content_type,
             "sha256": self.sha256,
-            "tags": [{"tagId": tag_id, "tagName": name} for tag_id, name in self.tags],
             "source": self.source,
         }
 
@@ -92,14 +101,31 @@ class ImageCreateResult:
     status: str  # OK, OKDuplicate, ErrorImageFormat, ErrorImageSize, ErrorSource, ...
     image_id: str | None = None
     message: str = ""
+    image: ImageView | None = None
 
     @property
     def ok(self) -> bool:
+        """The image is in the project (newly or already)."""
         return self.status in ("OK", "OKDuplicate")
 
     def to_json(self) -> dict[str, Any]:
-        return {"sourceUrl": self.source_url, "status": self.status,
-                "image": {"id": self.image_id} if self.image_id else None, "message": self.message}
+        image = self.image.to_json() if self.image else ({"id": self.image_id} if self.image_id else None)
+        return {"sourceUrl": self.source_url, "status": self.status, "image": image, "message": self.message}
+
+
+@dataclass(frozen=True)
+class ImageTagCreateSummary:
+    """Outcome of tagging images: Custom Vision's ImageTagCreateSummary ((image id, tag id) pairs)."""
+
+    created: list[tuple[str, str]]
+    duplicated: list[tuple[str, str]]
+    exceeded: list[tuple[str, str]]
+
+    def to_json(self) -> dict[str, Any]:
+        def entries(pairs: list[tuple[str, str]]) -> list[dict[str, str]] | None:
+            return [{"imageId": i, "tagId": t} for i, t in pairs] or None
+        return {"created": entries(self.created), "duplicated": entries(self.duplicated),
+                "exceeded": entries(self.exceeded)}
 
 
 @dataclass(frozen=True)
@@ -108,7 +134,8 @@ class ImageCreateSummary:
 
     @property
     def is_batch_successful(self) -> bool:
-        return all(r.ok for r in self.results)
+        """Custom Vision's rule: every image newly created (a duplicate makes the batch unsuccessful)."""
+        return all(r.status == "OK" for r in self.results)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -133,6 +160,9 @@ class IterationView:
     training_seconds: float | None
     image_count: int
     tag_count: int
+    reserved_budget_hours: int = 0
+    publish_name: str | None = None
+    publish_resource_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,11 +178,15 @@ class IterationView:
             "domainId": self.domain,
             "classificationType": self.classification_type,
             "trainingType": self.training_type,
-            "reservedBudgetInHours": 0,
-            "trainingTimeInMinutes": round((self.training_seconds or 0.0) / 60, 4),
-            "publishName": None,
-            "originalPublishResourceId": None,
+            "reservedBudgetInHours": self.reserved_budget_hours,
+            # Custom Vision's field is an integer; seconds are far more telling for quick training.
+            "trainingTimeInMinutes": round((self.training_seconds or 0.0) / 60),
+            "trainingTimeInSeconds": round(self.training_seconds or 0.0, 3),
+            "publishName": self.publish_name or "",
+            "originalPublishResourceId": self.publish_resource_id or "",
+            "customBaseModelInfo": None,
             "trainingErrorDetails": self.error,
+            "imageCount": self.image_count,
         }
 
 
@@ -190,8 +224,11 @@ class TagProbability:
     tag_name: str
     probability: float
 
+    tag_type: str = "Regular"
+
     def to_json(self) -> dict[str, Any]:
-        return {"tagId": self.tag_id, "tagName": self.tag_name, "probability": self.probability}
+        return {"probability": self.probability, "tagId": self.tag_id, "tagName": self.tag_name,
+                "boundingBox": None, "tagType": self.tag_type}
 
 
 @dataclass(frozen=True)
@@ -208,3 +245,78 @@ class ImagePrediction:
         if self.error:
             return {"image": self.source, "code": self.error_code, "message": self.error}
         return {"image": self.source, "predictions": [p.to_json() for p in self.predictions]}
+
+
+@dataclass(frozen=True)
+class ImagePerformanceView:
+    """A training image with its cross-validated probabilities (Custom Vision's ImagePerformance)."""
+
+    image: ImageView
+    predictions: list[TagProbability]
+
+    def to_json(self) -> dict[str, Any]:
+        image = self.image.to_json()
+        return {"id": image["id"], "created": image["created"], "width": image["width"], "height": image["height"],
+                "imageUri": None, "thumbnailUri": None, "tags": image["tags"], "regions": [],
+                "predictions": [p.to_json() for p in self.predictions]}
+
+
+@dataclass(frozen=True)
+class PredictionView:
+    """One classified image (Custom Vision's ImagePrediction; StoredImagePrediction when ``id`` is set)."""
+
+    id: str  # a stored prediction's id; a fresh id that names nothing when not stored
+    project_id: str
+    iteration_id: str | None
+    created: datetime
+    predictions: list[TagProbability]
+    domain: str = ""
+    width: int = 0
+    height: int = 0
+    sha256: str = ""
+    uncertainty: float | None = None
+    source: str | None = None
+    application: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "project": self.project_id,
+                "iteration": self.iteration_id, "created": _time(self.created),
+                "predictions": [p.to_json() for p in self.predictions]}
+
+    def to_stored_json(self) -> dict[str, Any]:
+        return {"resizedImageUri": None, "thumbnailUri": None, "originalImageUri": None, "domain": self.domain,
+                **self.to_json(), "predictionUncertainty": self.uncertainty, "width": self.width,
+                "height": self.height, "sourceUrl": self.source, "application": self.application}
+
+
+@dataclass(frozen=True)
+class SuggestionView:
+    """Suggested tags for a project image, not stored (Custom Vision's StoredSuggestedTagAndRegion)."""
+
+    image: ImageView
+    project_id: str
+    iteration_id: str
+    predictions: list[TagProbability]
+    uncertainty: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.image.id, "project": self.project_id, "iteration": self.iteration_id,
+                "created": _time(self.image.created), "predictions": [p.to_json() for p in self.predictions],
+                "predictionUncertainty": self.uncertainty, "width": self.image.width, "height": self.image.height,
+                "resizedImageUri": None, "thumbnailUri": None, "originalImageUri": None, "domain": None}
+
+
+@dataclass(frozen=True)
+class ExportView:
+    """An export of an iteration (Custom Vision's Export)."""
+
+    id: str
+    iteration_id: str
+    platform: str
+    flavor: str | None
+    status: str  # Exporting | Done | Failed
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"platform": self.platform, "status": self.status, "downloadUri": None, "flavor": self.flavor,
+                "newerVersionAvailable": False, "error": self.error}

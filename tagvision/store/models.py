@@ -11,7 +11,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -72,6 +83,8 @@ class Image(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     # Where the image came from: original file name, URL, landing page, licence, creator...
     source: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Custom Vision image metadata: string keys to string values, set by clients.
+    image_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
     tags: Mapped[list[ImageTag]] = relationship(cascade="all, delete-orphan", passive_deletes=True,
@@ -101,7 +114,8 @@ class Iteration(Base):
     """One training run. Frozen once ``status`` is Completed: its artifacts never change."""
 
     __tablename__ = "iterations"
-    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    __table_args__ = (UniqueConstraint("project_id", "name"),
+                      Index("ix_iterations_publish_name", "project_id", "publish_name", unique=True))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
@@ -120,5 +134,59 @@ class Iteration(Base):
     # The tags (id, name) in head column order, counts, chosen settings and timings.
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     training_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    reserved_budget_hours: Mapped[int] = mapped_column(Integer, default=0)
+    # Published iterations answer the Prediction API under this name (unique per project).
+    publish_name: Mapped[str | None] = mapped_column(String(255), default=None)
+    publish_resource_id: Mapped[str | None] = mapped_column(Text, default=None)
 
     project: Mapped[Project] = relationship(back_populates="iterations")
+
+
+class Prediction(Base):
+    """A stored prediction: the image (a blob), when, by which iteration, and its probabilities.
+
+    ``uncertainty`` (0 = sure, 1 = a coin toss) orders the review queue, most uncertain first.
+    """
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_project_created", "project_id", "created"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    iteration_id: Mapped[str | None] = mapped_column(ForeignKey("iterations.id", ondelete="SET NULL"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    domain: Mapped[str] = mapped_column(String(64))
+    application: Mapped[str | None] = mapped_column(String(255), default=None)
+    source: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the URL or file name, when known
+    uncertainty: Mapped[float] = mapped_column(Float)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+    tags: Mapped[list[PredictionTag]] = relationship(cascade="all, delete-orphan", passive_deletes=True,
+                                                     lazy="selectin")
+
+
+class PredictionTag(Base):
+    __tablename__ = "prediction_tags"
+
+    prediction_id: Mapped[str] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True)
+    tag_id: Mapped[str] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True)
+    probability: Mapped[float] = mapped_column(Float)
+
+
+class Export(Base):
+    """A model file made from a completed iteration (e.g. ONNX), built in the background."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    iteration_id: Mapped[str] = mapped_column(ForeignKey("iterations.id", ondelete="CASCADE"), index=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    flavor: Mapped[str | None] = mapped_column(String(32), default=None)
+    status: Mapped[str] = mapped_column(String(16), default="Exporting")  # Exporting | Done | Failed
+    blob: Mapped[str | None] = mapped_column(String(64), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_modified: Mapped[datetime] = mapped_column(default=utcnow)

@@ -83,3 +83,16 @@ def load_embeddings(session: Session, backbone: str, hashes: list[str]) -> tuple
     plain = np.stack([np.frombuffer(rows[h][0], dtype="<f4") for h in hashes])
     flipped = np.stack([np.frombuffer(rows[h][1], dtype="<f4") for h in hashes])
     return plain, flipped
+
+
+def multi_tagged_image_count(session: Session, project_id: str) -> int:
+    """How many of the project's images carry more than one tag."""
+    per_image = (select(ImageTag.image_id).join(Image, Image.id == ImageTag.image_id)
+                 .where(Image.project_id == project_id).group_by(ImageTag.image_id)
+                 .having(func.count() > 1).subquery())
+    return session.scalar(select(func.count()).select_from(per_image)) or 0
+
+
+def published_iteration(session: Session, project_id: str, publish_name: str) -> Iteration | None:
+    return session.scalars(select(Iteration).where(Iteration.project_id == project_id,
+                                                   Iteration.publish_name == publish_name)).first()

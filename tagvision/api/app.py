@@ -1,0 +1,54 @@
+"""The tagvision HTTP server: the Custom Vision Training and Prediction APIs over the service layer.
+
+``create_app(service)`` builds the ASGI app; ``tagvision serve`` runs it with uvicorn. At
+start-up, trainings and exports that a stopped server left unfinished are queued again.
+The OpenAPI page is at ``/docs`` (JSON at ``/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from tagvision import __version__
+from tagvision.api import errors, files, prediction, training
+from tagvision.api.links import Links
+from tagvision.api.middleware import BodyLimit, CaseInsensitivePaths
+from tagvision.service import Service
+
+log = logging.getLogger("tagvision.api")
+
+DESCRIPTION = """Self-hosted image classification, wire-compatible with Azure Custom Vision.
+
+Point the official `azure-cognitiveservices-vision-customvision` SDK (or any Custom Vision client) at this
+server with the keys from `tagvision keys`: the Training API lives under `/customvision/v3.4-preview/training`
+(also v3.0 to v3.3) with the `Training-Key` header, the Prediction API under `/customvision/v3.1/prediction`
+(also v3.0) with the `Prediction-Key` header. Errors are JSON `{"code", "message"}`."""
+
+
+def create_app(service: Service) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        service.keys.current()  # make the keys now, not on the first request
+        resumed = service.jobs.resume()
+        if resumed:
+            log.info("resumed %d interrupted jobs", resumed)
+        yield
+
+    app = FastAPI(title="tagvision", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    app.state.links = Links(service.keys)
+    errors.install(app)
+    app.include_router(training.router)
+    app.include_router(prediction.router)
+    app.include_router(files.router)
+    literals = {segment for route in app.routes if isinstance(route, APIRoute)
+                for segment in route.path.split("/") if segment and not re.fullmatch(r"\{.*\}", segment)}
+    app.add_middleware(BodyLimit)
+    app.add_middleware(CaseInsensitivePaths, literals=literals | set(training.VERSIONS) | set(prediction.VERSIONS))
+    return app

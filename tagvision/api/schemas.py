@@ -1,0 +1,344 @@
+"""Wire models of the Custom Vision REST API (camelCase, as the v3.4-preview spec names them).
+
+Request bodies are validated with these; responses are declared with them so the OpenAPI
+page documents every route. Response models allow extra fields: tagvision adds a few
+(``contentType``, ``source``, ``trainingTimeInSeconds``...) that Custom Vision clients ignore.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --------------------------------------------------------------------------- errors and keys
+
+
+class CustomVisionError(BaseModel):
+    code: str = Field(description="A stable, machine-readable code (Custom Vision's CustomVisionErrorCodes).")
+    message: str = Field(description="What went wrong, for people.")
+
+
+class KeysInfo(BaseModel):
+    endpoint: str
+    trainingKey: str
+    predictionKey: str
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class ModelInformation(Wire):
+    description: str
+    estimatedModelSizeInMegabytes: int | None = None
+
+
+class Domain(Wire):
+    id: str
+    name: str
+    type: str
+    exportable: bool
+    enabled: bool
+    exportablePlatforms: list[str] = []
+    modelInformation: ModelInformation | None = None
+
+
+class ProjectSettings(Wire):
+    domainId: str | None = None
+    classificationType: str | None = None
+    targetExportPlatforms: list[str] | None = None
+    useNegativeSet: bool | None = None
+    detectionParameters: str | None = None
+    imageProcessingSettings: dict[str, Any] | None = None
+    exportModelContainerUri: str | None = None
+    notificationQueueUri: str | None = None
+
+
+class Project(Wire):
+    id: str
+    name: str
+    description: str
+    settings: ProjectSettings
+    created: str
+    lastModified: str
+    thumbnailUri: str | None = None
+    drModeEnabled: bool = False
+    status: str = "Succeeded"
+
+
+class Tag(Wire):
+    id: str
+    name: str
+    description: str
+    type: str
+    imageCount: int
+
+
+class ImageTag(Wire):
+    tagId: str
+    tagName: str
+    created: str | None = None
+
+
+class Image(Wire):
+    id: str
+    created: str
+    width: int
+    height: int
+    resizedImageUri: str | None = None
+    thumbnailUri: str | None = None
+    originalImageUri: str | None = None
+    tags: list[ImageTag] | None = None
+    regions: list[dict[str, Any]] | None = None
+    metadata: dict[str, str] | None = None
+
+
+class ImageCreateResult(Wire):
+    sourceUrl: str | None = None
+    status: str
+    image: Image | None = None
+
+
+class ImageCreateSummary(Wire):
+    isBatchSuccessful: bool
+    images: list[ImageCreateResult]
+
+
+class ImageTagCreateEntry(BaseModel):
+    imageId: str
+    tagId: str
+
+
+class ImageTagCreateSummary(Wire):
+    created: list[ImageTagCreateEntry] | None = None
+    duplicated: list[ImageTagCreateEntry] | None = None
+    exceeded: list[ImageTagCreateEntry] | None = None
+
+
+class ImageMetadataUpdateEntry(Wire):
+    imageId: str
+    status: str
+    metadata: dict[str, str] | None = None
+
+
+class ImageMetadataUpdateSummary(Wire):
+    isBatchSuccessful: bool
+    images: list[ImageMetadataUpdateEntry]
+
+
+class Iteration(Wire):
+    id: str
+    name: str
+    status: str
+    created: str
+    lastModified: str
+    trainedAt: str | None = None
+    projectId: str
+    exportable: bool
+    exportableTo: list[str]
+    domainId: str
+    classificationType: str
+    trainingType: str
+    reservedBudgetInHours: int
+    trainingTimeInMinutes: int
+    publishName: str
+    originalPublishResourceId: str
+    customBaseModelInfo: dict[str, Any] | None = None
+    trainingErrorDetails: str | None = None
+
+
+class TagPerformance(Wire):
+    id: str
+    name: str
+    precision: float
+    precisionStdDeviation: float
+    recall: float
+    recallStdDeviation: float
+    averagePrecision: float | None = None
+
+
+class IterationPerformance(Wire):
+    perTagPerformance: list[TagPerformance]
+    precision: float
+    precisionStdDeviation: float
+    recall: float
+    recallStdDeviation: float
+    averagePrecision: float | None = None
+
+
+class Prediction(Wire):
+    probability: float
+    tagId: str
+    tagName: str
+    boundingBox: dict[str, float] | None = None
+    tagType: str = "Regular"
+
+
+class ImagePerformance(Wire):
+    id: str
+    created: str
+    width: int
+    height: int
+    imageUri: str | None = None
+    thumbnailUri: str | None = None
+    tags: list[ImageTag]
+    regions: list[dict[str, Any]] = []
+    predictions: list[Prediction]
+
+
+class ImagePrediction(Wire):
+    id: str
+    project: str
+    iteration: str | None
+    created: str
+    predictions: list[Prediction]
+
+
+class StoredImagePrediction(ImagePrediction):
+    resizedImageUri: str | None = None
+    thumbnailUri: str | None = None
+    originalImageUri: str | None = None
+    domain: str | None = None
+
+
+class StoredSuggestedTagAndRegion(StoredImagePrediction):
+    width: int
+    height: int
+    predictionUncertainty: float
+
+
+class Export(Wire):
+    platform: str
+    status: str
+    downloadUri: str | None = None
+    flavor: str | None = None
+    newerVersionAvailable: bool = False
+
+
+# --------------------------------------------------------------------------- request bodies (and echoed tokens)
+
+
+class Region(Body):
+    tagId: str
+    left: float
+    top: float
+    width: float
+    height: float
+
+
+class ImageFileCreateEntry(Body):
+    name: str | None = None
+    contents: str = Field(description="The image, base64-encoded.")
+    tagIds: list[str] | None = None
+    regions: list[Region] | None = None
+
+
+class ImageFileCreateBatch(Body):
+    images: list[ImageFileCreateEntry] = []
+    tagIds: list[str] | None = None
+    metadata: dict[str, str] | None = None
+
+
+class ImageUrlCreateEntry(Body):
+    url: str
+    tagIds: list[str] | None = None
+    regions: list[Region] | None = None
+
+
+class ImageUrlCreateBatch(Body):
+    images: list[ImageUrlCreateEntry] = []
+    tagIds: list[str] | None = None
+    metadata: dict[str, str] | None = None
+
+
+class ImageIdCreateEntry(Body):
+    id: str = Field(description="A stored prediction's id.")
+    tagIds: list[str] | None = None
+    regions: list[Region] | None = None
+
+
+class ImageIdCreateBatch(Body):
+    images: list[ImageIdCreateEntry] = []
+    tagIds: list[str] | None = None
+    metadata: dict[str, str] | None = None
+
+
+class ImageTagCreateBatch(Body):
+    tags: list[ImageTagCreateEntry] = []
+
+
+class ImageUrl(Body):
+    url: str
+
+
+class ProjectUpdate(Body):
+    name: str | None = None
+    description: str | None = None
+    settings: ProjectSettings | None = None
+
+
+class TagUpdate(Body):
+    name: str | None = None
+    description: str | None = None
+    type: str | None = None
+
+
+class IterationUpdate(Body):
+    name: str
+
+
+class TrainingParameters(Body):
+    selectedTags: list[str] | None = None
+    customBaseModelInfo: dict[str, Any] | None = None
+
+
+class PredictionQueryTag(Wire):
+    id: str
+    minThreshold: float = 0.0
+    maxThreshold: float = 1.0
+
+
+class PredictionQueryToken(Wire):
+    session: str | None = None
+    continuation: str | None = None
+    maxCount: int | None = None
+    orderBy: str | None = None
+    tags: list[PredictionQueryTag] | None = None
+    iterationId: str | None = None
+    startTime: datetime | None = None
+    endTime: datetime | None = None
+    application: str | None = None
+
+
+class PredictionQueryResult(Wire):
+    token: PredictionQueryToken
+    results: list[StoredImagePrediction]
+
+
+class TagFilter(Body):
+    tagIds: list[str] | None = None
+    threshold: float | None = None
+
+
+class SuggestedTagAndRegionQueryToken(Wire):
+    tagIds: list[str] | None = None
+    threshold: float | None = None
+    session: str | None = None
+    continuation: str | None = None
+    maxCount: int | None = None
+    sortBy: str | None = None
+
+
+class SuggestedTagAndRegionQuery(Wire):
+    token: SuggestedTagAndRegionQueryToken
+    results: list[StoredSuggestedTagAndRegion]

@@ -1,0 +1,127 @@
+"""Export a trained iteration as one self-contained ONNX classifier.
+
+The file holds the backbone, the test-time flip, the power normalisation, the linear head
+and the link (softmax for multiclass, sigmoid for multilabel), so it gives the server's
+probabilities from a preprocessed image alone.
+
+Input ``data``: float32 ``[N, 3, S, S]`` (``S`` = ``image_size`` in the metadata), NCHW,
+exactly what :func:`tagvision.backbone.preprocess` makes: upright RGB, shorter side resized
+to ``resize`` (bicubic), centre crop ``S``, ``(pixel - 127) / 128``. Do not mirror the image:
+the model averages it with its mirror itself. Output ``probabilities``: float32 ``[N, T]``,
+columns in the order of the ``labels`` metadata (a JSON list). Running it::
+
+    import json, numpy as np, onnxruntime as ort
+    session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+    labels = json.loads(session.get_modelmeta().custom_metadata_map["labels"])
+    x = np.stack([preprocess(image) for image in images])  # float32 (N, 3, S, S)
+    (probabilities,) = session.run(["probabilities"], {"data": x})
+    print([dict(zip(labels, row.tolist())) for row in probabilities])
+
+``write_bundle`` packs the model with ``labels.txt`` (one label per line) into a zip.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tagvision import backbone
+from tagvision.learn import POWER, LinearHead
+
+INPUT = "data"
+OUTPUT = "probabilities"
+_INT64_MIN = np.iinfo(np.int64).min
+
+
+def preprocessing_text(spec: backbone.BackboneSpec) -> str:
+    """The exact input recipe, in words (stored in the model's metadata)."""
+    s = spec.image_size
+    return (
+        "RGB image (first frame of an animation; transparency composited on white) with its EXIF "
+        f"orientation applied; resize the shorter side to {spec.resize} px (bicubic) and crop the "
+        f"centre {s}x{s}; value = (pixel - 127) / 128 for 0..255 pixels; NCHW float32 [N, 3, {s}, {s}]. "
+        f"tagvision decodes JPEGs with Pillow's draft mode at the smallest scale keeping the shorter "
+        f"side >= {spec.resize} px. Do not mirror the image: the model averages it with its mirror."
+    )
+
+
+def build_classifier_onnx(spec: backbone.BackboneSpec, models_dir: Path, head: LinearHead,
+                          labels: list[str], *, iteration_id: str = "", project_name: str = "") -> bytes:
+    """Backbone + test-time flip + ``max(x, 0) ** 0.75`` + linear head + link, as ONNX bytes."""
+    dim, tags = head.weights.shape
+    if dim != spec.dim or head.bias.shape != (tags,) or len(labels) != tags:
+        raise ValueError(f"head {head.weights.shape} / bias {head.bias.shape} do not fit "
+                         f"{spec.dim}-d features and {len(labels)} labels")
+    base = onnx.load(backbone.ensure_onnx(spec, models_dir))
+    (image,), (embedding,) = base.graph.input, base.graph.output
+
+    def name(suffix: str) -> str:
+        return f"tagvision/{suffix}"
+
+    def const(suffix: str, value: np.ndarray) -> TensorProto:
+        return numpy_helper.from_array(value, name(suffix))
+
+    initializers = [
+        const("flip_starts", np.array([-1], np.int64)),
+        const("flip_ends", np.array([_INT64_MIN], np.int64)),
+        const("flip_axes", np.array([3], np.int64)),
+        const("flip_steps", np.array([-1], np.int64)),
+        const("pairs_shape", np.array([2, -1, dim], np.int64)),
+        const("power", np.array(POWER, np.float32)),
+        const("weights", np.ascontiguousarray(head.weights, np.float32)),
+        const("bias", np.ascontiguousarray(head.bias, np.float32)),
+    ]
+    before = [
+        helper.make_node("Slice", [INPUT, name("flip_starts"), name("flip_ends"), name("flip_axes"),
+                                   name("flip_steps")], [name("mirrored")], name=name("Mirror")),
+        # Plain rows first, then their mirrors: the backbone runs once on 2N images.
+        helper.make_node("Concat", [INPUT, name("mirrored")], [image.name], name=name("Pairs"), axis=0),
+    ]
+    after = [
+        helper.make_node("Relu", [embedding.name], [name("relu")], name=name("Relu")),
+        helper.make_node("Pow", [name("relu"), name("power")], [name("features")], name=name("Power")),
+        helper.make_node("Reshape", [name("features"), name("pairs_shape")], [name("pairs")], name=name("Split")),
+        helper.make_node("ReduceMean", [name("pairs")], [name("mean")], name=name("FlipMean"),
+                         axes=[0], keepdims=0),
+        helper.make_node("MatMul", [name("mean"), name("weights")], [name("scores")], name=name("MatMul")),
+        helper.make_node("Add", [name("scores"), name("bias")], [name("logits")], name=name("Bias")),
+        helper.make_node("Sigmoid", [name("logits")], [OUTPUT], name=name("Sigmoid")) if head.multilabel
+        else helper.make_node("Softmax", [name("logits")], [OUTPUT], name=name("Softmax"), axis=1),
+    ]
+    s = spec.image_size
+    graph = helper.make_graph(
+        [*before, *base.graph.node, *after], "tagvision-classifier",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", 3, s, s])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", tags])],
+        initializer=[*base.graph.initializer, *initializers],
+    )
+    model = helper.make_model(graph, opset_imports=base.opset_import, ir_version=base.ir_version,
+                              producer_name="tagvision")
+    helper.set_model_props(model, {
+        "labels": json.dumps(labels, ensure_ascii=False),
+        "classification": "Multilabel" if head.multilabel else "Multiclass",
+        "preprocessing": preprocessing_text(spec),
+        "image_size": str(s),
+        "backbone": spec.model_name,
+        "domain": spec.domain,
+        "iteration_id": iteration_id,
+        "project": project_name,
+        "producer": "tagvision",
+    })
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def write_bundle(model_bytes: bytes, labels: list[str], path_or_file: str | Path | IO[bytes]) -> None:
+    """Write a zip with ``model.onnx`` and ``labels.txt`` (UTF-8, one label per line, column order)."""
+    if any("\n" in label or "\r" in label for label in labels):
+        raise ValueError("labels may not contain line breaks")
+    with zipfile.ZipFile(path_or_file, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("model.onnx", model_bytes)
+        bundle.writestr("labels.txt", "".join(f"{label}\n" for label in labels).encode())

@@ -1,0 +1,102 @@
+"""Use cases for exporting iterations as model files that run without tagvision (ONNX)."""
+
+from __future__ import annotations
+
+import io
+
+from sqlalchemy import select
+
+from tagvision import backbone, domains, export
+from tagvision.errors import InvalidInput, NotFound, TrainingError
+from tagvision.learn import LinearHead
+from tagvision.service.context import Context, get_iteration, get_project
+from tagvision.service.views import ExportView
+from tagvision.store.models import Export, Iteration, utcnow
+
+PLATFORMS = ("ONNX",)
+ONNX_FLAVORS = (None, "ONNX10", "ONNX12")
+
+
+class Exports:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def start(self, ref: str, iteration_ref: str, platform: str, flavor: str | None = None) -> ExportView:
+        """Queue an export of a completed iteration (status Exporting); an existing one is returned as is."""
+        if platform not in PLATFORMS:
+            raise InvalidInput(f"tagvision exports to {', '.join(PLATFORMS)}; {platform!r} is not available.",
+                               code="BadRequestProjectUnsupportedExportPlatform")
+        if flavor not in ONNX_FLAVORS:
+            raise InvalidInput(f"Unknown ONNX flavor {flavor!r}; leave it out or use ONNX10 or ONNX12.",
+                               code="BadRequestExportValidationFailed")
+        with self.ctx.db.session() as session:
+            iteration = get_iteration(session, get_project(session, ref), iteration_ref)
+            if iteration.status != "Completed":
+                raise TrainingError(f"{iteration.name} is {iteration.status}; only a completed iteration exports.",
+                                    code="BadRequestIterationIsNotTrained")
+            for row in session.scalars(select(Export).where(Export.iteration_id == iteration.id,
+                                                            Export.platform == platform)):
+                if row.flavor == flavor and row.status in ("Exporting", "Done"):
+                    return _view(row)
+                if row.flavor == flavor:  # Failed: try again
+                    session.delete(row)
+            row = Export(iteration_id=iteration.id, platform=platform, flavor=flavor)
+            session.add(row)
+            session.flush()
+            return _view(row)
+
+    def run(self, export_id: str) -> ExportView:
+        """Build the file of a queued export: Done with its blob, or Failed with the reason."""
+        try:
+            with self.ctx.db.session() as session:
+                row = session.get(Export, export_id)
+                if row is None:
+                    raise NotFound(f"No export {export_id!r}.", code="NotFound")
+                iteration = session.get(Iteration, row.iteration_id)
+                assert iteration is not None
+                head_key, domain, iteration_id = iteration.head_blob, iteration.domain, iteration.id
+                labels = [name for _, name in iteration.details["tags"]]
+                project_name = iteration.project.name
+            spec = backbone.spec_for(domains.backbone_for(domain))
+            head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))
+            model = export.build_classifier_onnx(spec, self.ctx.settings.models_dir, head, labels,
+                                                 iteration_id=iteration_id, project_name=project_name)
+            bundle = io.BytesIO()
+            export.write_bundle(model, labels, bundle)
+            key = self.ctx.blobs.put(bundle.getvalue())
+            status, error = "Done", None
+        except Exception as exc:  # recorded on the export; the job runner logs it
+            key, status, error = None, "Failed", f"{type(exc).__name__}: {exc}"
+        with self.ctx.db.session() as session:
+            row = session.get(Export, export_id)
+            if row is None:
+                raise NotFound(f"No export {export_id!r}.", code="NotFound")
+            row.blob, row.status, row.error, row.last_modified = key, status, error, utcnow()
+            return _view(row)
+
+    def list(self, ref: str, iteration_ref: str) -> list[ExportView]:
+        with self.ctx.db.session() as session:
+            iteration = get_iteration(session, get_project(session, ref), iteration_ref)
+            return [_view(r) for r in session.scalars(select(Export).where(Export.iteration_id == iteration.id)
+                                                       .order_by(Export.created))]
+
+    def file(self, export_id: str) -> tuple[str, bytes]:
+        """(file name, bytes) of a finished export."""
+        with self.ctx.db.session() as session:
+            row = session.get(Export, export_id)
+            if row is None or row.blob is None:
+                raise NotFound("This export does not exist or is not finished.", code="NotFound")
+            iteration = session.get(Iteration, row.iteration_id)
+            assert iteration is not None
+            name = f"{iteration.project.name}-{iteration.name}-{row.platform}.zip".replace(" ", "-")
+            key = row.blob
+        return name, self.ctx.blobs.get(key)
+
+    def interrupted(self) -> list[str]:
+        """Exports left ``Exporting`` by a stopped process."""
+        with self.ctx.db.session() as session:
+            return list(session.scalars(select(Export.id).where(Export.status == "Exporting")))
+
+
+def _view(row: Export) -> ExportView:
+    return ExportView(row.id, row.iteration_id, row.platform, row.flavor, row.status, row.error)

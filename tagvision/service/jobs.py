@@ -1,0 +1,69 @@
+"""Background work: trainings and exports run on one worker thread, in the order asked.
+
+One worker is deliberate: training and exporting use every core, so two at once would only
+slow each other and the predictions being served. A process that stops mid-job leaves the
+iteration ``Training`` (or the export ``Exporting``); :meth:`Jobs.resume` queues them again
+at the next start, so nothing stays in that state forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from tagvision.service.exports import Exports
+from tagvision.service.training import Training
+from tagvision.service.views import ExportView, IterationView
+
+log = logging.getLogger("tagvision.jobs")
+
+
+class Jobs:
+    def __init__(self, training: Training, exports: Exports) -> None:
+        self.training = training
+        self.exports = exports
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagvision-job")
+        self._pending: list[Future] = []
+
+    def train(self, ref: str, **options) -> IterationView:
+        """Start a training (checks run now) and finish it in the background."""
+        view = self.training.start(ref, **options)
+        self._submit(f"train {view.id}", lambda: self.training.run(view.project_id, view.id))
+        return view
+
+    def export(self, ref: str, iteration_ref: str, platform: str, flavor: str | None = None) -> ExportView:
+        view = self.exports.start(ref, iteration_ref, platform, flavor)
+        if view.status == "Exporting":
+            self._submit(f"export {view.id}", lambda: self.exports.run(view.id))
+        return view
+
+    def resume(self) -> int:
+        """Queue the trainings and exports a stopped process left unfinished; returns how many."""
+        interrupted = self.training.interrupted()
+        for project_id, iteration_id in interrupted:
+            log.info("resuming training %s", iteration_id)
+            self._submit(f"train {iteration_id}", lambda p=project_id, i=iteration_id: self.training.run(p, i))
+        exports = self.exports.interrupted()
+        for export_id in exports:
+            self._submit(f"export {export_id}", lambda e=export_id: self.exports.run(e))
+        return len(interrupted) + len(exports)
+
+    def wait(self) -> None:
+        """Block until every job submitted so far has finished (tests, CLI)."""
+        for future in list(self._pending):
+            future.exception()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, name: str, fn: Callable[[], object]) -> None:
+        def job() -> None:
+            try:
+                fn()
+                log.info("%s: done", name)
+            except Exception:  # the service recorded the failure on the iteration or export
+                log.exception("%s: failed", name)
+
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._pool.submit(job))

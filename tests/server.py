@@ -1,0 +1,89 @@
+"""A real ``tagvision serve`` process on 127.0.0.1 for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import MODELS, REPO
+
+
+class Server:
+    """Starts ``python -m tagvision.cli serve --port 0`` on a data dir; ``endpoint`` and keys once up."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.env = {**os.environ, "TAGVISION_MODELS_DIR": str(MODELS), "TAGVISION_ALLOW_PRIVATE_URLS": "1",
+                    **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self.endpoint = ""
+        self.training_key = ""
+        self.prediction_key = ""
+
+    def start(self, timeout: float = 60.0) -> Server:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "server.json").unlink(missing_ok=True)
+        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 (kept open for the process)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tagvision.cli", "serve", "--port", "0", "--no-access-log",
+             "--data-dir", str(self.data_dir)], cwd=REPO, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log()[-2000:]}")
+            if (self.data_dir / "server.json").exists():
+                self.endpoint = json.loads((self.data_dir / "server.json").read_text())["endpoint"]
+                keys = json.loads((self.data_dir / "keys.json").read_text())
+                self.training_key, self.prediction_key = keys["trainingKey"], keys["predictionKey"]
+                try:
+                    if httpx.get(f"{self.endpoint}/openapi.json", timeout=2).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not start: {self.log()[-2000:]}")
+
+    def training(self, path: str = "") -> str:
+        return f"{self.endpoint}/customvision/v3.4-preview/training{path}"
+
+    def prediction(self, path: str = "") -> str:
+        return f"{self.endpoint}/customvision/v3.1/prediction{path}"
+
+    @property
+    def training_headers(self) -> dict[str, str]:
+        return {"Training-Key": self.training_key}
+
+    @property
+    def prediction_headers(self) -> dict[str, str]:
+        return {"Prediction-Key": self.prediction_key}
+
+    def log(self) -> str:
+        path = self.data_dir / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up at all, as in a power cut or an OOM kill."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
