@@ -1,14 +1,18 @@
 # tagvision: two commands on a fresh machine.
-#   make quickstart   create .venv, install, run the whole flow on a folder of class folders
+#   make serve        create .venv, install, start the server on 127.0.0.1:8000 (data in ./tagvision-data)
 #   make test         create .venv, install with test tools, lint and run the tests
+# and a demo: make quickstart runs the whole CLI flow on a folder of class folders.
 
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= $(firstword $(wildcard ../shared/datasets/clothing-small/train))
 QUICKSTART_DIR ?= tagvision-data/quickstart
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DATA_DIR ?= tagvision-data
 
-.PHONY: quickstart test venv lint bench clean
+.PHONY: serve quickstart test venv lint bench clean
 
 $(BIN)/tagvision: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +21,10 @@ $(BIN)/tagvision: pyproject.toml
 	touch $@
 
 venv: $(BIN)/tagvision
+
+serve: venv
+	$(BIN)/tagvision keys --data-dir $(DATA_DIR)
+	$(BIN)/tagvision serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
 quickstart: venv
 	@test -n "$(DATA)" || { echo "Give a folder of class folders: make quickstart DATA=path/to/folders"; exit 2; }
@@ -38,6 +46,7 @@ bench: venv
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) tagvision-data .pytest_cache

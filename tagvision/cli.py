@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from tagvision import domains
 from tagvision.config import Settings
 from tagvision.errors import InvalidInput, TagvisionError
 from tagvision.service import NewImage, Service
@@ -83,7 +84,8 @@ def print_json(value: Any) -> None:
 def project_create(
     name: Annotated[str, typer.Argument(help="Project name (unique).")],
     type_: Annotated[str, typer.Option("--type", help="multiclass (one tag per image) or multilabel.")] = "multiclass",
-    domain: Annotated[str, typer.Option(help="general-compact (EfficientNet-Lite0) or general (Lite2).")]
+    domain: Annotated[str, typer.Option(help="general-compact (EfficientNet-Lite0), general (Lite2), or a "
+                                        "Custom Vision classification domain name or id.")]
     = "general-compact",
     description: Annotated[str, typer.Option(help="Free text.")] = "",
     data_dir: DataDir = None,
@@ -95,7 +97,8 @@ def project_create(
     if as_json:
         print_json(project.to_json())
     else:
-        out.print(f"Created project [bold]{project.name}[/] ({project.classification_type}, {project.domain}) "
+        out.print(f"Created project [bold]{project.name}[/] ({project.classification_type}, "
+                  f"{domains.resolve(project.domain).name}) "
                   f"id {project.id}", highlight=False)
 
 
@@ -109,7 +112,8 @@ def project_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
         return
     table = Table("name", "type", "domain", "tags", "images", "id")
     for p in projects:
-        table.add_row(p.name, p.classification_type, p.domain, str(p.tag_count), str(p.image_count), p.id)
+        table.add_row(p.name, p.classification_type, domains.resolve(p.domain).name, str(p.tag_count),
+                      str(p.image_count), p.id)
     out.print(table)
 
 
@@ -334,7 +338,8 @@ def iteration_list(project: ProjectArg, data_dir: DataDir = None, as_json: JsonF
         return
     table = Table("iteration", "status", "domain", "images", "tags", "seconds", "trained at", "id")
     for i in iterations:
-        table.add_row(i.name, i.status + (f" ({i.error})" if i.error else ""), i.domain, str(i.image_count),
+        table.add_row(i.name, i.status + (f" ({i.error})" if i.error else ""), domains.resolve(i.domain).name,
+                      str(i.image_count),
                       str(i.tag_count), f"{i.training_seconds:.1f}" if i.training_seconds else "",
                       i.trained_at.strftime("%Y-%m-%d %H:%M:%S") if i.trained_at else "", i.id)
     out.print(table)

@@ -166,3 +166,20 @@ def _count(database: Path, query: str) -> int:
             return connection.execute(query).fetchone()[0]
     except sqlite3.OperationalError:
         return 0  # schema not created yet
+
+
+def test_keys_are_made_once_private_and_rotatable(data_dir: Path, monkeypatch) -> None:
+    first = json.loads(tagvision("keys", "--json", data_dir=data_dir).stdout)
+    assert set(first) == {"endpoint", "trainingKey", "predictionKey"}
+    assert len(first["trainingKey"]) == 32 and first["trainingKey"] != first["predictionKey"]
+    assert (data_dir / "keys.json").stat().st_mode & 0o777 == 0o600
+    assert json.loads(tagvision("keys", "--json", data_dir=data_dir).stdout) == first  # stable
+
+    rotated = json.loads(tagvision("keys", "--json", "--regenerate", "training", data_dir=data_dir).stdout)
+    assert rotated["trainingKey"] != first["trainingKey"] and rotated["predictionKey"] == first["predictionKey"]
+    assert (data_dir / "keys.json").stat().st_mode & 0o777 == 0o600
+    bad = tagvision("keys", "--regenerate", "admin", data_dir=data_dir, check=False)
+    assert bad.returncode == 1 and "error: BadRequest:" in bad.stderr
+
+    monkeypatch.setenv("TAGVISION_TRAINING_KEY", "operator-given-key")
+    assert json.loads(tagvision("keys", "--json", data_dir=data_dir).stdout)["trainingKey"] == "operator-given-key"
