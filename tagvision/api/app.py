@@ -47,7 +47,9 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(training.router)
     app.include_router(prediction.router)
     app.include_router(files.router)
-    literals = {segment for route in app.routes if isinstance(route, APIRoute)
+    # From the routers themselves: FastAPI >= 0.163 lists an included router as one lazy entry in app.routes.
+    literals = {segment for router in (training.router, prediction.router, files.router)
+                for route in router.routes if isinstance(route, APIRoute)
                 for segment in route.path.split("/") if segment and not re.fullmatch(r"\{.*\}", segment)}
     app.add_middleware(BodyLimit)
     app.add_middleware(CaseInsensitivePaths, literals=literals | set(training.VERSIONS) | set(prediction.VERSIONS))

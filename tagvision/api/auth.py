@@ -1,4 +1,6 @@
-"""Key checks: every training route needs the Training-Key, every prediction route the Prediction-Key.
+"""Request gates: the API version in the path, and the keys.
+
+Every training route needs the Training-Key, every prediction route the Prediction-Key.
 
 Header names match case-insensitively (Microsoft's samples send ``Training-key``), and keys
 are compared in constant time. A missing or wrong key is 401 with code ``Unauthorized``.
@@ -7,8 +9,10 @@ are compared in constant time. A missing or wrong key is 401 with code ``Unautho
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
+from typing import Annotated
 
-from fastapi import Request, Security
+from fastapi import Path, Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException
 
@@ -36,3 +40,16 @@ def require_training_key(request: Request, key: str | None = Security(training_h
 def require_prediction_key(request: Request, key: str | None = Security(prediction_header)) -> None:
     if not matches(key, request.app.state.service.keys.current().prediction):
         raise _refuse("Prediction-Key", key)
+
+
+VersionPath = Annotated[str, Path(description="Training API: v3.0 to v3.4-preview; Prediction API: v3.0 or v3.1.")]
+
+
+def version_gate(api: str, versions: tuple[str, ...]) -> Callable[[str], str]:
+    """A dependency that answers 404 ``NotFound`` for a version of ``api`` this server does not speak."""
+    def api_version(version: VersionPath) -> str:
+        if version not in versions:
+            raise HTTPException(404, detail={"code": "NotFound", "message": f"Unknown {api} version {version!r}; "
+                                             f"this server speaks {', '.join(versions)}."})
+        return version
+    return api_version

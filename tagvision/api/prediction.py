@@ -11,10 +11,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 
 from tagvision.api import schemas
-from tagvision.api.auth import require_prediction_key
+from tagvision.api.auth import require_prediction_key, version_gate
 from tagvision.api.uploads import IMAGE_BODY, image_parts
 from tagvision.errors import InvalidInput
 from tagvision.service import Service
@@ -22,15 +21,8 @@ from tagvision.service import Service
 VERSIONS = ("v3.0", "v3.1")
 
 
-def api_version(version: Annotated[str, Path(description="v3.0 or v3.1")]) -> str:
-    if version not in VERSIONS:
-        raise HTTPException(404, detail={"code": "NotFound", "message": f"Unknown Prediction API version "
-                                         f"{version!r}; this server speaks {', '.join(VERSIONS)}."})
-    return version
-
-
 router = APIRouter(prefix="/customvision/{version}/prediction", tags=["Prediction API"],
-                   dependencies=[Depends(api_version), Depends(require_prediction_key)])
+                   dependencies=[Depends(version_gate("Prediction API", VERSIONS)), Depends(require_prediction_key)])
 
 ProjectId = Annotated[str, Path(alias="projectId")]
 PublishedName = Annotated[str, Path(alias="publishedName")]

@@ -16,15 +16,16 @@ from tagvision.service.views import (
 )
 
 
-def _links(request: Request):
-    return request.app.state.links
+def _with_links(request: Request, body: dict[str, Any], sha256: str, kind: str = "image") -> dict[str, Any]:
+    """``body`` with signed links to the original (also standing for the resized image) and its thumbnail."""
+    links = request.app.state.links
+    original = links.url(request, kind, sha256)
+    return {**body, "originalImageUri": original, "resizedImageUri": original,
+            "thumbnailUri": links.url(request, f"{kind}-thumbnail" if kind != "image" else "thumbnail", sha256)}
 
 
 def image(request: Request, view: ImageView) -> dict[str, Any]:
-    links = _links(request)
-    original = links.url(request, "image", view.sha256)
-    return {**view.to_json(), "originalImageUri": original, "resizedImageUri": original,
-            "thumbnailUri": links.url(request, "thumbnail", view.sha256)}
+    return _with_links(request, view.to_json(), view.sha256)
 
 
 def create_summary(request: Request, summary: ImageCreateSummary) -> dict[str, Any]:
@@ -36,25 +37,20 @@ def create_summary(request: Request, summary: ImageCreateSummary) -> dict[str, A
 
 
 def image_performance(request: Request, view: ImagePerformanceView) -> dict[str, Any]:
-    links = _links(request)
-    return {**view.to_json(), "imageUri": links.url(request, "image", view.image.sha256),
-            "thumbnailUri": links.url(request, "thumbnail", view.image.sha256)}
+    body = _with_links(request, view.to_json(), view.image.sha256)
+    body["imageUri"] = body.pop("originalImageUri")
+    del body["resizedImageUri"]
+    return body
 
 
 def stored_prediction(request: Request, view: PredictionView) -> dict[str, Any]:
-    links = _links(request)
-    original = links.url(request, "prediction", view.sha256)
-    return {**view.to_stored_json(), "originalImageUri": original, "resizedImageUri": original,
-            "thumbnailUri": links.url(request, "prediction-thumbnail", view.sha256)}
+    return _with_links(request, view.to_stored_json(), view.sha256, "prediction")
 
 
 def suggestion(request: Request, view: SuggestionView) -> dict[str, Any]:
-    links = _links(request)
-    original = links.url(request, "image", view.image.sha256)
-    return {**view.to_json(), "originalImageUri": original, "resizedImageUri": original,
-            "thumbnailUri": links.url(request, "thumbnail", view.image.sha256)}
+    return _with_links(request, view.to_json(), view.image.sha256)
 
 
 def export(request: Request, view: ExportView) -> dict[str, Any]:
-    uri = _links(request).url(request, "export", view.id) if view.status == "Done" else ""
+    uri = request.app.state.links.url(request, "export", view.id) if view.status == "Done" else ""
     return {**view.to_json(), "downloadUri": uri}

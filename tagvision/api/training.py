@@ -15,31 +15,24 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
 
 from tagvision import domains
 from tagvision.api import render, schemas
-from tagvision.api.auth import require_training_key
+from tagvision.api.auth import require_training_key, version_gate
 from tagvision.api.uploads import IMAGE_BODY, image_parts
 from tagvision.errors import InvalidInput
 from tagvision.images import MAX_TRAINING_BYTES
 from tagvision.service import NewImage, Service
 from tagvision.service.images import parse_metadata_filter
 from tagvision.service.prediction import PredictionQuery, QueryTag
+from tagvision.service.views import ImageCreateSummary
 
 VERSIONS = ("v3.0", "v3.1", "v3.2", "v3.3", "v3.4-preview")
 MAX_BATCH, MAX_TAG_IDS, MAX_IDS, MAX_TAKE = 64, 20, 256, 256
 
 
-def api_version(version: Annotated[str, Path(description="v3.0, v3.1, v3.2, v3.3 or v3.4-preview")]) -> str:
-    if version not in VERSIONS:
-        raise HTTPException(404, detail={"code": "NotFound", "message": f"Unknown Training API version "
-                                         f"{version!r}; this server speaks {', '.join(VERSIONS)}."})
-    return version
-
-
 router = APIRouter(prefix="/customvision/{version}/training", tags=["Training API"],
-                   dependencies=[Depends(api_version), Depends(require_training_key)])
+                   dependencies=[Depends(version_gate("Training API", VERSIONS)), Depends(require_training_key)])
 
 ProjectId = Annotated[str, Path(alias="projectId")]
 IterationId = Annotated[str, Path(alias="iterationId")]
@@ -66,7 +59,13 @@ def csv(value: str | None, *, limit: int, what: str) -> list[str]:
 
 
 def batch_status(version: str, summary_ok: bool) -> int:
+    """200 when every image made it; 207 otherwise (v3.3 on; v3.0-v3.2 clients only accept 200)."""
     return 200 if summary_ok or version in ("v3.0", "v3.1", "v3.2") else 207
+
+
+def summary_response(request: Request, version: str, summary: ImageCreateSummary) -> JSONResponse:
+    return JSONResponse(render.create_summary(request, summary),
+                        status_code=batch_status(version, summary.is_batch_successful))
 
 
 def newest_first(order_by: str | None) -> bool:
@@ -285,8 +284,7 @@ async def create_images_from_data(request: Request, project_id: ProjectId, versi
     check_batch(len(parts), tags)
     items = [NewImage(f'"{p.name}"' if p.name else "", lambda d=p.data: d, tuple(tags)) for p in parts]
     summary = await run_in_threadpool(service.images.add, project_id, items)
-    return JSONResponse(render.create_summary(request, summary),
-                        status_code=batch_status(version, summary.is_batch_successful))
+    return summary_response(request, version, summary)
 
 
 @router.post("/projects/{projectId}/images/files", response_model=schemas.ImageCreateSummary,
@@ -299,8 +297,7 @@ def create_images_from_files(request: Request, service: Svc, project_id: Project
     items = [NewImage(e.name or "", _base64_reader(e.contents), union(batch.tagIds, e.tagIds),
                       metadata=batch.metadata or {}) for e in batch.images]
     summary = service.images.add(project_id, items)
-    return JSONResponse(render.create_summary(request, summary),
-                        status_code=batch_status(version, summary.is_batch_successful))
+    return summary_response(request, version, summary)
 
 
 def _base64_reader(contents: str):
@@ -322,8 +319,7 @@ def create_images_from_urls(request: Request, service: Svc, project_id: ProjectI
     service.projects.get(project_id)  # unknown project: 404 before any download
     summary = service.images.add_urls(project_id, [(e.url, union(batch.tagIds, e.tagIds)) for e in batch.images],
                                       batch.metadata)
-    return JSONResponse(render.create_summary(request, summary),
-                        status_code=batch_status(version, summary.is_batch_successful))
+    return summary_response(request, version, summary)
 
 
 @router.post("/projects/{projectId}/images/predictions", response_model=schemas.ImageCreateSummary,
@@ -334,8 +330,7 @@ def create_images_from_predictions(request: Request, service: Svc, project_id: P
     check_batch(len(batch.images), batch.tagIds)
     summary = service.prediction.to_training_images(
         project_id, [(e.id, union(batch.tagIds, e.tagIds)) for e in batch.images], batch.metadata)
-    return JSONResponse(render.create_summary(request, summary),
-                        status_code=batch_status(version, summary.is_batch_successful))
+    return summary_response(request, version, summary)
 
 
 @router.post("/projects/{projectId}/images/metadata", response_model=schemas.ImageMetadataUpdateSummary,
