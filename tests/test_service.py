@@ -172,3 +172,42 @@ def test_multilabel_project_trains_independent_sigmoids(svc) -> None:
     probabilities = {p.tag_name: p.probability for p in result.predictions}
     assert probabilities["top"] > 0.5 and probabilities["bottom"] < 0.5
     assert not np.isclose(sum(probabilities.values()), 1.0)
+
+
+def test_uncertainty_orders_sure_before_unsure() -> None:
+    from tagvision.service.prediction import uncertainty
+
+    assert uncertainty(np.array([1.0, 0.0, 0.0]), multilabel=False) < 1e-6
+    assert abs(uncertainty(np.array([1 / 3] * 3), multilabel=False) - 1.0) < 1e-9
+    assert uncertainty(np.array([0.9, 0.05, 0.05]), False) < uncertainty(np.array([0.5, 0.4, 0.1]), False)
+    # Multilabel: the tag closest to 0.5 decides.
+    assert abs(uncertainty(np.array([0.99, 0.5]), multilabel=True) - 1.0) < 1e-9
+    assert uncertainty(np.array([0.99, 0.01]), True) < uncertainty(np.array([0.99, 0.3]), True)
+
+
+def test_metadata_filter_reads_custom_vision_syntax() -> None:
+    from tagvision.service.images import MetadataCondition, parse_metadata_filter
+
+    assert parse_metadata_filter("metadata=shop eq 'north' and aisle ne 'it''s 4'") == [
+        MetadataCondition("shop", True, "north"), MetadataCondition("aisle", False, "it's 4")]
+    assert parse_metadata_filter("camera EQ 'x'") == [MetadataCondition("camera", True, "x")]
+    for bad in ("shop = 'north'", "shop eq north", "metadata=", "shop eq 'a' or b eq 'c'"):
+        with pytest.raises(InvalidInput) as caught:
+            parse_metadata_filter(bad)
+        assert caught.value.code == "BadRequestInvalid"
+
+
+def test_domains_map_custom_vision_ids_onto_our_backbones() -> None:
+    from tagvision import domains
+
+    assert domains.backbone_for("0732100f-1a38-4e49-a514-c9b44c697ab5") == "general-compact"
+    assert domains.backbone_for("6B4FAEDA-8396-481B-9F8B-177B9FA3097F") == "general-compact"  # Retail (compact)
+    assert domains.backbone_for("ee85a74c-405e-4adc-bb47-ffa8ca0c9f31") == "general"
+    assert domains.resolve("general-compact").name == "General (compact)"
+    assert domains.resolve("Food").id == "c151d5b5-dd07-472a-acc8-15d29dea8518"
+    with pytest.raises(InvalidInput) as caught:
+        domains.resolve("da2e3a8a-40a5-4171-82f4-58522f70fbc1")  # object detection
+    assert caught.value.code == "BadRequestNotSupported"
+    with pytest.raises(InvalidInput) as caught:
+        domains.resolve("not-a-domain")
+    assert caught.value.code == "BadRequestProjectUnknownDomain"

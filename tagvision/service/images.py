@@ -141,8 +141,10 @@ class Images:
             names = {t.id: t.name for t in project.tags}
             query = self._filtered(session, project, tag, tag_ids, untagged, tagged, iteration)
             order = (Image.created.desc(), Image.id.desc()) if newest_first else (Image.created, Image.id)
-            rows = list(session.scalars(query.order_by(*order)))
-            rows = [r for r in rows if _metadata_matches(r.image_metadata, metadata)]
+            query = query.order_by(*order)
+            if not metadata:  # page in SQL; a metadata filter reads the JSON of every candidate
+                return [image_view(img, names) for img in session.scalars(query.offset(skip).limit(take))]
+            rows = [r for r in session.scalars(query) if _metadata_matches(r.image_metadata, metadata)]
             end = None if take is None else skip + take
             return [image_view(img, names) for img in rows[skip:end]]
 
