@@ -48,7 +48,8 @@ class Server:
                 except httpx.TransportError:
                     pass
             time.sleep(0.1)
-        raise RuntimeError(f"server did not start: {self.log()[-2000:]}")
+        self.kill()
+        raise RuntimeError(f"server did not start in {timeout} s: {self.log()[-2000:]}")
 
     def training(self, path: str = "") -> str:
         return f"{self.endpoint}/customvision/v3.4-preview/training{path}"
