@@ -42,7 +42,7 @@ class Conflict(TagvisionError):
     """The request clashes with existing state (duplicate name, iteration in use)."""
 
     code = "Conflict"
-    http_status = 409
+    http_status = 400  # Custom Vision answers these (BadRequest...NotUnique, ...AlreadyInProgress) with 400
 
 
 class ImageError(TagvisionError):

@@ -31,6 +31,7 @@ request for another.
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import os
 import re
@@ -101,7 +102,10 @@ def fetch(
                     current = _redirect_target(hop, response.headers["Location"])
                     continue
                 if response.status_code >= 300:
-                    raise _bad(f"The image URL answered HTTP {response.status_code} {response.reason_phrase}.")
+                    raise FetchError(f"The image URL answered HTTP {response.status_code} {response.reason_phrase}.",
+                                     status=response.status_code,
+                                     transient=response.status_code == 429 or response.status_code >= 500,
+                                     retry_after=retry_after(response.headers.get("Retry-After")))
                 data = _read(response, max_bytes, deadline, timeout)
                 return Fetched(url, str(hop.url), data, response.headers.get("Content-Type", ""))
             finally:
@@ -110,7 +114,7 @@ def fetch(
     except httpx.TimeoutException:
         raise _timed_out(timeout) from None
     except httpx.RequestError as exc:  # transport, protocol or content-decoding failures
-        raise _bad(f"The image download failed: {str(exc) or type(exc).__name__}.") from None
+        raise FetchError(f"The image download failed: {str(exc) or type(exc).__name__}.", transient=True) from None
     finally:
         if client is None:
             session.close()
@@ -208,7 +212,7 @@ def _open(client: httpx.Client, hop: _Hop, headers: dict[str, str], deadline: fl
             return client.send(request, stream=True, auth=None, follow_redirects=False)
         except httpx.ConnectError as exc:
             failure = exc
-    raise _bad(f"Could not connect to the image URL's host {host} ({failure}).")
+    raise FetchError(f"Could not connect to the image URL's host {host} ({failure}).", transient=True)
 
 
 def _redirect_target(hop: _Hop, location: str) -> str:
@@ -237,7 +241,31 @@ def _read(response: httpx.Response, max_bytes: int, deadline: float, timeout: fl
 
 
 def _timed_out(timeout: float) -> InvalidInput:
-    return _bad(f"Downloading the image timed out after {timeout:g} s.")
+    return FetchError(f"Downloading the image timed out after {timeout:g} s.", transient=True)
+
+
+class FetchError(InvalidInput):
+    """The other end failed (an HTTP error status, a timeout, a refused connection), as opposed to a URL
+    refused here. ``transient`` failures (429, 5xx, timeouts, connection errors) may succeed if retried,
+    after ``retry_after`` seconds when the server said so."""
+
+    def __init__(self, message: str, *, status: int | None = None, transient: bool = False,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, code=_CODE)
+        self.status, self.transient, self.retry_after = status, transient, retry_after
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delay-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _bad(message: str) -> InvalidInput:

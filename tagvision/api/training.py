@@ -39,7 +39,7 @@ IterationId = Annotated[str, Path(alias="iterationId")]
 TagId = Annotated[str, Path(alias="tagId")]
 OptionalIteration = Annotated[str | None, Query(alias="iterationId")]
 Take = Annotated[int, Query(ge=0, le=MAX_TAKE)]
-Skip = Annotated[int, Query(ge=0)]
+Skip = Annotated[int, Query(ge=0, le=2**31 - 1)]  # int32 in the spec; SQLite overflows past 2**63
 
 
 def svc(request: Request) -> Service:
@@ -436,7 +436,7 @@ def query_suggested_image_count(service: Svc, project_id: ProjectId,
              summary="Train: returns the new iteration at once (status Training)")
 def train_project(service: Svc, project_id: ProjectId,
                   training_type: Annotated[str | None, Query(alias="trainingType")] = None,
-                  reserved_budget: Annotated[int, Query(alias="reservedBudgetInHours")] = 0,
+                  reserved_budget: Annotated[int, Query(alias="reservedBudgetInHours", le=2**31 - 1)] = 0,
                   force_train: Annotated[bool, Query(alias="forceTrain")] = False,
                   _email: Annotated[str | None, Query(alias="notificationEmailAddress")] = None,
                   parameters: Annotated[schemas.TrainingParameters | None, Body()] = None) -> dict:

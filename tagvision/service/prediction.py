@@ -148,12 +148,12 @@ class Prediction:
         try:
             facts = images.validate(data, max_bytes=max_bytes)
         except TagvisionError as exc:
-            raise type(exc)(exc.message, code=_bad_request_code(exc.code)) from None
+            raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
         embedder = self.ctx.embedder(model.domain)
         try:
             batch = backbone.preprocess_bytes(data, embedder.spec)[None]
         except TagvisionError as exc:
-            raise type(exc)(exc.message, code=_bad_request_code(exc.code)) from None
+            raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
         plain, flipped = embedder.forward_pairs(batch)
         row = model.head.predict_proba(plain, flipped)[0]
         types = self._tag_types(model.project_id)
@@ -181,7 +181,7 @@ class Prediction:
         try:
             data = fetch.fetch(url, max_bytes=max_bytes).data
         except TagvisionError as exc:
-            raise type(exc)(exc.message, code=_bad_request_code(exc.code)) from None
+            raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
         return self.classify(ref, data, max_bytes=max_bytes, source=url, **options)
 
     def _tag_types(self, project_id: str) -> dict[str, str]:
@@ -200,6 +200,8 @@ class Prediction:
                                code="BadRequestPredictionInvalidQueryParameters")
         try:
             offset = int(query.continuation or 0)
+            if not 0 <= offset < 2**31:  # a token we gave out; SQLite overflows past 2**63
+                raise ValueError(offset)
         except ValueError:
             raise InvalidInput("The continuation token is not one this server gave out.",
                                code="BadRequestPredictionInvalidQueryParameters") from None

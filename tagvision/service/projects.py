@@ -25,7 +25,8 @@ def clean_name(value: str, what: str) -> str:
         raise InvalidInput(f"The {what} name is empty.", code=code)
     if len(name) > MAX_NAME:
         raise InvalidInput(f"The {what} name has {len(name)} characters; at most {MAX_NAME} are allowed.", code=code)
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+    # Zero-width (non-)joiners are format characters that real text needs: emoji ZWJ sequences, Persian, Indic.
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") and ch not in "\u200c\u200d" for ch in name):
         raise InvalidInput(f"The {what} name {name!r} contains control characters.", code=code)
     return name
 
