@@ -1,0 +1,44 @@
+"""Image sources: search providers and the local library behind one interface (see ``base``).
+
+``make(name)`` builds a provider from its ``TAGVISION_*`` settings; ``NAMES`` lists them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+
+from tagvision.backbone import Embedder
+from tagvision.errors import InvalidInput
+from tagvision.sources.base import Candidate, Provider, ProviderError, ProviderUnavailable
+
+# name -> (module, class); imported when used, so one provider's dependencies never burden another.
+_CLASSES = {
+    "openverse": ("tagvision.sources.openverse", "OpenverseProvider"),
+    "wikimedia": ("tagvision.sources.wikimedia", "WikimediaProvider"),
+    "pexels": ("tagvision.sources.pexels", "PexelsProvider"),
+    "unsplash": ("tagvision.sources.unsplash", "UnsplashProvider"),
+    "pixabay": ("tagvision.sources.pixabay", "PixabayProvider"),
+    "bing": ("tagvision.sources.bing", "BingProvider"),
+    "library": ("tagvision.sources.library", "LibraryProvider"),
+}
+NAMES = tuple(_CLASSES)
+
+
+def make(name: str, *, library: Path | None = None, seeds: dict[str, np.ndarray] | None = None,
+         embedder: Embedder | None = None, cache_dir: Path | None = None) -> Provider:
+    """The provider called ``name``, configured from settings (the library from its arguments)."""
+    if name not in _CLASSES:
+        raise InvalidInput(f"Unknown provider {name!r}; choose from {', '.join(NAMES)}.", code="BadRequestInvalid")
+    module, cls = _CLASSES[name]
+    provider_class = getattr(importlib.import_module(module), cls)
+    if name == "library":
+        if library is None:
+            raise InvalidInput("The library provider needs a folder (--library DIR).", code="BadRequestInvalid")
+        return provider_class(library, seeds=seeds, embedder=embedder, cache_dir=cache_dir)
+    return provider_class.from_settings()
+
+
+__all__ = ["NAMES", "Candidate", "Provider", "ProviderError", "ProviderUnavailable", "make"]

@@ -1,0 +1,120 @@
+"""The downloader: candidates in, validated images out, concurrently and politely.
+
+* Concurrency is bounded (``workers`` in all, ``per_host`` per host) so one provider's CDN is
+  never hammered; results come back as each download finishes.
+* Every URL goes through :func:`tagvision.fetch.fetch`: the SSRF guard (private addresses
+  refused, redirects re-checked), a size limit enforced before and while reading the body,
+  and one deadline per download.
+* 429 and 5xx answers, timeouts and refused connections are retried with exponential
+  backoff, waiting at least what ``Retry-After`` asks.
+* The bytes are sniffed and validated exactly as uploads are (:func:`tagvision.images.validate`,
+  never trusting the URL's extension or the Content-Type); images whose shorter side is under
+  ``min_side`` are refused; each good image gets a perceptual hash for near-duplicate checks.
+* Library candidates (a local ``path``) are read from disk, with the same checks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from tagvision import fetch, images
+from tagvision.errors import ImageError, TagvisionError
+from tagvision.sources.base import Candidate
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A candidate after download: ``status`` OK with ``data``/``facts``/``dhash``, or an error status."""
+
+    candidate: Candidate
+    status: str  # OK | ErrorSource | ErrorImageFormat | ErrorImageSize | ErrorImageDimensions | ErrorImageTooSmall
+    message: str = ""
+    data: bytes | None = None
+    facts: images.ImageFacts | None = None
+    dhash: int | None = None
+
+
+@dataclass
+class Downloader:
+    workers: int = 8
+    per_host: int = 4
+    max_bytes: int = images.MAX_TRAINING_BYTES
+    min_side: int = 224
+    timeout: float = 15.0
+    retries: int = 3
+    backoff: float = 0.5
+    max_wait: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        self._hosts: dict[str, threading.Semaphore] = defaultdict(lambda: threading.Semaphore(self.per_host))
+        self._hosts_lock = threading.Lock()
+
+    def download(self, candidates: Iterable[Candidate], stop: threading.Event | None = None,
+                 window: Callable[[], int] | None = None) -> Iterator[Downloaded]:
+        """Download every candidate, yielding results as they complete (not in order).
+
+        Reads ``candidates`` lazily, keeping at most ``workers`` downloads in flight (and at
+        most ``window()`` when given: how many are still useful); stops taking new ones once
+        ``stop`` is set (those in flight still finish).
+        """
+        source = iter(candidates)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="download") as pool:
+            running: set[Future] = set()
+            exhausted = False
+            while True:
+                while (not exhausted and len(running) < min(self.workers, window() if window else self.workers)
+                       and not (stop and stop.is_set())):
+                    candidate = next(source, None)
+                    if candidate is None:
+                        exhausted = True
+                        break
+                    running.add(pool.submit(self.one, candidate))
+                if not running:
+                    return
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+
+    def one(self, candidate: Candidate) -> Downloaded:
+        try:
+            data = self._bytes(candidate)
+            facts = images.validate(data, max_bytes=self.max_bytes)
+            if min(facts.width, facts.height) < self.min_side:
+                return Downloaded(candidate, "ErrorImageTooSmall",
+                                  f"{facts.width}x{facts.height} is smaller than {self.min_side} px on a side.")
+            return Downloaded(candidate, "OK", data=data, facts=facts, dhash=images.dhash(data))
+        except TagvisionError as exc:
+            status = exc.code if exc.code.startswith("ErrorImage") else "ErrorSource"
+            return Downloaded(candidate, status, exc.message)
+        except OSError as exc:
+            return Downloaded(candidate, "ErrorSource", f"Could not read {candidate.path}: {exc.strerror or exc}.")
+
+    def _bytes(self, candidate: Candidate) -> bytes:
+        if candidate.path is not None:
+            size = candidate.path.stat().st_size
+            if size > self.max_bytes:
+                raise ImageError(f"The file has {size} bytes; at most {self.max_bytes} are allowed.",
+                                        code="ErrorImageSize")
+            return candidate.path.read_bytes()
+        with self._host(candidate.url):
+            attempt = 0
+            while True:
+                try:
+                    return fetch.fetch(candidate.url, max_bytes=self.max_bytes, timeout=self.timeout).data
+                except fetch.FetchError as exc:
+                    if not exc.transient or attempt >= self.retries:
+                        raise
+                    delay = self.backoff * 2 ** attempt
+                    self.sleep(min(self.max_wait, max(delay, exc.retry_after or 0.0)))
+                    attempt += 1
+
+    def _host(self, url: str) -> threading.Semaphore:
+        with self._hosts_lock:
+            return self._hosts[urlsplit(url).netloc.lower()]
