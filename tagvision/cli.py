@@ -354,6 +354,50 @@ def iteration_delete(project: ProjectArg, iteration: Annotated[str, typer.Argume
     out.print(f"Deleted {iteration}", highlight=False)
 
 
+# ---------------------------------------------------------------------- acquisition
+
+
+@app.command()
+def acquire(
+    project: ProjectArg,
+    tags: Annotated[str, typer.Option("--tags", help="Comma-separated tag names (created when missing).")],
+    per_tag: Annotated[int, typer.Option("--per-tag", help="Fill each tag until it has this many acquired "
+                                         "images (a re-run adds only what is missing).")] = 50,
+    provider: Annotated[list[str] | None, typer.Option("--provider", help="openverse (default), wikimedia, pexels, "
+                                                       "unsplash, pixabay, bing or library; repeat to combine.",
+                                                       show_default=False)] = None,
+    library: Annotated[Path | None, typer.Option(help="Folder for --provider library.", show_default=False)] = None,
+    min_side: Annotated[int, typer.Option("--min-side", help="Refuse images smaller than this on a side.")] = 224,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Gather training images for tag names from an image-search provider or a local folder."""
+    providers = tuple(provider or (["library"] if library else ["openverse"]))
+    names = [t for t in (part.strip() for part in tags.split(",")) if t]
+    with service(data_dir) as svc:
+        started = svc.acquisitions.start(project, names, per_tag=per_tag, providers=providers,
+                                         library=str(library) if library else None, min_side=min_side,
+                                         library_anywhere=True)
+        try:
+            with progress_bar() as update:
+                view = svc.acquisitions.run(started.id, progress=update)
+        except KeyboardInterrupt:
+            svc.acquisitions.cancel(project, started.id)
+            err.print("Stopped; what was added stays. Run the same command again to add the rest.")
+            raise typer.Exit(130) from None
+    if as_json:
+        print_json(view.to_json())
+        return
+    table = Table("tag", "added", "wanted", "had before", "duplicates", "refused", "candidates")
+    for tag in view.to_json()["tags"]:
+        table.add_row(tag["tag"], str(tag["added"]), str(tag["wanted"]), str(tag.get("hadBefore", 0)),
+                      str(tag["duplicates"]), str(tag["refused"]), str(tag["found"]))
+    out.print(table)
+    if view.status != "Completed":
+        raise TagvisionError(f"The acquisition {view.status.lower()}: {view.error or 'see above'}",
+                             code="ErrorSource")
+
+
 # ---------------------------------------------------------------------- server
 
 
@@ -373,6 +417,7 @@ def serve(
     from tagvision.api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs, and some hold API keys
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

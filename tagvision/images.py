@@ -149,6 +149,19 @@ def thumbnail_jpeg(data: bytes, size: int = 256, quality: int = 85) -> bytes:
     return out.getvalue()
 
 
+def dhash(data: bytes) -> int:
+    """A 64-bit difference hash of the upright image: near-identical images (resized, recompressed,
+    lightly edited) differ in a few bits. Compare with :func:`hamming`."""
+    img = open_rgb(data, min_side=64).convert("L").resize((9, 8), Image.Resampling.BILINEAR)
+    pixels = np.asarray(img, dtype=np.int16)
+    bits = (pixels[:, 1:] > pixels[:, :-1]).flatten()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
 def _open(data: bytes, *, max_side: int) -> tuple[str, Image.Image]:
     """Identify ``data`` and read its header; nothing is decoded yet."""
     if not data:

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from tagvision import __version__
-from tagvision.api import errors, files, prediction, training
+from tagvision.api import acquisitions, errors, files, prediction, training
 from tagvision.api.links import Links
 from tagvision.api.middleware import BodyLimit, CaseInsensitivePaths
 from tagvision.service import Service
@@ -44,11 +44,11 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     app.state.links = Links(service.keys)
     errors.install(app)
-    app.include_router(training.router)
-    app.include_router(prediction.router)
-    app.include_router(files.router)
+    routers = (training.router, acquisitions.router, prediction.router, files.router)
+    for router in routers:
+        app.include_router(router)
     # From the routers themselves: FastAPI >= 0.163 lists an included router as one lazy entry in app.routes.
-    literals = {segment for router in (training.router, prediction.router, files.router)
+    literals = {segment for router in routers
                 for route in router.routes if isinstance(route, APIRoute)
                 for segment in route.path.split("/") if segment and not re.fullmatch(r"\{.*\}", segment)}
     app.add_middleware(BodyLimit)

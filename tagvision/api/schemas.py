@@ -342,3 +342,47 @@ class SuggestedTagAndRegionQueryToken(Wire):
 class SuggestedTagAndRegionQuery(Wire):
     token: SuggestedTagAndRegionQueryToken
     results: list[StoredSuggestedTagAndRegion]
+
+
+# --------------------------------------------------------------------------- tagvision extensions
+
+
+class AcquisitionRequest(Body):
+    tags: list[str] = Field(description="Tag names; tags that do not exist yet are created.")
+    perTag: int = Field(50, description="Images wanted per tag (1 to 1000).")
+    providers: list[str] = Field(["openverse"], description="openverse, wikimedia, pexels, unsplash, pixabay, "
+                                                           "bing, library (tried in this order per tag).")
+    library: str | None = Field(None, description="For the library provider: a folder under one of the "
+                                                  "operator's TAGVISION_LIBRARY_ROOTS.")
+    review: bool = Field(False, description="Keep candidates pending until committed (to deselect bad ones).")
+    minSide: int = Field(224, description="Refuse images whose shorter side is under this many pixels.")
+
+
+class AcquisitionCommit(Body):
+    itemIds: list[str]
+
+
+class AcquisitionTag(Wire):
+    tagId: str
+    tag: str
+    wanted: int
+    found: int
+    downloaded: int
+    added: int
+    duplicates: int
+    refused: int
+    done: bool
+
+
+class Acquisition(Wire):
+    id: str
+    projectId: str
+    status: str = Field(description="Running, Completed, Cancelled or Failed")
+    review: bool
+    providers: list[str]
+    perTag: int | None
+    tags: list[AcquisitionTag]
+    error: str | None = None
+    created: str
+    lastModified: str
+    items: list[dict[str, Any]] = []

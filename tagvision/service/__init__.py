@@ -2,13 +2,15 @@
 
 ``Service.open(settings)`` gives one object whose parts are ``projects`` (projects and
 tags), ``images``, ``training`` (iterations, performance, publishing), ``prediction``
-(classifying, stored predictions, suggestions), ``exports``, ``jobs`` (background
-training and exports) and ``keys`` (the API keys).
+(classifying, stored predictions, suggestions), ``exports``, ``acquisitions`` (gathering
+images for tags from providers), ``jobs`` (background training, exports and acquisitions)
+and ``keys`` (the API keys).
 """
 
 from __future__ import annotations
 
 from tagvision.config import Settings
+from tagvision.service.acquisitions import Acquisitions
 from tagvision.service.context import Context, Progress, no_progress
 from tagvision.service.exports import Exports
 from tagvision.service.images import Images, NewImage
@@ -27,7 +29,8 @@ class Service:
         self.training = Training(ctx)
         self.prediction = Prediction(ctx, self.training)
         self.exports = Exports(ctx)
-        self.jobs = Jobs(self.training, self.exports)
+        self.acquisitions = Acquisitions(ctx, self.training)
+        self.jobs = Jobs(self.training, self.exports, self.acquisitions)
         self.keys = KeyStore(ctx.settings.data_dir)
 
     @classmethod

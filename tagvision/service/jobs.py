@@ -1,9 +1,10 @@
-"""Background work: trainings and exports run on one worker thread, in the order asked.
+"""Background work: trainings and exports run on one worker thread, in the order asked;
+acquisitions (mostly waiting on the network) on two threads of their own.
 
-One worker is deliberate: training and exporting use every core, so two at once would only
-slow each other and the predictions being served. A process that stops mid-job leaves the
-iteration ``Training`` (or the export ``Exporting``); :meth:`Jobs.resume` queues them again
-at the next start, so nothing stays in that state forever.
+One compute worker is deliberate: training and exporting use every core, so two at once would
+only slow each other and the predictions being served. A process that stops mid-job leaves the
+iteration ``Training`` (the export ``Exporting``, the acquisition ``Running``); :meth:`Jobs.resume`
+queues them again at the next start, so nothing stays in that state forever.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from tagvision.service.acquisitions import Acquisitions, AcquisitionView
 from tagvision.service.exports import Exports
 from tagvision.service.training import Training
 from tagvision.service.views import ExportView, IterationView
@@ -20,10 +22,12 @@ log = logging.getLogger("tagvision.jobs")
 
 
 class Jobs:
-    def __init__(self, training: Training, exports: Exports) -> None:
+    def __init__(self, training: Training, exports: Exports, acquisitions: Acquisitions) -> None:
         self.training = training
         self.exports = exports
+        self.acquisitions = acquisitions
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagvision-job")
+        self._io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tagvision-acquire")
         self._pending: list[Future] = []
 
     def train(self, ref: str, **options) -> IterationView:
@@ -38,6 +42,12 @@ class Jobs:
             self._submit(f"export {view.id}", lambda: self.exports.run(view.id))
         return view
 
+    def acquire(self, ref: str, tags: list[str], **options) -> AcquisitionView:
+        """Start gathering images for tags (checks run now) and do it in the background."""
+        view = self.acquisitions.start(ref, tags, **options)
+        self._submit(f"acquire {view.id}", lambda: self.acquisitions.run(view.id), self._io_pool)
+        return view
+
     def resume(self) -> int:
         """Queue the trainings and exports a stopped process left unfinished; returns how many."""
         interrupted = self.training.interrupted()
@@ -47,7 +57,10 @@ class Jobs:
         exports = self.exports.interrupted()
         for export_id in exports:
             self._submit(f"export {export_id}", lambda e=export_id: self.exports.run(e))
-        return len(interrupted) + len(exports)
+        acquisitions = self.acquisitions.interrupted()
+        for acquisition_id in acquisitions:
+            self._submit(f"acquire {acquisition_id}", lambda a=acquisition_id: self.acquisitions.run(a), self._io_pool)
+        return len(interrupted) + len(exports) + len(acquisitions)
 
     def wait(self) -> None:
         """Block until every job submitted so far has finished (tests, CLI)."""
@@ -55,9 +68,12 @@ class Jobs:
             future.exception()
 
     def shutdown(self) -> None:
+        for acquisition_id in self.acquisitions.interrupted():
+            self.acquisitions.stop(acquisition_id)  # leaves it Running: the next start resumes it
+        self._io_pool.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _submit(self, name: str, fn: Callable[[], object]) -> None:
+    def _submit(self, name: str, fn: Callable[[], object], pool: ThreadPoolExecutor | None = None) -> None:
         def job() -> None:
             try:
                 fn()
@@ -66,4 +82,4 @@ class Jobs:
                 log.exception("%s: failed", name)
 
         self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._pool.submit(job))
+        self._pending.append((pool or self._pool).submit(job))

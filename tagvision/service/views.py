@@ -17,7 +17,7 @@ CLASSIFICATION_TYPES = ("Multiclass", "Multilabel")
 TAG_TYPES = ("Regular", "Negative", "GeneralProduct")
 
 
-def _time(value: datetime | None) -> str | None:
+def iso_time(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -42,8 +42,8 @@ class ProjectView:
                          "targetExportPlatforms": [], "useNegativeSet": False, "detectionParameters": None,
                          "imageProcessingSettings": None, "exportModelContainerUri": None,
                          "notificationQueueUri": None},
-            "created": _time(self.created),
-            "lastModified": _time(self.last_modified),
+            "created": iso_time(self.created),
+            "lastModified": iso_time(self.last_modified),
             "thumbnailUri": "",
             "drModeEnabled": False,
             "status": "Succeeded",
@@ -78,13 +78,13 @@ class ImageView:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "created": _time(self.created),
+            "created": iso_time(self.created),
             "width": self.width,
             "height": self.height,
             "resizedImageUri": None,
             "thumbnailUri": None,
             "originalImageUri": None,
-            "tags": [{"tagId": tag_id, "tagName": name, "created": _time(when)} for tag_id, name, when in self.tags],
+            "tags": [{"tagId": tag_id, "tagName": name, "created": iso_time(when)} for tag_id, name, when in self.tags],
             "regions": None,
             "metadata": self.metadata or None,
             "contentType": self.content_type,
@@ -169,9 +169,9 @@ class IterationView:
             "id": self.id,
             "name": self.name,
             "status": self.status,
-            "created": _time(self.created),
-            "lastModified": _time(self.last_modified),
-            "trainedAt": _time(self.trained_at),
+            "created": iso_time(self.created),
+            "lastModified": iso_time(self.last_modified),
+            "trainedAt": iso_time(self.trained_at),
             "projectId": self.project_id,
             "exportable": self.status == "Completed",
             "exportableTo": ["ONNX"] if self.status == "Completed" else [],
@@ -280,7 +280,7 @@ class PredictionView:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "project": self.project_id,
-                "iteration": self.iteration_id, "created": _time(self.created),
+                "iteration": self.iteration_id, "created": iso_time(self.created),
                 "predictions": [p.to_json() for p in self.predictions]}
 
     def to_stored_json(self) -> dict[str, Any]:
@@ -301,7 +301,7 @@ class SuggestionView:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.image.id, "project": self.project_id, "iteration": self.iteration_id,
-                "created": _time(self.image.created), "predictions": [p.to_json() for p in self.predictions],
+                "created": iso_time(self.image.created), "predictions": [p.to_json() for p in self.predictions],
                 "predictionUncertainty": self.uncertainty, "width": self.image.width, "height": self.image.height,
                 "resizedImageUri": None, "thumbnailUri": None, "originalImageUri": None, "domain": None}
 

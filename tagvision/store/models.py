@@ -190,3 +190,42 @@ class Export(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Acquisition(Base):
+    """Gathering images for tags from image-search providers or a local library, run in the background.
+
+    ``request``: tags, images wanted per tag, providers, options. ``progress``: per tag counts.
+    """
+
+    __tablename__ = "acquisitions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="Running")  # Running | Completed | Failed | Cancelled
+    review: Mapped[bool] = mapped_column(default=False)  # True: candidates wait for the user to pick them
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_modified: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AcquisitionItem(Base):
+    """One candidate an acquisition looked at: what became of it, and where it came from."""
+
+    __tablename__ = "acquisition_items"
+    __table_args__ = (Index("ix_acquisition_items_key", "project_id", "key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    acquisition_id: Mapped[str] = mapped_column(ForeignKey("acquisitions.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    tag_id: Mapped[str] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(512))  # provider:provider_id
+    # Pending (downloaded, waiting for review) | Added | Duplicate | Refused | Rejected (by the user)
+    status: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    source: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    message: Mapped[str | None] = mapped_column(Text, default=None)
+    image_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
