@@ -47,6 +47,7 @@ bench: venv
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/acquire.py
 
 clean:
 	rm -rf $(VENV) tagvision-data .pytest_cache

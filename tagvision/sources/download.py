@@ -1,6 +1,6 @@
 """The downloader: candidates in, validated images out, concurrently and politely.
 
-* Concurrency is bounded (``workers`` in all, ``per_host`` per host) so one provider's CDN is
+* Concurrency is bounded (``workers`` in all, ``per_host`` per host, as browsers do) so one CDN is
   never hammered; results come back as each download finishes.
 * Every URL goes through :func:`tagvision.fetch.fetch`: the SSRF guard (private addresses
   refused, redirects re-checked), a size limit enforced before and while reading the body,
@@ -43,7 +43,7 @@ class Downloaded:
 @dataclass
 class Downloader:
     workers: int = 8
-    per_host: int = 4
+    per_host: int = 6  # as browsers do
     max_bytes: int = images.MAX_TRAINING_BYTES
     min_side: int = 224
     timeout: float = 15.0
