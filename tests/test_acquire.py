@@ -168,3 +168,39 @@ def test_api_runs_acquisitions_in_the_background_with_review(openverse, tmp_path
         library = t.post(f"/projects/{pid}/acquisitions", json={"tags": ["x"], "providers": ["library"],
                                                                  "library": "/etc"})
         assert library.status_code == 400 and "TAGVISION_LIBRARY_ROOTS" in library.json()["message"]
+
+
+def test_library_finds_by_name_then_by_look_offline(svc, tmp_path: Path, monkeypatch) -> None:
+    """A catalogue folder: a 'Hats' folder found by name; unnamed files ranked by likeness to the tag's images."""
+    import hashlib
+    import shutil
+
+    monkeypatch.setenv("TAGVISION_OPENVERSE_URL", "http://no-such-host.invalid")  # no network needed
+    library = tmp_path / "catalogue"
+    (library / "Hats").mkdir(parents=True)
+    for path in photos(CLOTHING, "train", "hat", 4, skip=20):
+        shutil.copy(path, library / "Hats" / path.name)
+    unnamed = library / "inbox"
+    unnamed.mkdir()
+    truth = {}
+    for tag in ("shoes", "pants", "t-shirt"):
+        for path in photos(CLOTHING, "train", tag, 10, skip=20):
+            name = hashlib.sha1(path.name.encode()).hexdigest()[:12] + ".jpg"
+            shutil.copy(path, unnamed / name)
+            truth[name] = tag
+    svc.projects.create("cat", domain="general-compact")
+    svc.projects.create_tags("cat", ["hat", "shoes"])
+    from tagvision.service import NewImage
+
+    seeds = [NewImage(p.name, p.read_bytes, ("shoes",)) for p in photos(CLOTHING, "train", "shoes", 5)]
+    assert svc.images.add("cat", seeds).is_batch_successful
+
+    view = svc.acquisitions.run(svc.acquisitions.start("cat", ["hat", "shoes"], per_tag=4, providers=("library",),
+                                                       library=str(library), library_anywhere=True).id)
+    assert view.status == "Completed", view.error
+    by_tag = {t.name: t for t in svc.projects.list_tags("cat")}
+    assert by_tag["hat"].image_count == 4 and by_tag["shoes"].image_count == 5 + 4
+    acquired_shoes = [i for i in svc.images.list("cat", tag="shoes") if i.source.get("provider") == "library"]
+    looked_like = [truth[Path(i.source["url"]).name] for i in acquired_shoes]
+    assert looked_like.count("shoes") >= 3, looked_like  # by look alone: the files carry no names
+    assert all(i.source["key"].startswith("library:") for i in acquired_shoes)
