@@ -2,7 +2,7 @@
 
 ``create_app(service)`` builds the ASGI app; ``tagvision serve`` runs it with uvicorn. At
 start-up, trainings and exports that a stopped server left unfinished are queued again.
-The OpenAPI page is at ``/docs`` (JSON at ``/openapi.json``).
+The OpenAPI page is at ``/docs`` (JSON at ``/openapi.json``); the web portal (``tagvision.web``) at ``/``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from tagvision import __version__
+from tagvision import __version__, web
 from tagvision.api import acquisitions, errors, files, prediction, training
 from tagvision.api.links import Links
 from tagvision.api.middleware import BodyLimit, CaseInsensitivePaths
@@ -47,6 +47,7 @@ def create_app(service: Service) -> FastAPI:
     routers = (training.router, acquisitions.router, prediction.router, files.router)
     for router in routers:
         app.include_router(router)
+    web.install(app)  # the portal at / (server-rendered pages: tagvision/web)
     # From the routers themselves: FastAPI >= 0.163 lists an included router as one lazy entry in app.routes.
     literals = {segment for router in routers
                 for route in router.routes if isinstance(route, APIRoute)

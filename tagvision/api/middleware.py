@@ -30,6 +30,10 @@ LIMITS: tuple[tuple[re.Pattern, int, str], ...] = (
      MAX_BATCH * (MAX_TRAINING_BYTES + MULTIPART_SLACK), "BadRequestExceededBatchSize"),
     (re.compile(r"/training/projects/[^/]+/images/files$"),
      MAX_BATCH * MAX_TRAINING_BYTES * 4 // 3 + 1024 * 1024, "BadRequestExceededBatchSize"),
+    # The web portal's uploads (small batches of files) and quick test (tagvision/web).
+    (re.compile(r"^/projects/[^/]+/images/upload$"), 16 * (MAX_TRAINING_BYTES + MULTIPART_SLACK),
+     "BadRequestExceededBatchSize"),
+    (re.compile(r"^/projects/[^/]+/quicktest$"), MAX_TRAINING_BYTES + MULTIPART_SLACK, "BadRequestImageSizeBytes"),
 )
 DEFAULT_LIMIT = 1024 * 1024
 

@@ -1,0 +1,32 @@
+"""The web portal: the whole Custom Vision workflow in a browser, served by ``tagvision serve`` at ``/``.
+
+Server-rendered Jinja2 pages with a little plain JavaScript (``static/portal.js``) and CSS; no
+build step. The portal is behind a login with the Training-Key; every form and state-changing
+fetch carries a CSRF token bound to the session (``session.py``). Route handlers parse forms and
+call the service layer; ``shape.py`` turns service views into what the templates show, and
+``charts.py`` draws the SVG charts. Nothing here touches the store.
+
+Modules: ``routing`` (the page and JSON route classes: login, CSRF, errors as sentences),
+``auth`` (log in and out), ``projects``, ``images`` (training images and uploads), ``training``
+(train, performance, publish, export) and ``predictions`` (stored predictions, quick test,
+prediction URL).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.staticfiles import StaticFiles
+
+STATIC = Path(__file__).parent / "static"
+
+
+def install(app: FastAPI) -> None:
+    """Add the portal's routes and its static files to ``app``."""
+    from tagvision.web import auth, images, predictions, projects, training
+
+    for module in (auth, projects, images, training, predictions):
+        for router in module.routers:
+            app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")

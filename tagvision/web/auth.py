@@ -1,0 +1,49 @@
+"""Logging in with the Training-Key, and out."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+
+from tagvision.api.auth import matches
+from tagvision.service import Service
+from tagvision.web import session as sessions
+from tagvision.web.routing import PageRoute, PublicPageRoute, safe_next
+from tagvision.web.templates import render
+
+pages = APIRouter(route_class=PublicPageRoute)
+private = APIRouter(route_class=PageRoute)
+WRONG_KEY_DELAY = 0.5  # seconds: slows guessing down (the key is 128 random bits anyway)
+
+
+@pages.get("/login")
+def login_page(request: Request, next: str = "/") -> Response:  # noqa: A002 (the query parameter's name)
+    if sessions.current(request).logged_in:
+        return RedirectResponse(safe_next(next) or "/", status_code=303)
+    return render(request, "login.html", title="Log in", next=safe_next(next) or "/")
+
+
+@pages.post("/login")
+async def login(request: Request) -> Response:
+    form = await request.form()
+    service: Service = request.app.state.service
+    target = safe_next(str(form.get("next", ""))) or "/"
+    if not matches(str(form.get("key", "")).strip(), service.keys.current().training):
+        await asyncio.sleep(WRONG_KEY_DELAY)
+        sessions.current(request).flash("error", "That is not this server's training key. `tagvision keys` "
+                                                 "on the server shows it.")
+        return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+    sessions.start(request, logged_in=True)
+    return RedirectResponse(target, status_code=303)
+
+
+@private.post("/logout")
+def logout(request: Request) -> Response:
+    sessions.start(request, logged_in=False).flash("ok", "You are logged out.")
+    return RedirectResponse("/login", status_code=303)
+
+
+routers = (pages, private)

@@ -1,0 +1,266 @@
+// tagvision portal: a little plain JavaScript on top of server-rendered pages. Every page works
+// without it except the live parts: uploads with progress, training status, the threshold slider.
+"use strict";
+
+(function () {
+  const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+
+  // fetch() that sends the CSRF token and answers parsed JSON, or throws an Error whose message is a sentence.
+  async function request(url, options = {}) {
+    const headers = Object.assign({ "Accept": "application/json", "X-CSRF-Token": csrf() }, options.headers || {});
+    let response;
+    try {
+      response = await fetch(url, Object.assign({ credentials: "same-origin" }, options, { headers }));
+    } catch (error) {
+      if (error.name === "AbortError") throw error;
+      throw new Error("The server could not be reached. Check the connection and try again.");
+    }
+    let body = null;
+    try { body = await response.json(); } catch (_) { /* not JSON */ }
+    if (!response.ok) {
+      if (response.status === 401) {
+        throw new Error("Your session has ended. Reload the page and log in again.");
+      }
+      throw new Error((body && body.message) || `The server answered ${response.status}.`);
+    }
+    return body;
+  }
+
+  // ------------------------------------------------------------------ confirmations
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-confirm]");
+    if (button && !window.confirm(button.dataset.confirm)) event.preventDefault();
+  });
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) event.preventDefault();
+  });
+
+  // ------------------------------------------------------------------ selection in the image grid
+  function setUpSelection(root) {
+    const form = root.querySelector("[data-selection]");
+    if (!form) return;
+    const boxes = () => Array.from(form.querySelectorAll('input[name="image"]'));
+    const all = form.querySelector("[data-select-all]");
+    const count = form.querySelector("[data-selected-count]");
+    const update = () => {
+      const chosen = boxes().filter((b) => b.checked).length;
+      count.textContent = `${chosen} selected`;
+      all.checked = chosen > 0 && chosen === boxes().length;
+      all.indeterminate = chosen > 0 && chosen < boxes().length;
+    };
+    all.addEventListener("change", () => { boxes().forEach((b) => { b.checked = all.checked; }); update(); });
+    form.addEventListener("change", (event) => { if (event.target.name === "image") update(); });
+    update();
+  }
+
+  // ------------------------------------------------------------------ uploads
+  function setUpUpload(panel) {
+    const input = panel.querySelector("[data-upload-input]");
+    const zone = panel.querySelector("[data-dropzone]");
+    const start = panel.querySelector("[data-upload-start]");
+    const chosen = panel.querySelector("[data-upload-chosen]");
+    const progress = panel.querySelector("[data-upload-progress]");
+    const bar = panel.querySelector("[data-upload-bar]");
+    const status = panel.querySelector("[data-upload-status]");
+    const errorBox = panel.querySelector("[data-upload-errors]");
+    const errorList = errorBox.querySelector("ul");
+    const tag = panel.querySelector("[data-upload-tag]");
+    const batchSize = Number(panel.dataset.batch) || 4;
+    const parallel = 2;
+    let files = [];
+    let busy = false;
+
+    const choose = (list) => {
+      files = Array.from(list).filter((f) => f.size > 0 || f.type);
+      const n = files.length;
+      chosen.textContent = n ? `${n} file${n === 1 ? "" : "s"} ready to upload.` : "No files chosen.";
+      start.textContent = n ? `Upload ${n} file${n === 1 ? "" : "s"}` : "Upload";
+      start.disabled = busy || n === 0;
+    };
+    input.addEventListener("change", () => choose(input.files));
+    ["dragenter", "dragover"].forEach((name) => zone.addEventListener(name, (event) => {
+      event.preventDefault();
+      zone.classList.add("over");
+    }));
+    ["dragleave", "drop"].forEach((name) => zone.addEventListener(name, () => zone.classList.remove("over")));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      if (!busy) choose(event.dataTransfer.files);
+    });
+
+    start.addEventListener("click", async () => {
+      if (busy || !files.length) return;
+      busy = true;
+      start.disabled = true;
+      input.disabled = true;
+      const total = files.length;
+      const batches = [];
+      for (let i = 0; i < total; i += batchSize) batches.push(files.slice(i, i + batchSize));
+      let done = 0, added = 0, duplicates = 0, failed = 0;
+      errorList.replaceChildren();
+      errorBox.hidden = true;
+      progress.hidden = false;
+      bar.max = total;
+      bar.value = 0;
+      status.textContent = `Uploading ${total} files…`;
+      const fail = (name, message) => {
+        failed += 1;
+        const item = document.createElement("li");
+        item.textContent = `${name}: ${message}`;
+        errorList.appendChild(item);
+        errorBox.hidden = false;
+      };
+      const send = async (batch) => {
+        const body = new FormData();
+        batch.forEach((file) => body.append("file", file, file.name));
+        if (tag.value) body.append("tag", tag.value);
+        try {
+          const result = await request(panel.dataset.url, { method: "POST", body });
+          added += result.added;
+          duplicates += result.duplicates;
+          result.results.filter((r) => !r.ok).forEach((r) => fail(r.name, r.message));
+        } catch (error) {
+          batch.forEach((file) => fail(file.name, error.message));
+        }
+        done += batch.length;
+        bar.value = done;
+        status.textContent = `${done} of ${total} files uploaded`;
+      };
+      const queue = batches.slice();
+      const worker = async () => { while (queue.length) await send(queue.shift()); };
+      await Promise.all(Array.from({ length: parallel }, worker));
+      const parts = [`${added} image${added === 1 ? "" : "s"} added`];
+      if (duplicates) parts.push(`${duplicates} already in the project`);
+      if (failed) parts.push(`${failed} not added (see below)`);
+      status.textContent = `Done: ${parts.join(", ")}.`;
+      busy = false;
+      input.value = "";
+      input.disabled = false;
+      choose([]);
+      await refresh();
+    });
+  }
+
+  // Re-read this page and swap in its [data-refresh] parts (counts, grid) without a reload.
+  async function refresh() {
+    try {
+      const response = await fetch(window.location.href, { credentials: "same-origin" });
+      const page = new DOMParser().parseFromString(await response.text(), "text/html");
+      document.querySelectorAll("[data-refresh]").forEach((old) => {
+        const fresh = page.getElementById(old.id);
+        if (fresh) {
+          old.replaceWith(fresh);
+          setUpSelection(fresh);
+        }
+      });
+    } catch (_) { /* the counts stay as they were; a reload shows them */ }
+  }
+
+  // ------------------------------------------------------------------ polling (training, exports)
+  function setUpPoll(box) {
+    const text = box.querySelector("[data-poll-text]");
+    const finished = box.dataset.pollDone.split(" ");
+    const tick = async () => {
+      let state;
+      try { state = await request(box.dataset.poll); } catch (error) {
+        text.textContent = error.message;
+        return window.setTimeout(tick, 3000);
+      }
+      text.textContent = state.message;
+      if (finished.includes(state.status)) {
+        box.querySelectorAll("[data-poll-busy]").forEach((el) => el.remove());
+        box.querySelectorAll("[data-poll-show]").forEach((el) => { el.hidden = el.dataset.pollShow !== state.status; });
+        return refresh();
+      }
+      window.setTimeout(tick, 1000);
+    };
+    if (!finished.some((s) => text.textContent.includes(`: ${s}`))) window.setTimeout(tick, 500);
+  }
+
+  function setUpExports(box) {
+    const tick = async () => {
+      let exports;
+      try { exports = await request(box.dataset.exports); } catch (_) { return window.setTimeout(tick, 3000); }
+      if (exports.some((e) => e.status === "Exporting")) return window.setTimeout(tick, 1500);
+      window.location.reload();
+    };
+    if (box.textContent.includes("Exporting")) window.setTimeout(tick, 1000);
+  }
+
+  // ------------------------------------------------------------------ threshold slider
+  function setUpThreshold(box) {
+    const input = box.querySelector("[data-threshold-input]");
+    const shown = box.querySelector("[data-threshold-text]");
+    const announce = document.querySelector("[data-threshold-announce]");
+    const plot = document.querySelector("[data-pr-plot]");
+    let timer = null;
+    let inFlight = null;
+    const apply = (figures) => {
+      shown.textContent = figures.thresholdText;
+      document.querySelectorAll("[data-figure]").forEach((el) => { el.textContent = figures.text[el.dataset.figure]; });
+      document.querySelectorAll("[data-figure-std]").forEach((el) => {
+        el.textContent = `${(figures[el.dataset.figureStd] * 100).toFixed(1)}%`;
+      });
+      figures.perTagPerformance.forEach((tag) => {
+        const row = document.querySelector(`tr[data-tag="${tag.id}"]`);
+        if (row) row.querySelectorAll("[data-key]").forEach((cell) => { cell.textContent = tag.text[cell.dataset.key]; });
+        const marker = plot && plot.querySelector(`[data-marker="${tag.id}"]`);
+        if (marker) {
+          const d = plot.dataset;
+          marker.setAttribute("cx", (Number(d.left) + tag.recall * Number(d.width)).toFixed(2));
+          marker.setAttribute("cy", (Number(d.top) + (1 - tag.precision) * Number(d.height)).toFixed(2));
+        }
+      });
+      announce.textContent = `At threshold ${figures.thresholdText}: precision ${figures.text.precision}, ` +
+        `recall ${figures.text.recall}.`;
+      const url = new URL(window.location.href);
+      url.searchParams.set("threshold", figures.threshold);
+      window.history.replaceState(null, "", url);
+    };
+    const load = async () => {
+      if (inFlight) inFlight.abort();
+      inFlight = new AbortController();
+      shown.textContent = `${Math.round(Number(input.value) * 100)}%`;
+      try {
+        apply(await request(`${box.dataset.url}?threshold=${encodeURIComponent(input.value)}`,
+                            { signal: inFlight.signal }));
+      } catch (error) {
+        if (error.name !== "AbortError") announce.textContent = error.message;
+      }
+    };
+    input.addEventListener("input", () => {
+      shown.textContent = `${Math.round(Number(input.value) * 100)}%`;
+      window.clearTimeout(timer);
+      timer = window.setTimeout(load, 120);
+    });
+  }
+
+  // ------------------------------------------------------------------ copy buttons
+  function setUpCopy(button) {
+    button.addEventListener("click", async () => {
+      const field = document.getElementById(button.dataset.copy);
+      const status = document.querySelector("[data-copy-status]");
+      try {
+        const timeout = new Promise((_, reject) => window.setTimeout(() => reject(new Error("timeout")), 1000));
+        await Promise.race([navigator.clipboard.writeText(field.value), timeout]);
+      } catch (_) {  // no Clipboard API (plain http on another host) or no permission: the old way
+        field.select();
+        document.execCommand("copy");
+      }
+      const label = button.textContent;
+      button.textContent = "Copied";
+      if (status) status.textContent = "Copied to the clipboard.";
+      window.setTimeout(() => { button.textContent = label; }, 1500);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    setUpSelection(document);
+    document.querySelectorAll("[data-upload]").forEach(setUpUpload);
+    document.querySelectorAll("[data-poll]").forEach(setUpPoll);
+    document.querySelectorAll("[data-exports]").forEach(setUpExports);
+    document.querySelectorAll("[data-threshold]").forEach(setUpThreshold);
+    document.querySelectorAll("[data-copy]").forEach(setUpCopy);
+  });
+}());

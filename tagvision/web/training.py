@@ -1,0 +1,175 @@
+"""Train, and the Performance page: figures at a threshold, charts, misclassified images, publish, export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from tagvision.service import Service
+from tagvision.service import training as training_service
+from tagvision.service.views import ImagePerformanceView, IterationView, PerformanceView
+from tagvision.web import charts, shape
+from tagvision.web import session as sessions
+from tagvision.web.routing import JsonRoute, PageRoute
+from tagvision.web.templates import percent, render
+
+pages = APIRouter(route_class=PageRoute)
+data = APIRouter(route_class=JsonRoute)
+routers = (pages, data)
+MISCLASSIFIED_SHOWN = 48
+EXPORT_PLATFORM = "ONNX"
+
+
+# ---------------------------------------------------------------------- train
+
+
+@pages.get("/projects/{project_id}/train")
+def train_page(request: Request, project_id: str, iteration: str = "") -> Response:
+    svc = shape.service(request)
+    context = shape.project_page(svc, project_id, "train")
+    iterations = svc.training.iterations(project_id)
+    watched = next((i for i in iterations if i.id == iteration), None) or next(
+        (i for i in iterations if i.status == "Training"), None)
+    return render(request, "train.html", **context, iterations=list(reversed(iterations)), watched=watched,
+                  tags=svc.projects.list_tags(project_id), min_tags=training_service.MIN_TAGS,
+                  min_images=training_service.MIN_IMAGES_PER_TAG)
+
+
+@pages.post("/projects/{project_id}/train")
+async def train(request: Request, project_id: str) -> Response:
+    form = await request.form()
+    svc = shape.service(request)
+    view = await run_in_threadpool(svc.jobs.train, project_id, force=shape.form_text(form, "force") == "on")
+    sessions.current(request).flash("ok", f"{view.name} is training.")
+    return RedirectResponse(f"/projects/{project_id}/train?iteration={view.id}", status_code=303)
+
+
+@data.get("/projects/{project_id}/iterations/{iteration_id}/status")
+def iteration_status(request: Request, project_id: str, iteration_id: str) -> Response:
+    view = shape.service(request).training.iteration(project_id, iteration_id)
+    return JSONResponse({"name": view.name, "status": view.status, "message": status_sentence(view)})
+
+
+def status_sentence(view: IterationView) -> str:
+    if view.status == "Completed":
+        return f"{view.name}: Completed in {view.training_seconds or 0:.1f} s on {view.image_count} images."
+    if view.status == "Failed":
+        return f"{view.name}: Failed. {view.error or 'The server log has the reason.'}"
+    return f"{view.name}: {view.status}…"
+
+
+# ---------------------------------------------------------------------- performance
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One iteration in the side-by-side table."""
+
+    iteration: IterationView
+    performance: PerformanceView | None
+
+
+@pages.get("/projects/{project_id}/performance")
+def performance_page(request: Request, project_id: str, iteration: str = "", threshold: float = 0.5) -> Response:
+    svc = shape.service(request)
+    context = shape.project_page(svc, project_id, "performance")
+    threshold = min(1.0, max(0.0, threshold))
+    iterations = svc.training.iterations(project_id)
+    completed = [i for i in iterations if i.status == "Completed"]
+    if not completed:
+        return render(request, "performance.html", **context, selected=None, iterations=iterations)
+    selected = next((i for i in completed if i.id == iteration), None) or svc.training.iteration(project_id)
+    compared = [Compared(i, svc.training.performance(project_id, i.id, threshold) if i.status == "Completed"
+                         else None) for i in reversed(iterations)]
+    figures = next(c.performance for c in compared if c.iteration.id == selected.id)
+    evaluation = svc.training.evaluation(project_id, selected.id)
+    at_threshold = {t["id"]: (t["precision"], t["recall"]) for t in figures.to_json()["perTagPerformance"]}
+    curves = charts.pr_curves(evaluation.probabilities, evaluation.labels, figures.tags, at_threshold)
+    matrix = charts.confusion(evaluation.probabilities, evaluation.labels, figures.tags)
+    wrong = misclassified(svc.training.image_performances(project_id, selected.id), selected, threshold)
+    return render(request, "performance.html", **context, iterations=iterations, selected=selected,
+                  compared=compared, figures=performance_json(figures), threshold=threshold, curves=curves,
+                  plot=charts.PR_PLOT, matrix=matrix, misclassified=shape.thumbs(request, [w.image for w in wrong][
+                      :MISCLASSIFIED_SHOWN]), wrong=wrong[:MISCLASSIFIED_SHOWN], wrong_count=len(wrong),
+                  exports=exports_json(request, svc, project_id, selected.id),
+                  default_publish_name=selected.publish_name or selected.name.replace(" ", ""))
+
+
+@data.get("/projects/{project_id}/iterations/{iteration_id}/performance")
+def performance_figures(request: Request, project_id: str, iteration_id: str, threshold: float = 0.5) -> Response:
+    figures = shape.service(request).training.performance(project_id, iteration_id, threshold)
+    return JSONResponse(performance_json(figures))
+
+
+def performance_json(figures: PerformanceView) -> dict:
+    """The figures with their displayed text (percentages), overall and per tag."""
+    body = figures.to_json()
+
+    def shown(entry: dict) -> dict:
+        return {**entry, "text": {k: percent(entry[k]) for k in ("precision", "recall", "averagePrecision")}}
+
+    return {**shown(body), "threshold": figures.threshold, "thresholdText": percent(figures.threshold, 0),
+            "imageCount": figures.image_count, "perTagPerformance": [shown(t) for t in body["perTagPerformance"]]}
+
+
+def misclassified(images: list[ImagePerformanceView], iteration: IterationView,
+                  threshold: float) -> list[ImagePerformanceView]:
+    """Cross-validation mistakes: the top tag is not the image's (multiclass), or the tags at or above the
+    threshold differ from the image's (multilabel). Most confident mistakes first."""
+    wrong = []
+    for item in images:
+        truth = {tag_id for tag_id, _, _ in item.image.tags}
+        if iteration.classification_type == "Multilabel":
+            predicted = {p.tag_id for p in item.predictions if p.probability >= threshold}
+        else:
+            predicted = {item.predictions[0].tag_id} if item.predictions else set()
+        if predicted != truth:
+            wrong.append(item)
+    return sorted(wrong, key=lambda w: -(w.predictions[0].probability if w.predictions else 0))
+
+
+# ---------------------------------------------------------------------- publish, export
+
+
+@pages.post("/projects/{project_id}/iterations/{iteration_id}/publish")
+async def publish(request: Request, project_id: str, iteration_id: str) -> Response:
+    form = await request.form()
+    svc = shape.service(request)
+    view = await run_in_threadpool(svc.training.publish, project_id, iteration_id, shape.form_text(form, "name"))
+    sessions.current(request).flash("ok", f"{view.name} is published as {view.publish_name}. The Prediction URL "
+                                          "tab shows how to call it.")
+    return RedirectResponse(_performance_url(project_id, iteration_id), status_code=303)
+
+
+@pages.post("/projects/{project_id}/iterations/{iteration_id}/unpublish")
+def unpublish(request: Request, project_id: str, iteration_id: str) -> Response:
+    svc = shape.service(request)
+    svc.training.unpublish(project_id, iteration_id)
+    sessions.current(request).flash("ok", "Unpublished: the Prediction API no longer answers for this iteration.")
+    return RedirectResponse(_performance_url(project_id, iteration_id), status_code=303)
+
+
+@pages.post("/projects/{project_id}/iterations/{iteration_id}/export")
+def export(request: Request, project_id: str, iteration_id: str) -> Response:
+    view = shape.service(request).jobs.export(project_id, iteration_id, EXPORT_PLATFORM)
+    sessions.current(request).flash("ok", "The ONNX export is ready below." if view.status == "Done"
+                                    else "Exporting to ONNX; the download link appears below when it is ready.")
+    return RedirectResponse(_performance_url(project_id, iteration_id) + "#export", status_code=303)
+
+
+@data.get("/projects/{project_id}/iterations/{iteration_id}/exports")
+def export_status(request: Request, project_id: str, iteration_id: str) -> Response:
+    return JSONResponse(exports_json(request, shape.service(request), project_id, iteration_id))
+
+
+def exports_json(request: Request, svc: Service, project_id: str, iteration_id: str) -> list[dict]:
+    return [{"platform": e.platform, "status": e.status, "error": e.error,
+             "url": shape.link(request, "export", e.id) if e.status == "Done" else ""}
+            for e in svc.exports.list(project_id, iteration_id)]
+
+
+def _performance_url(project_id: str, iteration_id: str) -> str:
+    return f"/projects/{project_id}/performance?iteration={iteration_id}"

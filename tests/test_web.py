@@ -1,0 +1,420 @@
+"""The web portal in a real headless Chromium (Debian's ``chromium``, driven by Playwright) against a real
+``tagvision serve``, on real clothing photos: the whole workflow, 300 uploads with progress, and access control.
+
+Screenshots of every page land in ``tagvision-data/screenshots/``. Playwright's own browsers are never
+downloaded: the tests skip, saying why, when /usr/bin/chromium (``apt-get install chromium``) is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tagvision.config import Settings
+from tagvision.service import Service
+from tests.conftest import CLOTHING, REPO, photos
+from tests.server import Server
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SHOTS = REPO / "tagvision-data" / "screenshots"
+TAGS = ("dress", "hat", "shoes")
+PER_TAG = 8
+TRAINING_TIMEOUT_MS = 180_000
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
+                               "(pip install -e '.[test]')")
+expect = sync_api.expect
+
+
+# ---------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install -y chromium; .ci/run does it)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with Server(tmp_path_factory.mktemp("web") / "data") as running:
+        yield running
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(base_url=server.endpoint, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+def login(page, server: Server) -> None:
+    page.goto("/login")
+    page.get_by_label("Training key").fill(server.training_key)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Projects", exact=True)).to_be_visible()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def create_project(page, name: str) -> str:
+    page.goto("/")
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Description").fill("Clothing photos from the test suite")
+    page.get_by_label("Domain").select_option(label="General (compact)")
+    page.get_by_role("button", name="Create project").click()
+    expect(page.get_by_role("heading", name=name, level=1)).to_be_visible()
+    return re.search(r"/projects/([^/]+)/images", page.url).group(1)
+
+
+def upload_files(page, paths: list[Path], tag: str | None) -> None:
+    page.get_by_label("Tag for these images").select_option(label=tag or "No tag (tag them later)")
+    page.get_by_label("Image files").set_input_files([str(p) for p in paths])
+    page.get_by_role("button", name=f"Upload {len(paths)} files").click()
+    expect(page.locator("[data-upload-status]")).to_contain_text(f"Done: {len(paths)} images added", timeout=60_000)
+
+
+def drop_files(page, paths: list[Path]) -> None:
+    """Drag and drop onto the drop zone: a DataTransfer holding the photos, dispatched as a drop event."""
+    files = [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()} for p in paths]
+    transfer = page.evaluate_handle("""files => {
+        const dt = new DataTransfer();
+        for (const f of files) {
+            const bytes = Uint8Array.from(atob(f.data), c => c.charCodeAt(0));
+            dt.items.add(new File([bytes], f.name, {type: "image/jpeg"}));
+        }
+        return dt;
+    }""", files)
+    page.dispatch_event("[data-dropzone]", "drop", {"dataTransfer": transfer})
+    page.get_by_role("button", name=f"Upload {len(paths)} files").click()
+    expect(page.locator("[data-upload-status]")).to_contain_text(f"Done: {len(paths)} images added", timeout=60_000)
+
+
+def tab(page, name: str):
+    return page.get_by_role("navigation", name="Project").get_by_role("link", name=name, exact=True)
+
+
+def tag_count(page, tag: str):
+    return page.locator(".filter-list a", has_text=re.compile(rf"^{tag}\b")).locator(".count")
+
+
+def train_and_wait(page, project_id: str, iteration: str) -> None:
+    page.goto(f"/projects/{project_id}/train")
+    page.get_by_role("button", name="Train", exact=True).click()
+    status = page.locator("[data-poll-text]")
+    expect(status).to_contain_text(f"{iteration}: ")
+    expect(status).to_contain_text(f"{iteration}: Completed", timeout=TRAINING_TIMEOUT_MS)
+    expect(page.get_by_role("link", name=f"See the performance of {iteration}")).to_be_visible()
+    expect(page.locator("#iteration-table tbody tr").first).to_contain_text("Completed")
+
+
+# ---------------------------------------------------------------------- the whole workflow
+
+
+def test_whole_workflow_in_the_browser(page, server, tmp_path):
+    """Create, upload (file picker and drop zone), tag, train, threshold, publish, export, quick test,
+    re-tag a stored prediction, retrain: Iteration 2."""
+    login(page, server)
+    shot(page, "01-projects-empty")
+    project_id = create_project(page, "Clothing")
+
+    page.get_by_label("New tag").fill(", ".join(TAGS))
+    page.get_by_role("button", name="Add tag").click()
+    expect(page.locator(".flash.ok")).to_contain_text("dress, hat, shoes created")
+
+    upload_files(page, photos(CLOTHING, "train", "dress", PER_TAG), "dress")  # file picker, tagged on upload
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image at all")
+    page.get_by_label("Image files").set_input_files([str(broken), str(photos(CLOTHING, "train", "dress", 1)[0])])
+    page.get_by_role("button", name="Upload 2 files").click()  # per-file outcomes, as sentences
+    expect(page.locator("[data-upload-status]")).to_have_text(
+        "Done: 0 images added, 1 already in the project, 1 not added (see below).")
+    expect(page.locator("[data-upload-errors] li")).to_have_text(
+        ["broken.jpg: The file is not a JPEG, PNG, BMP, GIF or WebP image."])
+    upload_files(page, photos(CLOTHING, "train", "hat", PER_TAG), None)  # file picker, tagged below
+    expect(page.locator("[data-upload-errors]")).to_be_hidden()
+    drop_files(page, photos(CLOTHING, "train", "shoes", PER_TAG))  # drop zone, tagged below
+    expect(page.locator("#project-meta")).to_contain_text(f"{3 * PER_TAG} images")
+
+    for tag, skip in (("hat", PER_TAG), ("shoes", 0)):  # the untagged grid, newest first: shoes, then hats
+        page.goto(f"/projects/{project_id}/images?untagged=1")
+        boxes = page.locator('input[name="image"]')
+        expect(boxes).to_have_count(2 * PER_TAG if tag == "hat" else PER_TAG)
+        for k in range(skip, skip + PER_TAG):
+            boxes.nth(k).check()
+        expect(page.locator("[data-selected-count]")).to_have_text(f"{PER_TAG} selected")
+        page.get_by_label("Tag", exact=True).select_option(label=tag)
+        page.get_by_role("button", name="Tag selected").click()
+        expect(page.locator(".flash.ok")).to_contain_text(f"{PER_TAG} images tagged {tag}.")
+    page.goto(f"/projects/{project_id}/images")
+    for tag in TAGS:
+        expect(tag_count(page, tag)).to_have_text(str(PER_TAG))
+    expect(tag_count(page, "Untagged")).to_have_text("0")
+    page.get_by_role("link", name=re.compile(r"^hat")).click()
+    expect(page.locator(".grid .tags").first).to_have_text("hat")
+    shot(page, "02-training-images")
+
+    train_and_wait(page, project_id, "Iteration 1")
+    shot(page, "03-train")
+
+    page.get_by_role("link", name="See the performance of Iteration 1").click()
+    precision, recall = page.locator('[data-figure="precision"]'), page.locator('[data-figure="recall"]')
+    before = (precision.inner_text(), recall.inner_text())
+    assert all(re.fullmatch(r"\d+\.\d%", v) for v in before), before
+    slider = page.get_by_label("Probability threshold")
+    expect(slider).to_have_value("0.5")
+    slider.focus()
+    page.keyboard.press("Home")  # keyboard: threshold 0, every tag predicted for every image
+    expect(page.locator("[data-threshold-text]")).to_have_text("0%")
+    expect(precision).to_have_text("33.3%")  # 1 right tag in 3 for each image
+    expect(recall).to_have_text("100.0%")
+    assert (precision.inner_text(), recall.inner_text()) != before
+    expect(page.locator("[data-threshold-announce]")).to_contain_text("precision 33.3%")
+    slider.fill("0.95")
+    expect(page.locator("[data-threshold-text]")).to_have_text("95%")
+    expect(precision).not_to_have_text("33.3%")
+    high = page.locator('tr[data-tag] [data-key="recall"]').all_inner_texts()
+    assert len(high) == 3
+    slider.fill("0.5")
+    expect(precision).to_have_text(before[0])
+    expect(recall).to_have_text(before[1])
+    expect(page.locator("svg[data-pr-plot] polyline")).to_have_count(3)
+    expect(page.locator("svg.matrix .cell-count")).to_have_count(9)
+    matrix_total = sum(int(t) for t in page.locator("svg.matrix .cell-count").all_text_contents())
+    assert matrix_total == 3 * PER_TAG
+
+    page.get_by_label("Publish name").fill("clothes")
+    page.get_by_role("button", name="Publish Iteration 1").click()
+    expect(page.locator(".flash.ok")).to_contain_text("Iteration 1 is published as clothes")
+    expect(page.locator(".badge")).to_have_text("Published as clothes")
+    page.get_by_role("button", name="Export to ONNX").click()
+    download = page.get_by_role("link", name="Download ONNX export")
+    expect(download).to_be_visible(timeout=120_000)
+    archive = page.request.get(download.get_attribute("href"))
+    assert archive.ok and archive.body()[:2] == b"PK"
+    shot(page, "04-performance")
+
+    tab(page, "Prediction URL").click()
+    image_url = page.get_by_label("URL", exact=True).first.input_value()
+    assert image_url == f"{server.endpoint}/customvision/v3.0/Prediction/{project_id}/classify/iterations/clothes/image"
+    expect(page.get_by_label("Prediction-Key")).to_have_value(server.prediction_key)
+    expect(page.locator("textarea.code").first).to_contain_text(f"Prediction-Key: {server.prediction_key}")
+    copy = page.locator('button[data-copy="image-url-1"]')
+    expect(copy).to_have_text("Copy URL")
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == image_url
+    probe = photos(CLOTHING, "test", "shoes", 1)[0]
+    answer = httpx.post(image_url + "/nostore", headers={**server.prediction_headers,
+                        "Content-Type": "application/octet-stream"}, content=probe.read_bytes(), timeout=60)
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["tagName"] == "shoes", answer.text
+    shot(page, "05-prediction-url")
+
+    tab(page, "Quick test").click()
+    tested = photos(CLOTHING, "test", "hat", 1)[0]
+    page.get_by_label("Image file").set_input_files(str(tested))
+    page.get_by_role("button", name="Test").click()
+    chart = page.get_by_role("list", name="Probability per tag")
+    expect(chart.locator("li")).to_have_count(3)
+    expect(chart.locator("svg rect.bar-fill")).to_have_count(3)
+    values = [float(v.rstrip("%")) for v in chart.locator(".bar-value").all_inner_texts()]
+    assert values == sorted(values, reverse=True) and abs(sum(values) - 100) < 0.5, values
+    top = chart.locator(".bar-label").first.inner_text()
+    shot(page, "06-quick-test")
+
+    tab(page, "Predictions").click()
+    cards = page.locator(".prediction-card")
+    expect(cards).to_have_count(1)
+    expect(cards.first.locator(".bar-label").first).to_have_text(top)
+    expect(cards.first.get_by_label("Tag of this image")).to_have_value(
+        re.compile(".+"))  # the top tag, preselected
+    shot(page, "07-predictions")
+    cards.first.get_by_label("Tag of this image").select_option(label="hat")  # confirm or correct: it is a hat
+    cards.first.get_by_role("button", name="Add to training images").click()
+    expect(page.locator(".flash.ok")).to_contain_text("Added to the training images as hat")
+    expect(cards).to_have_count(0)
+    page.goto(f"/projects/{project_id}/images")
+    expect(tag_count(page, "hat")).to_have_text(str(PER_TAG + 1))
+
+    train_and_wait(page, project_id, "Iteration 2")
+    page.goto(f"/projects/{project_id}/performance")
+    expect(page.get_by_role("heading", name="Iteration 2", level=2)).to_be_visible()
+    compared = page.locator("table").last.locator("tbody tr")
+    expect(compared).to_have_count(2)
+    expect(compared.first.locator("th")).to_have_text("Iteration 2")
+    expect(compared.first.locator("td")).to_have_text(["Completed", str(3 * PER_TAG + 1), re.compile(r"%$"),
+                                                       re.compile(r"%$"), re.compile(r"%$"), "–"])
+    expect(compared.last.locator("td").last).to_have_text("clothes")
+    shot(page, "08-performance-iteration-2")
+
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen
+    for path, name in ((f"/projects/{project_id}/images", "09-narrow-training-images"),
+                       (f"/projects/{project_id}/performance", "10-narrow-performance")):
+        page.goto(path)
+        shot(page, name)
+        wide = page.evaluate("""() => Array.from(document.querySelectorAll('body *'))
+            .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+            .map(e => e.tagName + '.' + e.className + '#' + e.id).slice(0, 8)""")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), (path, wide)
+
+
+# ---------------------------------------------------------------------- 300 uploads
+
+
+def test_uploading_300_images_shows_progress_and_never_freezes(page, server):
+    login(page, server)
+    project_id = create_project(page, "Three hundred")
+    paths = photos(CLOTHING, "train", "t-shirt", 300)
+    assert len({p.read_bytes() for p in paths}) == 300
+    page.get_by_label("Image files").set_input_files([str(p) for p in paths])
+    expect(page.locator("[data-upload-chosen]")).to_have_text("300 files ready to upload.")
+    # Count animation frames and the longest gap between two during the upload: a frozen page has none.
+    page.evaluate("""() => {
+        window.frames_seen = 0; window.longest_gap = 0; let last = performance.now();
+        const tick = now => { window.frames_seen++; window.longest_gap = Math.max(window.longest_gap, now - last);
+                              last = now; if (!window.stop_counting) requestAnimationFrame(tick); };
+        requestAnimationFrame(tick);
+    }""")
+    page.get_by_role("button", name="Upload 300 files").click()
+    bar = page.locator("[data-upload-bar]")
+    expect(bar).to_be_visible()
+    seen: list[float] = []
+    typed = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        value = float(bar.evaluate("b => b.value"))
+        seen.append(value)
+        if 0 < value < 300 and not typed:  # the page answers input mid-upload
+            page.get_by_label("New tag").fill("typed during the upload")
+            expect(page.get_by_label("New tag")).to_have_value("typed during the upload")
+            shot(page, "11-upload-300-in-progress")
+            typed = True
+        if value >= 300:
+            break
+        page.wait_for_timeout(50)
+    intermediate = sorted({v for v in seen if 0 < v < 300})
+    assert typed and len(intermediate) >= 3, seen
+    assert seen == sorted(seen)
+    expect(page.locator("[data-upload-status]")).to_have_text("Done: 300 images added.")
+    expect(page.locator("[data-upload-status]")).to_be_visible()
+    frames, gap = page.evaluate("window.stop_counting = true; [window.frames_seen, window.longest_gap]")
+    print(f"300 uploads: {frames} animation frames, longest gap {gap:.0f} ms, progress values seen {intermediate}")
+    assert frames > 20 and gap < 1000, (frames, gap)
+    expect(page.locator("[data-shown-count]")).to_have_text("300 images")
+    expect(page.locator("#project-meta")).to_contain_text("300 images")
+    expect(page.locator('.grid input[name="image"]')).to_have_count(60)
+    shot(page, "12-upload-300-done")
+    service = Service.open(Settings.load(server.data_dir))  # beside the server, as the CLI would
+    try:
+        assert service.images.count(project_id) == 300
+        assert service.images.count(project_id, untagged=True) == 300
+    finally:
+        service.close()
+
+    # Act on a selection: delete (after the browser's confirm dialog), tag, then untag.
+    page.once("dialog", lambda dialog: dialog.accept())
+    boxes = page.locator('.grid input[name="image"]')
+    for k in range(3):
+        boxes.nth(k).check()
+    page.get_by_role("button", name="Delete selected").click()
+    expect(page.locator(".flash.ok")).to_have_text("3 images deleted.")
+    expect(page.locator("[data-shown-count]")).to_have_text("297 images")
+    page.get_by_label("New tag").fill("tee")
+    page.get_by_role("button", name="Add tag").click()
+    page.get_by_label("Select all on this page").check()
+    expect(page.locator("[data-selected-count]")).to_have_text("60 selected")
+    page.get_by_label("Tag", exact=True).select_option(label="tee")
+    page.get_by_role("button", name="Tag selected").click()
+    expect(page.locator(".flash.ok")).to_have_text("60 images tagged tee.")
+    expect(tag_count(page, "tee")).to_have_text("60")
+    expect(tag_count(page, "Untagged")).to_have_text("237")
+    page.get_by_role("link", name=re.compile(r"^tee")).click()
+    boxes.first.check()
+    page.get_by_label("Tag", exact=True).select_option(label="tee")
+    page.get_by_role("button", name="Remove tag").click()
+    expect(page.locator(".flash.ok")).to_have_text("Tag tee removed from 1 selected image.")
+    expect(tag_count(page, "tee")).to_have_text("59")
+
+
+# ---------------------------------------------------------------------- access
+
+
+def test_login_cookie_csrf_and_errors(page, server, browser):
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
+    page.goto("/projects/anything/performance")
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    shot(page, "00-login")
+    page.get_by_label("Training key").fill("not-the-key")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator(".flash.error")).to_contain_text("That is not this server's training key")
+    page.get_by_label("Training key").fill(server.training_key)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(re.compile(r"/projects/anything/performance$"))  # back where it was going
+    # A service error reads as a sentence, not a stack trace.
+    expect(page.locator("#error-message")).to_have_text("No project named or with id 'anything'.")
+    expect(page.locator("body")).not_to_contain_text("Traceback")
+
+    cookie = next(c for c in page.context.cookies() if c["name"] == "tagvision_session")
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Lax" and cookie["secure"] is False
+
+    # A state-changing POST without the CSRF token is refused, with a sentence; so is a wrong token.
+    refused = page.request.post("/projects", form={"name": "forged"}, max_redirects=0)
+    assert refused.status == 403 and "security token" in refused.text() and "Traceback" not in refused.text()
+    forged = page.request.post("/projects", form={"name": "forged", "csrf": "guess"}, max_redirects=0)
+    assert forged.status == 403
+    upload = page.request.post("/projects/x/images/upload", multipart={"file": {
+        "name": "a.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff"}})
+    assert upload.status == 403 and json.loads(upload.text())["code"] == "Forbidden"
+    page.goto("/")
+    expect(page.get_by_text("forged")).to_have_count(0)
+
+    # Without a session: pages redirect to the login page, JSON endpoints answer 401 JSON.
+    anonymous = httpx.get(f"{server.endpoint}/projects/x/images", follow_redirects=False)
+    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login?next=")
+    status = httpx.get(f"{server.endpoint}/projects/x/iterations/y/status")
+    assert status.status_code == 401 and status.json()["code"] == "Unauthorized"
+    assert httpx.post(f"{server.endpoint}/projects", data={"name": "x"}).status_code in (303, 403)
+
+    # Service errors read as sentences on the page they came from.
+    project_id = create_project(page, "Errors")
+    tab(page, "Train").click()
+    page.get_by_role("button", name="Train", exact=True).click()
+    expect(page.locator(".flash.error")).to_contain_text("Training needs at least 2 tags with images")
+    expect(page.get_by_label("Advanced training (fine-tunes the backbone within a time budget)")).to_be_disabled()
+    shot(page, "13-train-error")
+
+    # Delete with a confirmation page.
+    page.goto("/")
+    page.get_by_role("link", name="Delete Errors").click()
+    expect(page.get_by_role("heading", name="Delete the project Errors?")).to_be_visible()
+    shot(page, "14-delete-confirmation")
+    page.get_by_role("button", name="Delete Errors").click()
+    expect(page.locator(".flash.ok")).to_contain_text("Project Errors and its images and iterations are deleted.")
+    expect(page.get_by_role("link", name="Open Errors")).to_have_count(0)
+    assert httpx.get(server.training(f"/projects/{project_id}"), headers=server.training_headers).status_code == 404
+
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/login$"))
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login"))
