@@ -48,6 +48,7 @@ bench: venv
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/acquire.py
+	$(BIN)/python bench/export.py
 
 clean:
 	rm -rf $(VENV) tagvision-data .pytest_cache

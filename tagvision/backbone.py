@@ -209,13 +209,14 @@ class Embedder:
     """
 
     def __init__(self, spec: BackboneSpec, models_dir: Path, *, threads: int | None = None,
-                 batch_size: int = 16, decode_threads: int | None = None) -> None:
+                 batch_size: int = 16, decode_threads: int | None = None, onnx_file: Path | None = None) -> None:
+        """``onnx_file``: a fine-tuned network with the stock one's input and output (else the stock one)."""
         self.spec = spec
         cores = os.cpu_count() or 1
         self.threads = threads or cores
         self.batch_size = batch_size
         self.decode_threads = decode_threads or max(2, cores)
-        self.session = _session(ensure_onnx(spec, models_dir), self.threads)
+        self.session = _session(onnx_file or ensure_onnx(spec, models_dir), self.threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, batch: np.ndarray) -> np.ndarray:

@@ -258,11 +258,16 @@ def image_list(
 @app.command("train")
 def train(project: ProjectArg,
           force: Annotated[bool, typer.Option("--force", help="Train even if nothing changed.")] = False,
+          advanced: Annotated[bool, typer.Option("--advanced", help="Fine-tune the backbone within the budget "
+                                                 "(slower; for images unlike everyday photos).")] = False,
+          budget_minutes: Annotated[float, typer.Option("--budget-minutes", min=0.5, help="Advanced training's "
+                                                        "time budget; never exceeded by more than 10%.")] = 5.0,
           data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
-    """Quick training: a classifier head on cached backbone embeddings, cross-validated."""
+    """Train: quick (a classifier head on cached backbone embeddings, cross-validated) or --advanced."""
+    options = {"training_type": "Advanced", "budget_minutes": budget_minutes} if advanced else {}
     with service(data_dir) as svc:
         with progress_bar() as update:
-            iteration = svc.training.train(project, force=force, progress=update)
+            iteration = svc.training.train(project, force=force, progress=update, **options)
         performance = svc.training.performance(project, iteration.id)
     if as_json:
         print_json(iteration.to_json())
@@ -270,7 +275,7 @@ def train(project: ProjectArg,
     p = performance.performance
     out.print(f"{iteration.name} completed in {iteration.training_seconds:.1f} s on {iteration.image_count} images: "
               f"precision {p.precision:.1%}, recall {p.recall:.1%}, AP {p.average_precision:.1%} "
-              f"({p.folds}-fold cross-validation, threshold 50%)", highlight=False)
+              f"(threshold 50%; measured on {iteration.metrics_from})", highlight=False)
 
 
 @app.command("performance")
@@ -290,7 +295,8 @@ def performance(
         return
     p = view.performance
     table = Table("tag", "images", "precision", "recall", "AP",
-                  title=f"{iteration_view.name}: {p.folds}-fold cross-validation, threshold {threshold:.0%}")
+                  title=f"{iteration_view.name}: {_measured_on(iteration_view.metrics_from, p.folds)}, "
+                        f"threshold {threshold:.0%}")
     for t in p.per_tag:
         table.add_row(view.tags[t.index][1], str(t.support), _pct(t.precision, t.precision_std),
                       _pct(t.recall, t.recall_std), _pct(t.average_precision, t.average_precision_std))
@@ -298,6 +304,12 @@ def performance(
     table.add_row("overall", str(view.image_count), _pct(p.precision, p.precision_std),
                   _pct(p.recall, p.recall_std), _pct(p.average_precision, p.average_precision_std), style="bold")
     out.print(table)
+
+
+def _measured_on(metrics_from: str | None, folds: int) -> str:
+    if metrics_from is None or "cross-validation" in metrics_from:
+        return f"{folds}-fold cross-validation"
+    return metrics_from
 
 
 def _pct(value: float, std: float) -> str:
@@ -352,6 +364,33 @@ def iteration_delete(project: ProjectArg, iteration: Annotated[str, typer.Argume
     with service(data_dir) as svc:
         svc.training.delete_iteration(project, iteration)
     out.print(f"Deleted {iteration}", highlight=False)
+
+
+@app.command("export")
+def export_model(
+    project: ProjectArg,
+    out_path: Annotated[Path, typer.Option("--out", help="Where to write: a .onnx file, or a .zip bundle with "
+                                           "model.onnx, labels.txt and a standalone predict.py.")],
+    iteration: IterationOpt = None,
+    format_: Annotated[str, typer.Option("--format", help="onnx (float32) or onnx-int8 (quantised).")] = "onnx",
+    data_dir: DataDir = None,
+) -> None:
+    """Export an iteration as one ONNX classifier (backbone, head and softmax/sigmoid) that runs anywhere."""
+    if format_ not in ("onnx", "onnx-int8"):
+        raise InvalidInput(f"Unknown format {format_!r}; use onnx or onnx-int8.", code="BadRequestInvalid")
+    with service(data_dir) as svc:
+        model = svc.exports.model(project, iteration, int8=format_ == "onnx-int8")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    if out_path.suffix.lower() == ".zip":
+        from tagvision import export
+
+        export.write_bundle(model.onnx, model.labels, tmp)
+    else:
+        tmp.write_bytes(model.onnx)
+    tmp.replace(out_path)
+    out.print(f"Wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB, {format_}, labels: "
+              f"{', '.join(model.labels)})", highlight=False)
 
 
 # ---------------------------------------------------------------------- acquisition

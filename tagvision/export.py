@@ -17,13 +17,17 @@ columns in the order of the ``labels`` metadata (a JSON list). Running it::
     (probabilities,) = session.run(["probabilities"], {"data": x})
     print([dict(zip(labels, row.tolist())) for row in probabilities])
 
-``write_bundle`` packs the model with ``labels.txt`` (one label per line) into a zip.
+``write_bundle`` packs the model with ``labels.txt`` (one label per line) and ``predict.py`` (a
+standalone predictor: onnxruntime, numpy and Pillow) into a zip; ``quantize_int8`` makes the
+int8 variant.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import zipfile
+from importlib import resources
 from pathlib import Path
 from typing import IO
 
@@ -52,13 +56,17 @@ def preprocessing_text(spec: backbone.BackboneSpec) -> str:
 
 
 def build_classifier_onnx(spec: backbone.BackboneSpec, models_dir: Path, head: LinearHead,
-                          labels: list[str], *, iteration_id: str = "", project_name: str = "") -> bytes:
-    """Backbone + test-time flip + ``max(x, 0) ** 0.75`` + linear head + link, as ONNX bytes."""
+                          labels: list[str], *, iteration_id: str = "", project_name: str = "",
+                          backbone_path: Path | None = None) -> bytes:
+    """Backbone + test-time flip + ``max(x, 0) ** 0.75`` + linear head + link, as ONNX bytes.
+
+    ``backbone_path``: a fine-tuned backbone (advanced training) instead of the stock one.
+    """
     dim, tags = head.weights.shape
     if dim != spec.dim or head.bias.shape != (tags,) or len(labels) != tags:
         raise ValueError(f"head {head.weights.shape} / bias {head.bias.shape} do not fit "
                          f"{spec.dim}-d features and {len(labels)} labels")
-    base = onnx.load(backbone.ensure_onnx(spec, models_dir))
+    base = onnx.load(backbone_path or backbone.ensure_onnx(spec, models_dir))
     (image,), (embedding,) = base.graph.input, base.graph.output
 
     def name(suffix: str) -> str:
@@ -108,6 +116,7 @@ def build_classifier_onnx(spec: backbone.BackboneSpec, models_dir: Path, head: L
         "classification": "Multilabel" if head.multilabel else "Multiclass",
         "preprocessing": preprocessing_text(spec),
         "image_size": str(s),
+        "resize": str(spec.resize),
         "backbone": spec.model_name,
         "domain": spec.domain,
         "iteration_id": iteration_id,
@@ -119,9 +128,47 @@ def build_classifier_onnx(spec: backbone.BackboneSpec, models_dir: Path, head: L
 
 
 def write_bundle(model_bytes: bytes, labels: list[str], path_or_file: str | Path | IO[bytes]) -> None:
-    """Write a zip with ``model.onnx`` and ``labels.txt`` (UTF-8, one label per line, column order)."""
+    """Write a zip with ``model.onnx``, ``labels.txt`` (UTF-8, one label per line, column order) and
+    ``predict.py``, a standalone predictor that needs only onnxruntime, numpy and Pillow."""
     if any("\n" in label or "\r" in label for label in labels):
         raise ValueError("labels may not contain line breaks")
+    predictor = resources.files("tagvision").joinpath("predict_standalone.py").read_bytes()
     with zipfile.ZipFile(path_or_file, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         bundle.writestr("model.onnx", model_bytes)
         bundle.writestr("labels.txt", "".join(f"{label}\n" for label in labels).encode())
+        bundle.writestr("predict.py", predictor)
+
+
+class _Calibration:
+    """Feeds onnxruntime's static quantiser one preprocessed image at a time."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self._rows = iter(images)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        row = next(self._rows, None)
+        return None if row is None else {INPUT: row[None].astype(np.float32)}
+
+
+def quantize_int8(model_bytes: bytes, calibration: np.ndarray) -> bytes:
+    """The classifier with int8 weights and activations (ONNX Runtime static quantisation, QDQ,
+    per-channel weights), calibrated on ``calibration``: preprocessed images (n, 3, S, S) of the
+    project. The head and the link stay in float: they are a few kilobytes and set the output."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    head_nodes = [node.name for node in onnx.load_from_string(model_bytes).graph.node
+                  if node.name.startswith("tagvision/")]
+    with tempfile.TemporaryDirectory(prefix="tagvision-int8-") as tmp:
+        fp32, prepared, int8 = Path(tmp, "fp32.onnx"), Path(tmp, "prepared.onnx"), Path(tmp, "int8.onnx")
+        fp32.write_bytes(model_bytes)
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(int8), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=head_nodes)
+        model = onnx.load(str(int8))
+    source = onnx.load_from_string(model_bytes)
+    helper.set_model_props(model, {**{p.key: p.value for p in source.metadata_props}, "quantization":
+                                   f"int8 static (QDQ, per-channel weights), calibrated on {len(calibration)} "
+                                   "of the project's training images"})
+    return model.SerializeToString()

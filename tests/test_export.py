@@ -89,7 +89,7 @@ def test_bundle_holds_the_model_and_one_label_per_line(tmp_path: Path, target: s
     out: io.BytesIO | Path = io.BytesIO() if target == "file" else tmp_path / "bundle.zip"
     export.write_bundle(model, MULTICLASS, out)
     with zipfile.ZipFile(out) as bundle:
-        assert sorted(bundle.namelist()) == ["labels.txt", "model.onnx"]
+        assert sorted(bundle.namelist()) == ["labels.txt", "model.onnx", "predict.py"]
         assert bundle.read("model.onnx") == model
         assert bundle.read("labels.txt").decode().splitlines() == MULTICLASS
     with pytest.raises(ValueError):

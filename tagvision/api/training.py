@@ -433,19 +433,24 @@ def query_suggested_image_count(service: Svc, project_id: ProjectId,
 
 
 @router.post("/projects/{projectId}/train", response_model=schemas.Iteration,
-             summary="Train: returns the new iteration at once (status Training)")
+             summary="Train: returns the new iteration at once (status Training); trainingType=Advanced fine-tunes "
+                     "the backbone within reservedBudgetInHours (or budgetMinutes)")
 def train_project(service: Svc, project_id: ProjectId,
                   training_type: Annotated[str | None, Query(alias="trainingType")] = None,
                   reserved_budget: Annotated[int, Query(alias="reservedBudgetInHours", le=2**31 - 1)] = 0,
                   force_train: Annotated[bool, Query(alias="forceTrain")] = False,
                   _email: Annotated[str | None, Query(alias="notificationEmailAddress")] = None,
+                  budget_minutes: Annotated[float | None, Query(alias="budgetMinutes", gt=0, le=24 * 60,
+                                                                description="tagvision: an advanced training "
+                                                                "budget in minutes")] = None,
                   parameters: Annotated[schemas.TrainingParameters | None, Body()] = None) -> dict:
     if parameters is not None and parameters.customBaseModelInfo:
         raise InvalidInput("Training from another project's iteration is not available.",
                            code="BadRequestNotSupported")
     selected = parameters.selectedTags if parameters is not None else None
     return service.jobs.train(project_id, force=force_train, training_type=training_type or "Regular",
-                              selected_tags=selected or None, reserved_budget_hours=reserved_budget).to_json()
+                              selected_tags=selected or None, reserved_budget_hours=reserved_budget,
+                              budget_minutes=budget_minutes).to_json()
 
 
 @router.get("/projects/{projectId}/iterations", response_model=list[schemas.Iteration], summary="List iterations")

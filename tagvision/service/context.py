@@ -37,16 +37,21 @@ class Context:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         return cls(settings, Database(settings.database_url), BlobStore(settings.blob_root))
 
-    def embedder(self, domain: str) -> backbone.Embedder:
-        """The backbone serving ``domain``, exported and loaded once per process."""
-        key = domains.backbone_for(domain)
+    def embedder(self, domain: str, tuned: str | None = None) -> backbone.Embedder:
+        """The backbone serving ``domain`` (or the fine-tuned one in blob ``tuned``), loaded once per process."""
+        name = domains.backbone_for(domain)
+        key = self.backbone_key(domain, tuned)
         with self._lock:
             if key not in self._embedders:
-                self._embedders[key] = backbone.Embedder(backbone.spec_for(key), self.settings.models_dir)
+                self._embedders[key] = backbone.Embedder(backbone.spec_for(name), self.settings.models_dir,
+                                                         onnx_file=self.blobs.path(tuned) if tuned else None)
             return self._embedders[key]
 
-    def backbone_key(self, domain: str) -> str:
-        """Names cached embeddings: the exported model file's stem (model name + weights digest)."""
+    def backbone_key(self, domain: str, tuned: str | None = None) -> str:
+        """Names cached embeddings: the exported model file's stem (model name + weights digest), or
+        ``tuned-<digest>`` for a fine-tuned backbone."""
+        if tuned:
+            return f"tuned-{tuned[:24]}"
         spec = backbone.spec_for(domains.backbone_for(domain))
         return backbone.onnx_path(spec, self.settings.models_dir).stem
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import select
 
 from tagvision import backbone, domains, export
@@ -11,10 +13,19 @@ from tagvision.errors import InvalidInput, NotFound, TrainingError
 from tagvision.learn import LinearHead
 from tagvision.service.context import Context, get_iteration, get_project
 from tagvision.service.views import ExportView
-from tagvision.store.models import Export, Iteration, utcnow
+from tagvision.store.models import Export, Image, Iteration, utcnow
 
 PLATFORMS = ("ONNX",)
-ONNX_FLAVORS = (None, "ONNX10", "ONNX12")
+INT8 = "Int8"  # tagvision's flavor: the int8-quantised model
+ONNX_FLAVORS = (None, "ONNX10", "ONNX12", INT8)
+CALIBRATION_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    onnx: bytes
+    labels: list[str]
+    name: str  # project-iteration, for file names
 
 
 class Exports:
@@ -27,7 +38,7 @@ class Exports:
             raise InvalidInput(f"tagvision exports to {', '.join(PLATFORMS)}; {platform!r} is not available.",
                                code="BadRequestProjectUnsupportedExportPlatform")
         if flavor not in ONNX_FLAVORS:
-            raise InvalidInput(f"Unknown ONNX flavor {flavor!r}; leave it out or use ONNX10 or ONNX12.",
+            raise InvalidInput(f"Unknown ONNX flavor {flavor!r}; leave it out or use ONNX10, ONNX12 or {INT8}.",
                                code="BadRequestExportValidationFailed")
         with self.ctx.db.session() as session:
             iteration = get_iteration(session, get_project(session, ref), iteration_ref)
@@ -45,6 +56,33 @@ class Exports:
             session.flush()
             return _view(row)
 
+    def model(self, ref: str, iteration_ref: str | None = None, *, int8: bool = False) -> ExportedModel:
+        """A completed iteration as one ONNX classifier (int8-quantised on request, calibrated on its images)."""
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            iteration = get_iteration(session, project, iteration_ref)
+            if iteration.status != "Completed" or iteration.head_blob is None:
+                raise TrainingError(f"{iteration.name} is {iteration.status}; only a completed iteration exports.",
+                                    code="BadRequestIterationIsNotTrained")
+            head_key, domain, iteration_id = iteration.head_blob, iteration.domain, iteration.id
+            backbone_key = iteration.backbone_blob
+            labels = [name for _, name in iteration.details["tags"]]
+            name = f"{project.name}-{iteration.name}".replace(" ", "-")
+            calibration_ids = list(iteration.details.get("imageIds", []))[:CALIBRATION_IMAGES]
+            hashes = list(session.scalars(select(Image.sha256).where(Image.id.in_(calibration_ids))))
+        spec = backbone.spec_for(domains.backbone_for(domain))
+        head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))
+        model = export.build_classifier_onnx(spec, self.ctx.settings.models_dir, head, labels,
+                                             iteration_id=iteration_id, project_name=name,
+                                             backbone_path=self.ctx.blobs.path(backbone_key) if backbone_key else None)
+        if int8:
+            if not hashes:
+                raise TrainingError("The iteration's training images are gone; int8 calibration needs some.",
+                                    code="BadRequestExportValidationFailed")
+            model = export.quantize_int8(model, np.stack([backbone.preprocess_bytes(self.ctx.blobs.get(h), spec)
+                                                          for h in hashes]))
+        return ExportedModel(model, labels, name)
+
     def run(self, export_id: str) -> ExportView:
         """Build the file of a queued export: Done with its blob, or Failed with the reason."""
         try:
@@ -54,15 +92,10 @@ class Exports:
                     raise NotFound(f"No export {export_id!r}.", code="NotFound")
                 iteration = session.get(Iteration, row.iteration_id)
                 assert iteration is not None
-                head_key, domain, iteration_id = iteration.head_blob, iteration.domain, iteration.id
-                labels = [name for _, name in iteration.details["tags"]]
-                project_name = iteration.project.name
-            spec = backbone.spec_for(domains.backbone_for(domain))
-            head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))
-            model = export.build_classifier_onnx(spec, self.ctx.settings.models_dir, head, labels,
-                                                 iteration_id=iteration_id, project_name=project_name)
+                project_id, iteration_id, int8 = iteration.project_id, iteration.id, row.flavor == INT8
+            model = self.model(project_id, iteration_id, int8=int8)
             bundle = io.BytesIO()
-            export.write_bundle(model, labels, bundle)
+            export.write_bundle(model.onnx, model.labels, bundle)
             key = self.ctx.blobs.put(bundle.getvalue())
             status, error = "Done", None
         except Exception as exc:  # recorded on the export; the job runner logs it

@@ -33,7 +33,8 @@ class Jobs:
     def train(self, ref: str, **options) -> IterationView:
         """Start a training (checks run now) and finish it in the background."""
         view = self.training.start(ref, **options)
-        self._submit(f"train {view.id}", lambda: self.training.run(view.project_id, view.id))
+        self._submit(f"train {view.id}", lambda: self.training.run(view.project_id, view.id,
+                                                                   self.training.recorder(view.id)))
         return view
 
     def export(self, ref: str, iteration_ref: str, platform: str, flavor: str | None = None) -> ExportView:
@@ -53,7 +54,8 @@ class Jobs:
         interrupted = self.training.interrupted()
         for project_id, iteration_id in interrupted:
             log.info("resuming training %s", iteration_id)
-            self._submit(f"train {iteration_id}", lambda p=project_id, i=iteration_id: self.training.run(p, i))
+            self._submit(f"train {iteration_id}",
+                         lambda p=project_id, i=iteration_id: self.training.run(p, i, self.training.recorder(i)))
         exports = self.exports.interrupted()
         for export_id in exports:
             self._submit(f"export {export_id}", lambda e=export_id: self.exports.run(e))

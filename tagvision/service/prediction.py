@@ -44,6 +44,7 @@ class Model:
     domain: str
     head: LinearHead
     tags: list[tuple[str, str]]
+    tuned: str | None = None  # blob of the fine-tuned backbone (advanced training), else the stock one
 
 
 @dataclass(frozen=True)
@@ -102,14 +103,14 @@ class Prediction:
             if iteration.status != "Completed" or iteration.head_blob is None:
                 raise TrainingError(f"{iteration.name} is {iteration.status}; only a completed iteration predicts.",
                                     code="BadRequestIterationIsNotTrained")
-            iteration_id, domain = iteration.id, iteration.domain
+            iteration_id, domain, tuned = iteration.id, iteration.domain, iteration.backbone_blob
             head_key, tags = iteration.head_blob, [tuple(t) for t in iteration.details["tags"]]
             project_id = project.id
         with self._lock:  # the server predicts from many threads
             cached = self._models.get(iteration_id)
             if cached is None:
                 head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))
-                cached = self._models[iteration_id] = Model(project_id, iteration_id, domain, head, tags)
+                cached = self._models[iteration_id] = Model(project_id, iteration_id, domain, head, tags, tuned)
                 while len(self._models) > HEAD_CACHE:
                     self._models.popitem(last=False)
             self._models.move_to_end(iteration_id)
@@ -119,7 +120,7 @@ class Prediction:
                 iteration_ref: str | None = None) -> list[ImagePrediction]:
         """Probabilities for each (name, read) image, highest first; refused images carry their error."""
         model = self.model(ref, iteration_ref)
-        results = list(self.ctx.embedder(model.domain).embed([read for _, read in items]))
+        results = list(self.ctx.embedder(model.domain, model.tuned).embed([read for _, read in items]))
         good = [r for r in results if r.error is None]
         probabilities = (
             model.head.predict_proba(np.stack([r.plain for r in good]), np.stack([r.flipped for r in good]))
@@ -149,7 +150,7 @@ class Prediction:
             facts = images.validate(data, max_bytes=max_bytes)
         except TagvisionError as exc:
             raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
-        embedder = self.ctx.embedder(model.domain)
+        embedder = self.ctx.embedder(model.domain, model.tuned)
         try:
             batch = backbone.preprocess_bytes(data, embedder.spec)[None]
         except TagvisionError as exc:
@@ -289,9 +290,10 @@ class Prediction:
         if not views:
             return []
         hashes = [v.sha256 for v in views]
-        self.training.cache_embeddings(model.domain, hashes)
+        self.training.cache_embeddings(model.domain, hashes, tuned=model.tuned)
         with self.ctx.db.session() as session:
-            plain, flipped = queries.load_embeddings(session, self.ctx.backbone_key(model.domain), hashes)
+            plain, flipped = queries.load_embeddings(session, self.ctx.backbone_key(model.domain, model.tuned),
+                                                     hashes)
         probabilities = model.head.predict_proba(plain, flipped)
         columns = [j for j, (tag_id, _) in enumerate(model.tags) if not tag_ids or tag_id in tag_ids]
         out = []

@@ -6,11 +6,12 @@ import hashlib
 import io
 import time
 from dataclasses import dataclass
+from datetime import UTC
 
 import numpy as np
 from sqlalchemy import select
 
-from tagvision import learn, metrics
+from tagvision import backbone, domains, learn, metrics
 from tagvision.errors import Conflict, InvalidInput, StorageError, TrainingError
 from tagvision.service import images as images_service
 from tagvision.service.context import Context, Progress, get_iteration, get_project, get_tag, no_progress
@@ -19,6 +20,8 @@ from tagvision.store import queries
 from tagvision.store.models import Embedding, Image, Iteration, Project, utcnow
 
 MAX_ITERATIONS = 20  # as Custom Vision; delete old iterations to train more
+DEFAULT_BUDGET_MINUTES = 5  # advanced training without a budget
+MIN_BUDGET_SECONDS = 30
 MIN_TAGS = 2
 MIN_IMAGES_PER_TAG = 5
 EMBED_COMMIT = 64  # embeddings per transaction while caching
@@ -73,18 +76,24 @@ class Training:
     # ------------------------------------------------------------------ training
 
     def start(self, ref: str, *, force: bool = False, training_type: str = "Regular",
-              selected_tags: list[str] | None = None, reserved_budget_hours: int = 0) -> IterationView:
+              selected_tags: list[str] | None = None, reserved_budget_hours: int = 0,
+              budget_minutes: float | None = None) -> IterationView:
         """Check the project can be trained and create its next iteration (status Training).
 
         ``selected_tags`` (ids or names) trains on those tags only. Refused while another
         iteration of the project is training, and when nothing changed since the newest
         completed iteration (unless ``force``).
         """
-        if training_type != "Regular":
-            raise TrainingError(f"Training type {training_type!r} is not available in this version; "
-                                "train with trainingType=Regular.", code="BadRequestNotSupported")
-        if reserved_budget_hours < 0:
-            raise InvalidInput("reservedBudgetInHours cannot be negative.", code="BadRequestInvalid")
+        if training_type not in ("Regular", "Advanced"):
+            raise TrainingError(f"Unknown training type {training_type!r}; use Regular (quick) or Advanced.",
+                                code="BadRequestInvalid")
+        if reserved_budget_hours < 0 or (budget_minutes is not None and budget_minutes <= 0):
+            raise InvalidInput("A training budget must be positive.", code="BadRequestInvalid")
+        budget_seconds = (budget_minutes * 60 if budget_minutes is not None
+                          else reserved_budget_hours * 3600 or DEFAULT_BUDGET_MINUTES * 60)
+        if training_type == "Advanced" and budget_seconds < MIN_BUDGET_SECONDS:
+            raise TrainingError(f"Advanced training needs a budget of at least {MIN_BUDGET_SECONDS} seconds.",
+                                code="BadRequestReservedBudgetInHoursNotEnoughForAdvancedTraining")
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             if any(i.status == "Training" for i in project.iterations):
@@ -99,13 +108,16 @@ class Training:
             newest = queries.newest_completed_iteration(session, project.id)
             if (not force and newest is not None and newest.domain == project.domain
                     and newest.classification_type == project.classification_type
+                    and newest.training_type == training_type
                     and newest.details.get("fingerprint") == snapshot.fingerprint):
                 raise TrainingError("Nothing changed since the last iteration; add or re-tag images first "
                                     "(or force the training).", code="BadRequestTrainingNotNeeded")
             iteration = Iteration(project_id=project.id, name=_next_name(project),
                                   classification_type=project.classification_type, domain=project.domain,
-                                  reserved_budget_hours=reserved_budget_hours,
-                                  details={"fingerprint": snapshot.fingerprint, "selectedTags": selected})
+                                  reserved_budget_hours=reserved_budget_hours, training_type=training_type,
+                                  details={"fingerprint": snapshot.fingerprint, "selectedTags": selected,
+                                           **({"budgetSeconds": budget_seconds} if training_type == "Advanced"
+                                              else {})})
             session.add(iteration)
             session.flush()
             return iteration_view(iteration)
@@ -128,9 +140,10 @@ class Training:
                     iteration.status, iteration.error, iteration.last_modified = "Failed", reason, utcnow()
             raise
 
-    def train(self, ref: str, *, force: bool = False, progress: Progress = no_progress) -> IterationView:
-        """Quick training, start to finish: a new Completed iteration."""
-        return self.run(ref, self.start(ref, force=force).id, progress)
+    def train(self, ref: str, *, force: bool = False, progress: Progress = no_progress,
+              **options) -> IterationView:
+        """Training start to finish (quick, or ``training_type="Advanced"`` within ``budget_minutes``)."""
+        return self.run(ref, self.start(ref, force=force, **options).id, progress)
 
     def _run(self, ref: str, iteration_id: str, progress: Progress) -> IterationView:
         started = time.perf_counter()
@@ -142,36 +155,65 @@ class Training:
                                     code="BadRequestIterationValidationFailed")
             snapshot = _training_set(session, project, iteration.details.get("selectedTags"))
             domain, multilabel = iteration.domain, iteration.classification_type == "Multilabel"
+            advanced = iteration.training_type == "Advanced"
+            budget = float(iteration.details.get("budgetSeconds") or 0)
         _check_trainable(snapshot)
+        if advanced:
+            return self._finish(iteration_id, snapshot, started, *self._fine_tune(domain, snapshot, multilabel,
+                                                                                 budget - (time.perf_counter()
+                                                                                           - started), progress))
         computed = self.cache_embeddings(domain, snapshot.hashes, progress)
         embedded = time.perf_counter()
-
         progress("fitting", 0, 1)
         with self.ctx.db.session() as session:
             plain, flipped = queries.load_embeddings(session, self.ctx.backbone_key(domain), snapshot.hashes)
         model = learn.QuickClassifier(multilabel=multilabel).fit(plain, flipped, snapshot.labels)
         evaluation = Evaluation(model.oof_proba_, snapshot.labels, model.folds_, np.array(snapshot.image_ids))
         progress("fitting", 1, 1)
-        fitted = time.perf_counter()
+        folds = int(model.folds_.max()) + 1
+        details = {"head": "shrinkage-lda", "shrinkage": model.shrinkage_, "folds": folds,
+                   "metricsFrom": f"{folds}-fold cross-validation on the training images",
+                   "embeddingsComputed": computed,
+                   "seconds": {"embedding": round(embedded - started, 3),
+                               "fitting": round(time.perf_counter() - embedded, 3)}}
+        return self._finish(iteration_id, snapshot, started, model.head_, evaluation, None, details)
 
-        head_key = self.ctx.blobs.put(model.head_.to_bytes())
+    def _fine_tune(self, domain: str, snapshot: TrainingSet, multilabel: bool, budget: float,
+                   progress: Progress) -> tuple[learn.LinearHead, Evaluation, bytes | None, dict]:
+        """Advanced training: fine-tune the backbone within ``budget`` seconds (tagvision.finetune)."""
+        from tagvision import finetune
+
+        spec = backbone.spec_for(domains.backbone_for(domain))
+        result = finetune.fine_tune(
+            spec, self.ctx.settings.models_dir, [lambda h=h: self.ctx.blobs.get(h) for h in snapshot.hashes],
+            snapshot.labels, multilabel=multilabel, budget_seconds=max(budget, 1.0),
+            progress=lambda stage, done, total, eta: progress(stage, done, total))
+        probabilities, labels, rows = result.evaluation
+        evaluation = Evaluation(np.asarray(probabilities), np.asarray(labels, dtype=bool),
+                                np.zeros(len(rows), dtype=np.int64), np.array(snapshot.image_ids)[np.asarray(rows)])
+        details = {"advanced": result.details,
+                   "metricsFrom": result.details.get("metricsFrom", "a held-out validation split of the training "
+                                                                    "images (not cross-validation)")}
+        return result.head, evaluation, result.backbone_onnx, details
+
+    def _finish(self, iteration_id: str, snapshot: TrainingSet, started: float, head: learn.LinearHead,
+                evaluation: Evaluation, tuned_backbone: bytes | None, details: dict) -> IterationView:
+        """Store the frozen artifacts (blobs before the row) and mark the iteration Completed."""
+        head_key = self.ctx.blobs.put(head.to_bytes())
         evaluation_key = self.ctx.blobs.put(evaluation.to_bytes())
+        backbone_key = self.ctx.blobs.put(tuned_backbone) if tuned_backbone else None
         with self.ctx.db.session() as session:
             iteration = session.get(Iteration, iteration_id)
             assert iteration is not None
             iteration.head_blob, iteration.evaluation_blob = head_key, evaluation_key
+            iteration.backbone_blob = backbone_key
             iteration.details = {
-                **iteration.details,
+                **{k: v for k, v in iteration.details.items() if k != "progress"},
                 "tags": [list(t) for t in snapshot.tags],
                 "tagImageCounts": [int(c) for c in snapshot.labels.sum(axis=0)],
                 "imageCount": len(snapshot.image_ids),
                 "imageIds": snapshot.image_ids,
-                "head": "shrinkage-lda",
-                "shrinkage": model.shrinkage_,
-                "folds": int(model.folds_.max()) + 1,
-                "metricsFrom": f"{int(model.folds_.max()) + 1}-fold cross-validation on the training images",
-                "embeddingsComputed": computed,
-                "seconds": {"embedding": round(embedded - started, 3), "fitting": round(fitted - embedded, 3)},
+                **details,
             }
             iteration.status, iteration.trained_at = "Completed", utcnow()
             iteration.last_modified = iteration.trained_at
@@ -179,15 +221,35 @@ class Training:
             session.flush()
             return iteration_view(iteration)
 
-    def cache_embeddings(self, domain: str, hashes: list[str], progress: Progress = no_progress) -> int:
-        """Compute and store the embeddings not cached yet; returns how many were computed."""
-        key = self.ctx.backbone_key(domain)
+    def recorder(self, iteration_id: str, every: float = 1.0) -> Progress:
+        """A progress callback that keeps the iteration's ``progress`` (stage, done, total) up to date in
+        the store, at most once per ``every`` seconds, so the API and the portal can show it."""
+        last = [0.0]
+
+        def record(stage: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] < every and done < total:
+                return
+            last[0] = now
+            with self.ctx.db.session() as session:
+                iteration = session.get(Iteration, iteration_id)
+                if iteration is not None and iteration.status == "Training":
+                    iteration.details = {**iteration.details, "progress": {
+                        "stage": stage, "done": done, "total": total,
+                        "elapsedSeconds": round((utcnow() - _aware(iteration.created)).total_seconds(), 1)}}
+        return record
+
+    def cache_embeddings(self, domain: str, hashes: list[str], progress: Progress = no_progress,
+                         tuned: str | None = None) -> int:
+        """Compute and store the embeddings not cached yet (by the stock backbone, or the fine-tuned one
+        in blob ``tuned``); returns how many were computed."""
+        key = self.ctx.backbone_key(domain, tuned)
         with self.ctx.db.session() as session:
             cached = queries.cached_embedding_hashes(session, key, hashes)
         missing = [h for h in dict.fromkeys(hashes) if h not in cached]
         if not missing:
             return 0
-        embedder = self.ctx.embedder(domain)
+        embedder = self.ctx.embedder(domain, tuned)
         done = 0
         pending: list[Embedding] = []
         progress("embedding images", 0, len(missing))
@@ -327,7 +389,14 @@ def iteration_view(iteration: Iteration) -> IterationView:
                          iteration.classification_type, iteration.training_type, iteration.created,
                          iteration.last_modified, iteration.trained_at, iteration.error, iteration.training_seconds,
                          details.get("imageCount", 0), len(details.get("tags", [])),
-                         iteration.reserved_budget_hours, iteration.publish_name, iteration.publish_resource_id)
+                         iteration.reserved_budget_hours, iteration.publish_name, iteration.publish_resource_id,
+                         details.get("progress") if iteration.status == "Training" else None,
+                         details.get("metricsFrom"), details.get("budgetSeconds"))
+
+
+def _aware(when):
+    """SQLite hands back naive datetimes for timezone-aware columns: they are UTC."""
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _next_name(project: Project) -> str:

@@ -163,6 +163,9 @@ class IterationView:
     reserved_budget_hours: int = 0
     publish_name: str | None = None
     publish_resource_id: str | None = None
+    progress: dict[str, Any] | None = None  # while training: stage, done, total, elapsedSeconds
+    metrics_from: str | None = None  # what the performance figures were computed on
+    budget_seconds: float | None = None  # advanced training's time budget
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -187,6 +190,9 @@ class IterationView:
             "customBaseModelInfo": None,
             "trainingErrorDetails": self.error,
             "imageCount": self.image_count,
+            "progress": self.progress,
+            "metricsFrom": self.metrics_from,
+            "budgetSeconds": self.budget_seconds,
         }
 
 

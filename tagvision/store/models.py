@@ -131,6 +131,8 @@ class Iteration(Base):
     # Blob keys of the frozen artifacts: the head and the cross-validation evaluation.
     head_blob: Mapped[str | None] = mapped_column(String(64), default=None)
     evaluation_blob: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Advanced training: the fine-tuned backbone (ONNX, pooled features); None: the stock one.
+    backbone_blob: Mapped[str | None] = mapped_column(String(64), default=None)
     # The tags (id, name) in head column order, counts, chosen settings and timings.
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     training_seconds: Mapped[float | None] = mapped_column(Float, default=None)

@@ -1,0 +1,81 @@
+"""Exported models: float32 ONNX against its int8 quantisation, on real test photos.
+
+What: a quick-trained classifier on every ``train/`` photo of a dataset (embeddings cached by
+bench/_data.py), exported as one ONNX file (``tagvision.export``) and quantised to int8
+(ONNX Runtime static quantisation, QDQ, per-channel, calibrated on 64 training photos). Both
+run on every ``test/`` photo: top-1 accuracy, top-1 agreement, largest probability gap,
+file size, and latency (batch of 1, p50) and throughput (batches of 16) with all cores; the
+float32 model is the baseline of each ratio.
+
+Run: ``python bench/export.py [--datasets clothing-small car-damage]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import onnxruntime as ort
+from _data import MODELS_DIR, cached_embeddings, list_split
+
+from tagvision import backbone, export
+from tagvision.learn import QuickClassifier
+
+SPEC = backbone.BACKBONES["general-compact"]
+
+
+def session(model: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def measure(model: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(probabilities, p50 ms at batch 1, images/s at batch 16)."""
+    for row in x[:3]:
+        model.run(None, {"data": row[None]})
+    single = []
+    for row in x[:60]:
+        started = time.perf_counter()
+        model.run(None, {"data": row[None]})
+        single.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    out = np.concatenate([model.run(None, {"data": x[i:i + 16]})[0] for i in range(0, len(x), 16)])
+    return out, float(np.percentile(single, 50)), len(x) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["clothing-small", "car-damage"])
+    args = parser.parse_args()
+    for dataset in args.datasets:
+        train, classes = list_split(dataset, "train")
+        test, _ = list_split(dataset, "test")
+        plain, flipped = cached_embeddings(dataset, "train", [p for p, _ in train])
+        labels = np.eye(len(classes), dtype=bool)[[c for _, c in train]]
+        head = QuickClassifier(multilabel=False).fit(plain, flipped, labels).head_
+        fp32 = export.build_classifier_onnx(SPEC, MODELS_DIR, head, classes)
+        rng = np.random.default_rng(0)
+        calibration = np.stack([backbone.preprocess_bytes(train[i][0].read_bytes(), SPEC)
+                                for i in rng.choice(len(train), 64, replace=False)])
+        started = time.perf_counter()
+        int8 = export.quantize_int8(fp32, calibration)
+        quantised_in = time.perf_counter() - started
+        x = np.stack([backbone.preprocess_bytes(p.read_bytes(), SPEC) for p, _ in test])
+        y = np.array([c for _, c in test])
+        p32, ms32, rate32 = measure(session(fp32), x)
+        p8, ms8, rate8 = measure(session(int8), x)
+        print(f"\n{dataset}: {len(train)} train / {len(test)} test photos, {len(classes)} tags; "
+              f"quantised in {quantised_in:.1f} s")
+        print(f"  float32  top-1 {(p32.argmax(1) == y).mean():6.1%}   {len(fp32) / 1e6:5.1f} MB   "
+              f"batch-1 p50 {ms32:5.1f} ms   {rate32:6.1f} images/s")
+        print(f"  int8     top-1 {(p8.argmax(1) == y).mean():6.1%}   {len(int8) / 1e6:5.1f} MB   "
+              f"batch-1 p50 {ms8:5.1f} ms   {rate8:6.1f} images/s")
+        print(f"  int8 vs float32: top-1 agreement {(p8.argmax(1) == p32.argmax(1)).mean():.1%}, largest "
+              f"probability gap {np.abs(p8 - p32).max():.3f}, size {len(int8) / len(fp32):.2f}x, "
+              f"latency {ms32 / ms8:.2f}x faster, throughput {rate8 / rate32:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

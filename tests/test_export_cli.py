@@ -1,0 +1,73 @@
+"""Models that leave the server: `tagvision export` (fp32 and int8), the bundle's standalone predictor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tagvision import backbone
+from tests.conftest import CLOTHING, REPO, photos
+
+pytestmark = pytest.mark.slow
+TAGS = ("hat", "shoes", "dress", "pants")
+
+
+def tagvision(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "tagvision.cli", *args, "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_export_bundle_int8_and_the_standalone_predictor(tmp_path: Path, svc, data_dir: Path) -> None:
+    from tagvision.service import NewImage
+
+    svc.projects.create("shop", domain="general-compact")
+    svc.projects.create_tags("shop", list(TAGS))
+    items = [NewImage(p.name, p.read_bytes, (tag,)) for tag in TAGS for p in photos(CLOTHING, "train", tag, 10)]
+    assert svc.images.add("shop", items).is_batch_successful
+    svc.training.train("shop")
+    unseen = [p for tag in TAGS for p in photos(CLOTHING, "test", tag, 6)]
+    served = {p.name: {t.tag_name: t.probability for t in r.predictions}
+              for p, r in zip(unseen, svc.prediction.predict("shop", [(p.name, p.read_bytes) for p in unseen]),
+                              strict=True)}
+    svc.close()
+
+    tagvision("export", "shop", "--out", str(tmp_path / "shop.zip"), data_dir=data_dir)
+    with zipfile.ZipFile(tmp_path / "shop.zip") as bundle:
+        assert sorted(bundle.namelist()) == ["labels.txt", "model.onnx", "predict.py"]
+        labels = bundle.read("labels.txt").decode().splitlines()
+        bundle.extractall(tmp_path / "bundle")
+    assert sorted(labels) == sorted(TAGS)
+    # The standalone predictor (onnxruntime, numpy, Pillow only) gives the server's probabilities.
+    ran = subprocess.run([sys.executable, str(tmp_path / "bundle" / "predict.py"), *map(str, unseen)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    for line in ran.stdout.splitlines():
+        row = json.loads(line)
+        got = {p["tagName"]: p["probability"] for p in row["predictions"]}
+        want = served[Path(row["image"]).name]
+        assert max(abs(got[t] - want[t]) for t in TAGS) < 1e-4
+
+    # int8: smaller, and it agrees with fp32 on (nearly) every test photo.
+    tagvision("export", "shop", "--format", "onnx-int8", "--out", str(tmp_path / "shop-int8.onnx"),
+              data_dir=data_dir)
+    fp32 = ort.InferenceSession(str(tmp_path / "bundle" / "model.onnx"), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(tmp_path / "shop-int8.onnx"), providers=["CPUExecutionProvider"])
+    assert (tmp_path / "shop-int8.onnx").stat().st_size < (tmp_path / "bundle" / "model.onnx").stat().st_size / 3
+    meta = int8.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["labels"]) == labels and "int8" in meta["quantization"]
+    spec = backbone.BACKBONES["general-compact"]
+    x = np.stack([backbone.preprocess_bytes(p.read_bytes(), spec) for p in unseen])
+    (p32,) = fp32.run(["probabilities"], {"data": x})
+    (p8,) = int8.run(["probabilities"], {"data": x})
+    agreement = float((p32.argmax(1) == p8.argmax(1)).mean())
+    assert agreement >= 0.9, agreement
+    assert np.allclose(p8.sum(1), 1, atol=1e-3)
