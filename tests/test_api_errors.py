@@ -875,9 +875,11 @@ def test_training_publishing_and_export_rules(api: Api, trained: Trained) -> Non
     api.upload(pid, shoes, [photo("shoes", i) for i in range(5, 7)])
     assert_error(api.t("POST", f"/projects/{pid}/train"), 400, "BadRequestTrainingValidationFailed")  # 2 < 5
     api.upload(pid, shoes, [photo("shoes", i) for i in range(7, 17)])
-    assert_error(api.t("POST", f"/projects/{pid}/train", params={"trainingType": "Advanced",
-                                                                 "reservedBudgetInHours": 1}),
-                 400, "BadRequestNotSupported")
+    assert_error(api.t("POST", f"/projects/{pid}/train", params={"trainingType": "Advanced", "budgetMinutes": 0.1}),
+                 400, "BadRequestReservedBudgetInHoursNotEnoughForAdvancedTraining")
+    assert_error(api.t("POST", f"/projects/{pid}/train", params={"trainingType": "Expert"}), 400, "BadRequestInvalid")
+    assert_error(api.t("POST", f"/projects/{pid}/train", params={"trainingType": "Advanced", "budgetMinutes": -1}),
+                 400, "BadRequestInvalid")
     assert_error(api.t("POST", f"/projects/{pid}/train", json={"customBaseModelInfo": {
         "projectId": trained.pid, "iterationId": trained.iteration}}), 400, "BadRequestNotSupported")
     assert api.ok(api.t("GET", f"/projects/{pid}/iterations")) == []  # the refusals left nothing behind
