@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -165,6 +165,20 @@ class ProviderHTTP:
 
     def _sleep(self, attempt: int, hint: float | None) -> None:
         time.sleep(min(self.max_wait, hint if hint is not None else self.backoff * 2 ** attempt))
+
+
+def take_new(items: Iterable[Any], to_candidate: Callable[[Any], Candidate | None], seen: set[str],
+             limit: int) -> Iterator[Candidate]:
+    """The candidates of one page of results, skipping unusable items and provider ids already in ``seen``
+    (which it extends), until ``seen`` holds ``limit``."""
+    for item in items:
+        if len(seen) >= limit:
+            return
+        candidate = to_candidate(item)
+        if candidate is None or candidate.provider_id in seen:
+            continue
+        seen.add(candidate.provider_id)
+        yield candidate
 
 
 def _wait_hint(response: httpx.Response) -> float | None:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting
+from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
 
 MAX_COUNT = 150
 FORMATS = frozenset({"jpeg", "png", "gif", "animatedgif", "bmp", "webp"})
@@ -58,14 +58,9 @@ class BingProvider:
             values = data.get("value") if isinstance(data, dict) else None
             if not isinstance(values, list):
                 raise ProviderError("bing answered a search without a 'value' list.")
-            for item in values:
-                candidate = self._candidate(item)
-                if candidate is None or candidate.provider_id in seen:
-                    continue
-                seen.add(candidate.provider_id)
-                yield candidate
-                if len(seen) >= limit:
-                    return
+            yield from take_new(values, self._candidate, seen, limit)
+            if len(seen) >= limit:
+                return
             next_offset = data.get("nextOffset")
             next_offset = next_offset if isinstance(next_offset, int) else offset + count
             total = data.get("totalEstimatedMatches")

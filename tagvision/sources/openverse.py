@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, ProviderUnavailable, setting
+from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, ProviderUnavailable, setting, take_new
 
 ANONYMOUS_PAGE_SIZE = 20
 AUTHED_PAGE_SIZE = 500
@@ -64,14 +64,9 @@ class OpenverseProvider:
             results = data.get("results") if isinstance(data, dict) else None
             if not isinstance(results, list):
                 raise ProviderError("openverse answered a search without a 'results' list.")
-            for item in results:
-                candidate = self._candidate(item)
-                if candidate is None or candidate.provider_id in seen:
-                    continue
-                seen.add(candidate.provider_id)
-                yield candidate
-                if len(seen) >= limit:
-                    return
+            yield from take_new(results, self._candidate, seen, limit)
+            if len(seen) >= limit:
+                return
             if page >= int(data.get("page_count") or 0):
                 return
             page += 1

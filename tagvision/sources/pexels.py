@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting
+from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
 
 NAME = "pexels"
 DEFAULT_URL = "https://api.pexels.com"
@@ -67,14 +67,9 @@ class PexelsProvider:
             photos = body.get("photos") if isinstance(body, dict) else None
             if not isinstance(photos, list):
                 raise ProviderError("pexels answered a search without a 'photos' list.")
-            for photo in photos:
-                candidate = _candidate(photo)
-                if candidate is None or candidate.provider_id in seen:
-                    continue
-                seen.add(candidate.provider_id)
-                yield candidate
-                if len(seen) >= limit:
-                    return
+            yield from take_new(photos, _candidate, seen, limit)
+            if len(seen) >= limit:
+                return
             if not photos or not body.get("next_page"):
                 return
             page += 1

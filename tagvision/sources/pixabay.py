@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting
+from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
 
 NAME = "pixabay"
 DEFAULT_URL = "https://pixabay.com"
@@ -69,14 +69,9 @@ class PixabayProvider:
             hits = body.get("hits") if isinstance(body, dict) else None
             if not isinstance(hits, list):
                 raise ProviderError("pixabay answered a search without a 'hits' list.")
-            for hit in hits:
-                candidate = _candidate(hit)
-                if candidate is None or candidate.provider_id in seen:
-                    continue
-                seen.add(candidate.provider_id)
-                yield candidate
-                if len(seen) >= limit:
-                    return
+            yield from take_new(hits, _candidate, seen, limit)
+            if len(seen) >= limit:
+                return
             total = body.get("totalHits")
             if not hits or not isinstance(total, int) or page * per_page >= total:
                 return

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting
+from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
 
 log = logging.getLogger("tagvision.sources")
 NAME = "unsplash"
@@ -68,14 +68,9 @@ class UnsplashProvider:
             results = body.get("results") if isinstance(body, dict) else None
             if not isinstance(results, list):
                 raise ProviderError("unsplash answered a search without a 'results' list.")
-            for photo in results:
-                candidate = self._candidate(photo)
-                if candidate is None or candidate.provider_id in seen:
-                    continue
-                seen.add(candidate.provider_id)
-                yield candidate
-                if len(seen) >= limit:
-                    return
+            yield from take_new(results, self._candidate, seen, limit)
+            if len(seen) >= limit:
+                return
             total_pages = body.get("total_pages")
             if not results or not isinstance(total_pages, int) or page >= total_pages:
                 return

@@ -26,7 +26,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from tagvision.sources.base import USER_AGENT, Candidate, ProviderError, ProviderHTTP, setting
+from tagvision.sources.base import USER_AGENT, Candidate, ProviderError, ProviderHTTP, setting, take_new
 
 DEFAULT_URL = "https://commons.wikimedia.org/w/api.php"
 BITMAP_MIMES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})  # not SVG, TIFF, PDF, video
@@ -74,14 +74,9 @@ class WikimediaProvider:
             if error:
                 raise ProviderError(f"wikimedia answered {error.get('code')}: {error.get('info')}")
             pages = (data.get("query") or {}).get("pages") or []
-            for page in sorted(pages, key=lambda p: p.get("index", 0)):
-                candidate = self._candidate(page)
-                if candidate is None or candidate.provider_id in seen:
-                    continue
-                seen.add(candidate.provider_id)
-                yield candidate
-                if len(seen) >= limit:
-                    return
+            yield from take_new(sorted(pages, key=lambda p: p.get("index", 0)), self._candidate, seen, limit)
+            if len(seen) >= limit:
+                return
             if not data.get("continue"):
                 return
             params = {**params, **data["continue"]}
