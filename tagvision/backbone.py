@@ -15,6 +15,7 @@ pair as augmentation and prediction averages the two (test-time flip).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import queue
@@ -137,8 +138,13 @@ def export_onnx(module, path: Path, image_size: int, output_name: str = "embeddi
 
 def onnx_path(spec: BackboneSpec, models_dir: Path) -> Path:
     """Where the exported backbone lives; the name carries a digest of the weights file."""
-    digest = hashlib.sha256(spec.weights_path().read_bytes()).hexdigest()[:12]
-    return models_dir / f"{spec.model_name}-{digest}.onnx"
+    return models_dir / f"{spec.model_name}-{_weights_digest(spec.weights_path())}.onnx"
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest(path: Path) -> str:
+    """Read once per process: the weights ship inside an installed package and do not change under it."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 _export_lock = threading.Lock()
