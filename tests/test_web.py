@@ -1,5 +1,6 @@
 """The web portal in a real headless Chromium (Debian's ``chromium``, driven by Playwright) against a real
-``tagvision serve``, on real clothing photos: the whole workflow, 300 uploads with progress, and access control.
+``tagvision serve``, on real clothing photos: the whole workflow, 300 uploads with progress, searching a
+(loopback) Openverse for images of tags and reviewing them, advanced training, and access control.
 
 Screenshots of every page land in ``tagvision-data/screenshots/``. Playwright's own browsers are never
 downloaded: the tests skip, saying why, when /usr/bin/chromium (``apt-get install chromium``) is missing.
@@ -10,7 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -18,7 +21,9 @@ import pytest
 
 from tagvision.config import Settings
 from tagvision.service import Service
+from tagvision.web.training import minutes
 from tests.conftest import CLOTHING, REPO, photos
+from tests.fake_providers.openverse import make_openverse
 from tests.server import Server
 
 pytestmark = pytest.mark.slow
@@ -50,8 +55,41 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with Server(tmp_path_factory.mktemp("web") / "data") as running:
+def openverse():
+    """A loopback Openverse serving real photos of hats, shoes and dresses (not the ones the workflow uploads)."""
+    fake = make_openverse({tag: photos(CLOTHING, "train", tag, 10, skip=40) for tag in ("hat", "shoes", "dress")})
+    fake.image_latency = 0.2
+    yield fake
+    fake.close()
+
+
+class Held:
+    """A photo the fake provider sends only once the test lets it go (``FakeServer.photos`` holds these)."""
+
+    def __init__(self, path: Path, gate: threading.Event) -> None:
+        self.path, self.gate = path, gate
+
+    def read_bytes(self) -> bytes:
+        self.gate.wait(20)
+        return self.path.read_bytes()
+
+
+def hold(fake, tag: str, free: int) -> threading.Event:
+    """Hold back the downloads of ``tag``'s photos after the first ``free``, until the event is set."""
+    gate = threading.Event()
+    for n, path in enumerate(photos(CLOTHING, "train", tag, 10, skip=40)):  # as make_openverse names them
+        if n >= free:
+            fake.photos[str(uuid.uuid5(uuid.NAMESPACE_URL, f"openverse/{tag}/{path.name}"))] = Held(path, gate)
+    return gate
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, openverse):
+    root = tmp_path_factory.mktemp("web")
+    (root / "library").mkdir()
+    env = {"TAGVISION_OPENVERSE_URL": openverse.url, "TAGVISION_WIKIMEDIA_URL": "http://no-such-host.invalid",
+           "TAGVISION_LIBRARY_ROOTS": str(root / "library")}
+    with Server(root / "data", env=env) as running:
         yield running
 
 
@@ -262,7 +300,8 @@ def test_whole_workflow_in_the_browser(page, server, tmp_path):
     compared = page.locator("table").last.locator("tbody tr")
     expect(compared).to_have_count(2)
     expect(compared.first.locator("th")).to_have_text("Iteration 2")
-    expect(compared.first.locator("td")).to_have_text(["Completed", str(3 * PER_TAG + 1), re.compile(r"%$"),
+    expect(compared.first.locator("td")).to_have_text(["Completed", "cross-validation", str(3 * PER_TAG + 1),
+                                                       re.compile(r"%$"),
                                                        re.compile(r"%$"), re.compile(r"%$"), "–"])
     expect(compared.last.locator("td").last).to_have_text("clothes")
     shot(page, "08-performance-iteration-2")
@@ -401,7 +440,17 @@ def test_login_cookie_csrf_and_errors(page, server, browser):
     tab(page, "Train").click()
     page.get_by_role("button", name="Train", exact=True).click()
     expect(page.locator(".flash.error")).to_contain_text("Training needs at least 2 tags with images")
-    expect(page.get_by_label("Advanced training (fine-tunes the backbone within a time budget)")).to_be_disabled()
+    advanced = page.get_by_label("Advanced training (fine-tunes the backbone within a time budget)")
+    expect(advanced).to_be_enabled()
+    budget = page.get_by_label("Time budget for advanced training (minutes)")
+    expect(budget).to_be_disabled()  # until advanced is chosen
+    advanced.check()
+    expect(budget).to_have_value("5")
+    budget.fill("0.1")
+    assert budget.evaluate("b => b.validity.rangeUnderflow")  # the browser asks for at least 0.5 minutes
+    budget.fill("0.5")
+    page.get_by_role("button", name="Train", exact=True).click()
+    expect(page.locator(".flash.error")).to_contain_text("Training needs at least 2 tags with images")
     shot(page, "13-train-error")
 
     # Delete with a confirmation page.
@@ -418,3 +467,185 @@ def test_login_cookie_csrf_and_errors(page, server, browser):
     expect(page).to_have_url(re.compile(r"/login$"))
     page.goto("/")
     expect(page).to_have_url(re.compile(r"/login"))
+
+
+# ---------------------------------------------------------------------- search images for tags
+
+
+def test_search_images_for_tags_review_and_add(page, server, openverse):
+    """Search a (loopback) Openverse for "hat, shoes", watch the candidates arrive, untick two, add the rest."""
+    login(page, server)
+    project_id = create_project(page, "Searched")
+    tab(page, "Search images").click()
+    expect(page.get_by_role("heading", name="Search images for tags")).to_be_visible()
+    provider = page.get_by_label("Provider")
+    expect(provider).to_have_value("openverse")
+    options = provider.locator("option").evaluate_all("os => os.map(o => o.value)")
+    assert options == ["openverse", "wikimedia", "pexels", "unsplash", "pixabay", "bing", "library"], options
+    expect(page.get_by_label("Library folder on the server")).to_be_hidden()
+    page.get_by_label("Tag names").fill("hat, shoes")
+    page.get_by_label("Images per tag").fill("4")
+    held = hold(openverse, "hat", free=2)
+    page.get_by_role("button", name="Search", exact=True).click()
+
+    message = page.locator("[data-search-message]")
+    expect(page.get_by_role("heading", name="Candidates for hat, shoes")).to_be_visible()
+    try:  # hat photos 0 and 1 arrive; the rest are held back: the page shows the search under way
+        hat = page.get_by_role("region", name="hat", exact=True)
+        expect(page.locator("input[data-candidate]")).to_have_count(2)
+        expect(message).to_have_text("Searching openverse for hat, shoes: 2 candidates so far.")
+        expect(hat.locator("[data-tag-text]")).to_have_text("hat: searching… 2 of 4 candidates.")
+        assert hat.locator("[data-tag-bar]").evaluate("b => [b.value, b.max]") == [2, 4]
+        expect(page.get_by_role("region", name="shoes", exact=True).locator("[data-tag-text]")).to_have_text(
+            "shoes: waiting for the tags before it.")
+        expect(page.get_by_role("button", name="Add 2 ticked images")).to_be_disabled()  # until it finishes
+        shot(page, "15-search-in-progress")
+    finally:
+        held.set()
+    expect(message).to_have_text("Search finished: 8 candidates. Untick the ones that do not fit their tag, "
+                                 "then add the rest.")
+    expect(page.locator("[data-search-announce]")).to_contain_text("Search finished")
+    for tag in ("hat", "shoes"):
+        group = page.get_by_role("region", name=tag, exact=True)
+        expect(group.locator("[data-tag-text]")).to_have_text(f"{tag}: done, 4 candidates found.")
+        assert group.locator("[data-tag-bar]").evaluate("b => [b.value, b.max]") == [4, 4]
+        expect(group.get_by_role("list", name=f"Candidates for {tag}").locator("li")).to_have_count(4)
+    first = page.locator(".cell.candidate").first  # candidates show in the order they arrived
+    n = int(re.search(r"Hat photo (\d+)", first.locator(".caption").text_content()).group(1))
+    licence = {0: "CC BY 2.0", 1: "CC BY-SA 4.0", 2: "CC0 1.0"}[n % 3]
+    expect(first.locator(".credit").first).to_have_text(f"{licence} · by Photographer {n}")
+    expect(first.locator(".attribution")).to_contain_text(f'"Hat photo {n}" by Photographer {n} is licensed under')
+    assert first.get_attribute("title").startswith(f'"Hat photo {n}" by Photographer {n}')
+    assert first.get_by_role("link", name=f"Source page of Hat photo {n}").get_attribute("href").startswith(
+        f"{openverse.url}/photos/")
+    thumb = first.locator("img")
+    expect(thumb).to_have_js_property("complete", True)
+    assert thumb.evaluate("i => i.naturalWidth") > 0
+
+    expect(page.locator("[data-review-count]")).to_have_text("8 of 8 ticked")
+    titles = {tag: [c.removeprefix("Keep ").removesuffix(f" for {tag}") for c in page.get_by_role(
+        "list", name=f"Candidates for {tag}").locator(".caption").all_text_contents()] for tag in ("hat", "shoes")}
+    dropped = (titles["hat"][1], titles["shoes"][2])
+    page.get_by_role("checkbox", name=f"Keep {dropped[0]} for hat").uncheck()  # labelled for keyboard and reader
+    page.get_by_role("checkbox", name=f"Keep {dropped[1]} for shoes").uncheck()
+    expect(page.locator("[data-review-count]")).to_have_text("6 of 8 ticked")
+    expect(page.get_by_label("Keep all hat candidates")).to_have_js_property("indeterminate", True)
+    shot(page, "16-search-candidates")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen
+    shot(page, "17-narrow-search-candidates")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.get_by_role("button", name="Add 6 ticked images").click()
+
+    expect(page.locator(".flash.ok")).to_have_text("6 images added to the training images.")
+    expect(page).to_have_url(re.compile(rf"/projects/{project_id}/images$"))
+    expect(page.locator("[data-shown-count]")).to_have_text("6 images")
+    expect(tag_count(page, "hat")).to_have_text("3")
+    expect(tag_count(page, "shoes")).to_have_text("3")
+    expect(tag_count(page, "Untagged")).to_have_text("0")
+    expect(page.locator(".grid .tags")).to_have_text(["shoes"] * 3 + ["hat"] * 3)  # newest first
+    shot(page, "18-search-added")
+    service = Service.open(Settings.load(server.data_dir))
+    try:
+        added = service.images.list(project_id, take=50)
+        kept = sorted((v.source["title"], [name for _, name, _ in v.tags]) for v in added)
+        assert kept == sorted((title, [tag]) for tag, names in titles.items() for title in names
+                              if title not in dropped), (kept, titles, dropped)
+        assert all(v.source["licence"] and v.source["creator"] and v.source["attribution"] for v in added)
+    finally:
+        service.close()
+
+    # Stop a search midway: the candidates found so far can be reviewed and added.
+    tab(page, "Search images").click()
+    page.get_by_label("Tag names").fill("dress")
+    page.get_by_label("Images per tag").fill("5")
+    held = hold(openverse, "dress", free=2)
+    try:
+        page.get_by_role("button", name="Search", exact=True).click()
+        expect(page.locator("input[data-candidate]")).to_have_count(2)
+        expect(message).to_have_text("Searching openverse for dress: 2 candidates so far.")
+        page.get_by_role("button", name="Stop searching").click()
+        expect(page.locator(".flash.ok")).to_have_text("Search stopped. The candidates found so far are below.")
+        expect(message).to_have_text("Search stopped: 2 candidates. Untick the ones that do not fit their tag, "
+                                     "then add the rest.")
+        expect(page.locator("[data-tag-text]")).to_have_text("dress: stopped at 2 of 5 candidates.")
+        expect(page.get_by_role("button", name="Stop searching")).to_have_count(0)
+        page.get_by_role("button", name="Add 2 ticked images").click()
+        expect(page.locator(".flash.ok")).to_have_text("2 images added to the training images.")
+        expect(tag_count(page, "dress")).to_have_text("2")
+    finally:
+        held.set()
+
+    # A provider that cannot be reached: the reason as a sentence, naming the offline way.
+    tab(page, "Search images").click()
+    expect(page.get_by_role("link", name="hat, shoes")).to_be_visible()  # earlier searches, to revisit
+    page.get_by_label("Tag names").fill("scarf")
+    page.get_by_label("Provider").select_option("wikimedia")
+    page.get_by_label("Images per tag").fill("2")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(message).to_contain_text("The search failed: wikimedia cannot be reached", timeout=60_000)
+    expect(message).to_contain_text("--provider library")
+    expect(message).to_contain_text("In the portal, choose “Library (a folder on the server)”")
+    expect(page.locator("[data-tag-text]")).to_have_text(
+        "scarf: the search failed before finishing this tag (0 of 2 candidates).")
+    expect(page.locator("[data-review]")).to_be_hidden()
+    shot(page, "19-search-failed")
+    expect(page.locator("body")).not_to_contain_text("Traceback")
+    page.get_by_label("Provider").select_option("pexels")  # a keyed provider without its key: refused at once
+    page.get_by_label("Tag names").fill("scarf")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.locator(".flash.error")).to_contain_text("Pexels needs an API key: set TAGVISION_PEXELS_KEY")
+    expect(page.get_by_label("Tag names")).to_have_value("scarf")  # the form keeps what was typed
+    expect(page.get_by_label("Provider")).to_have_value("pexels")
+
+
+# ---------------------------------------------------------------------- advanced training
+
+
+ADVANCED_BUDGET_MINUTES = 0.5
+BUDGET_TEXT = minutes(ADVANCED_BUDGET_MINUTES * 60)  # "30 s", as the page writes it
+FINETUNE = REPO / "tagvision" / "finetune.py"
+
+
+def test_advanced_training_from_the_train_page(page, server):
+    login(page, server)
+    project_id = create_project(page, "Advanced")
+    page.get_by_label("New tag").fill("dress, hat")
+    page.get_by_role("button", name="Add tag").click()
+    for tag in ("dress", "hat"):
+        upload_files(page, photos(CLOTHING, "train", tag, 6, skip=60), tag)
+
+    tab(page, "Train").click()
+    page.get_by_label("Advanced training (fine-tunes the backbone within a time budget)").check()
+    page.get_by_label("Time budget for advanced training (minutes)").fill(str(ADVANCED_BUDGET_MINUTES))
+    page.get_by_role("button", name="Train", exact=True).click()
+    expect(page.locator(".flash.ok")).to_have_text(f"Iteration 1 is training (advanced, within {BUDGET_TEXT}).")
+    iterations = httpx.get(server.training(f"/projects/{project_id}/iterations"), headers=server.training_headers)
+    assert [(i["trainingType"], i["budgetSeconds"]) for i in iterations.json()] == [
+        ("Advanced", ADVANCED_BUDGET_MINUTES * 60)]
+    status = page.locator("[data-poll-text]")
+    expect(status).to_have_text(re.compile(rf"^Iteration 1: (Training \(advanced, budget {BUDGET_TEXT}\)… .+ so far\.|"
+                                           r"Failed\. [A-Z].+|Completed in .+)$"))
+    expect(page.locator("#iteration-table tbody tr").first.locator("td").first).to_have_text(
+        f"advanced, budget {BUDGET_TEXT}")
+    if not FINETUNE.exists():  # the engine is not there yet: the iteration fails with its reason, as a sentence
+        expect(status).to_have_text(re.compile(r"^Iteration 1: Failed\. [A-Z].+"), timeout=60_000)
+        shot(page, "20-train-advanced")
+        return
+    if status.inner_text().startswith("Iteration 1: Training"):  # the bar fills with the time used of the budget
+        page.wait_for_function("() => { const bar = document.querySelector('[data-poll-bar]'); "
+                               "return !bar || bar.value > 0; }")
+        shot(page, "20-train-advanced-progress")
+    expect(status).to_contain_text("Iteration 1: Completed", timeout=ADVANCED_BUDGET_MINUTES * 60_000 + 90_000)
+    expect(status).to_contain_text(f"(advanced, budget {BUDGET_TEXT})")
+    page.get_by_role("link", name="See the performance of Iteration 1").click()
+    view = httpx.get(server.training(f"/projects/{project_id}/iterations"), headers=server.training_headers).json()[0]
+    assert view["status"] == "Completed" and view["trainingType"] == "Advanced" and view["metricsFrom"], view
+    expect(page.locator("[data-metrics-from]")).to_have_text(f"Figures from: {view['metricsFrom']}.")
+    expect(page.locator("[data-metrics-from]")).to_contain_text("validation")
+    expect(page.get_by_role("heading", name=re.compile("^Misclassified in the validation split"))).to_be_visible()
+    shot(page, "21-performance-advanced")
+    tab(page, "Train").click()  # the form offers the same kind of training again
+    expect(page.get_by_label("Advanced training (fine-tunes the backbone within a time budget)")).to_be_checked()
+    expect(page.get_by_label("Time budget for advanced training (minutes)")).to_have_value(
+        f"{ADVANCED_BUDGET_MINUTES:g}")

@@ -7,7 +7,8 @@ call the service layer; ``shape.py`` turns service views into what the templates
 ``charts.py`` draws the SVG charts. Nothing here touches the store.
 
 Modules: ``routing`` (the page and JSON route classes: login, CSRF, errors as sentences),
-``auth`` (log in and out), ``projects``, ``images`` (training images and uploads), ``training``
+``auth`` (log in and out), ``projects``, ``images`` (training images and uploads), ``search`` (search
+providers for images of tags, review the candidates, add them), ``training``
 (train, performance, publish, export) and ``predictions`` (stored predictions, quick test,
 prediction URL).
 """
@@ -24,9 +25,9 @@ STATIC = Path(__file__).parent / "static"
 
 def install(app: FastAPI) -> None:
     """Add the portal's routes and its static files to ``app``."""
-    from tagvision.web import auth, images, predictions, projects, training
+    from tagvision.web import auth, images, predictions, projects, search, training
 
-    for module in (auth, projects, images, training, predictions):
+    for module in (auth, projects, images, search, training, predictions):
         for router in module.routers:
             app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

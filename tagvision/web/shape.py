@@ -15,6 +15,7 @@ from tagvision.service.views import ProjectView, TagView
 
 TABS = (  # (tab id, label, path under the project)
     ("images", "Training images", "images"),
+    ("search", "Search images", "search"),
     ("train", "Train", "train"),
     ("performance", "Performance", "performance"),
     ("predictions", "Predictions", "predictions"),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse
 
+from tagvision.errors import InvalidInput
 from tagvision.service import Service
 from tagvision.service import training as training_service
 from tagvision.service.views import ImagePerformanceView, IterationView, PerformanceView
@@ -21,6 +24,8 @@ data = APIRouter(route_class=JsonRoute)
 routers = (pages, data)
 MISCLASSIFIED_SHOWN = 48
 EXPORT_PLATFORM = "ONNX"
+DEFAULT_BUDGET_MINUTES = training_service.DEFAULT_BUDGET_MINUTES
+MIN_BUDGET_MINUTES = training_service.MIN_BUDGET_SECONDS / 60
 
 
 # ---------------------------------------------------------------------- train
@@ -35,30 +40,103 @@ def train_page(request: Request, project_id: str, iteration: str = "") -> Respon
         (i for i in iterations if i.status == "Training"), None)
     return render(request, "train.html", **context, iterations=list(reversed(iterations)), watched=watched,
                   tags=svc.projects.list_tags(project_id), min_tags=training_service.MIN_TAGS,
-                  min_images=training_service.MIN_IMAGES_PER_TAG)
+                  min_images=training_service.MIN_IMAGES_PER_TAG,
+                  min_budget=MIN_BUDGET_MINUTES, status=status_sentence(watched) if watched else "",
+                  bar=progress_bar(watched) if watched else None, kind=kind, **last_choice(iterations))
+
+
+def last_choice(iterations: list[IterationView]) -> dict:
+    """The form starts with the newest iteration's training type and budget: retraining usually repeats them."""
+    newest = iterations[-1] if iterations else None
+    if newest is None or newest.training_type != "Advanced" or not newest.budget_seconds:
+        return {"advanced": False, "budget": f"{DEFAULT_BUDGET_MINUTES:g}"}
+    return {"advanced": True, "budget": f"{newest.budget_seconds / 60:g}"}
 
 
 @pages.post("/projects/{project_id}/train")
 async def train(request: Request, project_id: str) -> Response:
     form = await request.form()
     svc = shape.service(request)
-    view = await run_in_threadpool(svc.jobs.train, project_id, force=shape.form_text(form, "force") == "on")
-    sessions.current(request).flash("ok", f"{view.name} is training.")
+    force = shape.form_text(form, "force") == "on"
+    if shape.form_text(form, "type", "quick") == "advanced":
+        budget = budget_minutes(shape.form_text(form, "budget_minutes", str(DEFAULT_BUDGET_MINUTES)))
+        view = await run_in_threadpool(svc.jobs.train, project_id, training_type="Advanced", budget_minutes=budget,
+                                       force=force)
+        sessions.current(request).flash("ok", f"{view.name} is training (advanced, within {minutes(budget * 60)}).")
+    else:
+        view = await run_in_threadpool(svc.jobs.train, project_id, force=force)
+        sessions.current(request).flash("ok", f"{view.name} is training.")
     return RedirectResponse(f"/projects/{project_id}/train?iteration={view.id}", status_code=303)
+
+
+def budget_minutes(text: str) -> float:
+    try:
+        value = float(text.strip().replace(",", "."))
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < MIN_BUDGET_MINUTES:
+        raise InvalidInput(f"The time budget for advanced training is a number of minutes, at least "
+                           f"{MIN_BUDGET_MINUTES:g}.", code="BadRequestInvalid")
+    return value
 
 
 @data.get("/projects/{project_id}/iterations/{iteration_id}/status")
 def iteration_status(request: Request, project_id: str, iteration_id: str) -> Response:
     view = shape.service(request).training.iteration(project_id, iteration_id)
-    return JSONResponse({"name": view.name, "status": view.status, "message": status_sentence(view)})
+    return JSONResponse({"name": view.name, "status": view.status, "message": status_sentence(view),
+                         "trainingType": view.training_type, "progress": progress_bar(view),
+                         "stage": (view.progress or {}).get("stage", "")})
+
+
+def minutes(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    value = seconds / 60
+    return f"{value:.1f} min".replace(".0 min", " min")
+
+
+def elapsed(view: IterationView) -> float:
+    created = view.created if view.created.tzinfo else view.created.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - created).total_seconds())
+
+
+def kind(view: IterationView) -> str:
+    if view.training_type == "Advanced":
+        return f"advanced, budget {minutes(view.budget_seconds)}" if view.budget_seconds else "advanced"
+    return "quick"
 
 
 def status_sentence(view: IterationView) -> str:
     if view.status == "Completed":
-        return f"{view.name}: Completed in {view.training_seconds or 0:.1f} s on {view.image_count} images."
+        return (f"{view.name}: Completed in {view.training_seconds or 0:.1f} s on {view.image_count} images "
+                f"({kind(view)}).")
     if view.status == "Failed":
         return f"{view.name}: Failed. {view.error or 'The server log has the reason.'}"
-    return f"{view.name}: {view.status}…"
+    if view.status != "Training":
+        return f"{view.name}: {view.status}…"
+    step = view.progress or {}
+    doing = "starting"
+    if step.get("stage"):
+        doing = str(step["stage"])
+        if step.get("total"):
+            doing += f" {step.get('done', 0)} of {step['total']}"
+    clock = f"{elapsed(view):.0f} s"
+    if view.training_type == "Advanced" and view.budget_seconds:
+        clock += f" of {minutes(view.budget_seconds)}"
+    return f"{view.name}: Training ({kind(view)})… {doing}, {clock} so far."
+
+
+def progress_bar(view: IterationView) -> dict | None:
+    """What the progress bar shows while training: time against the budget (advanced, whose schedule follows
+    the clock), else the current stage's steps; None while it cannot tell (an indeterminate bar)."""
+    if view.status != "Training":
+        return None
+    if view.training_type == "Advanced" and view.budget_seconds:
+        return {"value": round(min(elapsed(view), view.budget_seconds), 1), "max": view.budget_seconds}
+    step = view.progress or {}
+    if step.get("total"):
+        return {"value": min(step.get("done", 0), step["total"]), "max": step["total"]}
+    return None
 
 
 # ---------------------------------------------------------------------- performance
@@ -95,7 +173,9 @@ def performance_page(request: Request, project_id: str, iteration: str = "", thr
                   plot=charts.PR_PLOT, matrix=matrix, misclassified=shape.thumbs(request, [w.image for w in wrong][
                       :MISCLASSIFIED_SHOWN]), wrong=wrong[:MISCLASSIFIED_SHOWN], wrong_count=len(wrong),
                   exports=exports_json(request, svc, project_id, selected.id),
-                  default_publish_name=selected.publish_name or selected.name.replace(" ", ""))
+                  default_publish_name=selected.publish_name or selected.name.replace(" ", ""),
+                  evaluated_on="the validation split" if selected.training_type == "Advanced" else "cross-validation",
+                  budget=minutes(selected.budget_seconds or 0))
 
 
 @data.get("/projects/{project_id}/iterations/{iteration_id}/performance")

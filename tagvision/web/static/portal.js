@@ -1,5 +1,6 @@
 // tagvision portal: a little plain JavaScript on top of server-rendered pages. Every page works
-// without it except the live parts: uploads with progress, training status, the threshold slider.
+// without it except the live parts: uploads with progress, training status, the threshold slider, the
+// candidates of an image search arriving.
 "use strict";
 
 (function () {
@@ -161,6 +162,9 @@
   function setUpPoll(box) {
     const text = box.querySelector("[data-poll-text]");
     const finished = box.dataset.pollDone.split(" ");
+    const announce = box.querySelector("[data-poll-announce]");
+    const bar = box.querySelector("[data-poll-bar]");
+    let lastStage = box.dataset.pollStage || null;
     const tick = async () => {
       let state;
       try { state = await request(box.dataset.poll); } catch (error) {
@@ -168,6 +172,17 @@
         return window.setTimeout(tick, 3000);
       }
       text.textContent = state.message;
+      const stage = `${state.status} ${state.stage || ""}`;
+      if (announce && stage !== lastStage) {  // a screen reader hears changes of stage, not every second
+        lastStage = stage;
+        announce.textContent = state.message;
+      }
+      if (bar && state.progress) {
+        bar.max = state.progress.max;
+        bar.value = state.progress.value;
+      } else if (bar) {
+        bar.removeAttribute("value");  // indeterminate
+      }
       if (finished.includes(state.status)) {
         box.querySelectorAll("[data-poll-busy]").forEach((el) => el.remove());
         box.querySelectorAll("[data-poll-show]").forEach((el) => { el.hidden = el.dataset.pollShow !== state.status; });
@@ -176,6 +191,16 @@
       window.setTimeout(tick, 1000);
     };
     if (!finished.some((s) => text.textContent.includes(`: ${s}`))) window.setTimeout(tick, 500);
+  }
+
+  // The time budget matters for advanced training only.
+  function setUpTrainingType(fieldset) {
+    const budget = fieldset.querySelector("[data-budget]");
+    const update = () => {
+      budget.disabled = !fieldset.querySelector('input[name="type"][value="advanced"]').checked;
+    };
+    fieldset.addEventListener("change", update);
+    update();
   }
 
   function setUpExports(box) {
@@ -236,6 +261,110 @@
     });
   }
 
+  // ------------------------------------------------------------------ search images for tags
+  function setUpSearchForm(form) {
+    const provider = form.querySelector("[data-search-provider]");
+    const library = form.querySelector("[data-library-field]");
+    if (!provider || !library) return;
+    const update = () => { library.hidden = provider.value !== "library"; };
+    provider.addEventListener("change", update);
+    update();
+  }
+
+  function setUpSearch(box) {
+    const message = box.querySelector("[data-search-message]");
+    const announce = box.querySelector("[data-search-announce]");
+    const review = box.querySelector("[data-review]");
+    const add = review.querySelector("[data-review-add]");
+    const discard = review.querySelector("[data-review-discard]");
+    const count = review.querySelector("[data-review-count]");
+    const help = review.querySelector("[data-review-help]");
+    const cancel = box.querySelector("[data-search-cancel]");
+    let seen = Number(box.dataset.seen) || 0;
+    let running = box.dataset.running === "true";
+    const done = new Set();
+    const boxes = () => Array.from(box.querySelectorAll("input[data-candidate]"));
+
+    const updateCount = () => {
+      const all = boxes();
+      const ticked = all.filter((b) => b.checked).length;
+      count.textContent = `${ticked} of ${all.length} ticked`;
+      add.textContent = `Add ${ticked} ticked image${ticked === 1 ? "" : "s"}`;
+      add.disabled = running || ticked === 0;
+      discard.disabled = running || all.length === 0;
+      box.querySelectorAll("[data-tag-group]").forEach((group) => {
+        const own = Array.from(group.querySelectorAll("input[data-candidate]"));
+        const keep = group.querySelector("[data-tag-all]");
+        if (!keep) return;
+        const on = own.filter((b) => b.checked).length;
+        keep.checked = own.length > 0 && on === own.length;
+        keep.indeterminate = on > 0 && on < own.length;
+        keep.disabled = own.length === 0;
+      });
+    };
+    box.addEventListener("change", (event) => {
+      const keep = event.target.closest("[data-tag-all]");
+      if (keep) {
+        keep.closest("[data-tag-group]").querySelectorAll("input[data-candidate]")
+          .forEach((b) => { b.checked = keep.checked; });
+      }
+      updateCount();
+    });
+
+    const apply = (state) => {
+      message.textContent = state.message;
+      state.tags.forEach((tag) => {
+        const group = box.querySelector(`[data-tag-group="${tag.tagId}"]`);
+        if (!group) return;
+        const bar = group.querySelector("[data-tag-bar]");
+        bar.max = tag.max;
+        bar.value = tag.value;
+        group.querySelector("[data-tag-text]").textContent = tag.text;
+        if (tag.done && !done.has(tag.tagId)) {
+          done.add(tag.tagId);
+          if (state.running) announce.textContent = tag.text;
+        }
+      });
+      state.candidates.forEach((item) => {
+        if (document.getElementById(`cand-${item.id}`)) return;
+        const list = box.querySelector(`[data-candidates="${item.tagId}"]`);
+        if (!list) return;
+        const holder = document.createElement("template");
+        holder.innerHTML = item.html.trim();
+        list.appendChild(holder.content);
+      });
+      seen = Math.max(seen, state.seen);
+      updateCount();
+    };
+
+    const tick = async () => {
+      let state;
+      try { state = await request(`${box.dataset.state}?after=${seen}`); } catch (error) {
+        message.textContent = error.message;
+        return window.setTimeout(tick, 3000);
+      }
+      apply(state);
+      if (state.running) return window.setTimeout(tick, 1000);
+      try { apply(await request(`${box.dataset.state}?after=0`)); } catch (_) { /* shown as it is */ }
+      running = false;
+      if (help) help.hidden = true;
+      if (cancel) cancel.remove();
+      if (!boxes().length) review.hidden = true;  // nothing to add
+      box.querySelectorAll("[data-tag-group]").forEach((group) => {
+        const keep = group.querySelector("[data-tag-all]");
+        if (keep && !group.querySelector("input[data-candidate]")) keep.closest("label").remove();
+      });
+      updateCount();
+      announce.textContent = state.message;
+    };
+    box.querySelectorAll("[data-tag-group]").forEach((group) => {
+      const text = group.querySelector("[data-tag-text]").textContent;
+      if (/: done|already has/.test(text)) done.add(group.dataset.tagGroup);
+    });
+    updateCount();
+    if (running) window.setTimeout(tick, 500);
+  }
+
   // ------------------------------------------------------------------ copy buttons
   function setUpCopy(button) {
     button.addEventListener("click", async () => {
@@ -262,5 +391,8 @@
     document.querySelectorAll("[data-exports]").forEach(setUpExports);
     document.querySelectorAll("[data-threshold]").forEach(setUpThreshold);
     document.querySelectorAll("[data-copy]").forEach(setUpCopy);
+    document.querySelectorAll("[data-search-form]").forEach(setUpSearchForm);
+    document.querySelectorAll("[data-training-type]").forEach(setUpTrainingType);
+    document.querySelectorAll("[data-search]").forEach(setUpSearch);
   });
 }());
