@@ -1,0 +1,142 @@
+"""Advanced training engine (tagvision.finetune) on real photos: budget, progress, the exported network, honesty."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tagvision import backbone, finetune, learn
+from tests.conftest import CLOTHING, MODELS, photos
+
+pytestmark = pytest.mark.slow
+TAGS = ("dress", "hat", "shoes")
+SPEC = backbone.BACKBONES["general-compact"]
+
+
+@pytest.fixture(scope="module")
+def photo_set() -> tuple[list[Path], np.ndarray]:
+    """10 clothing photos of each of three tags, and their one-hot labels (30, 3)."""
+    paths = [p for tag in TAGS for p in photos(CLOTHING, "train", tag, 10)]
+    labels = np.repeat(np.eye(len(TAGS), dtype=bool), 10, axis=0)
+    return paths, labels
+
+
+def run(paths: list[Path], labels: np.ndarray, budget: float, **recipe) -> tuple[finetune.FineTuneResult, float, list]:
+    events: list[tuple[str, int, int, float]] = []
+    started = time.perf_counter()
+    result = finetune.fine_tune(SPEC, MODELS, [p.read_bytes for p in paths], labels, multilabel=False,
+                                budget_seconds=budget, progress=lambda *event: events.append(event),
+                                recipe=finetune.Recipe(**recipe))
+    return result, time.perf_counter() - started, events
+
+
+def embed_through(result: finetune.FineTuneResult, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The server's path: decode, preprocess, run the (fine-tuned) ONNX on image + mirror."""
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_file = None
+        if result.backbone_onnx is not None:
+            onnx_file = Path(tmp) / "tuned.onnx"
+            onnx_file.write_bytes(result.backbone_onnx)
+        embedder = backbone.Embedder(SPEC, MODELS, onnx_file=onnx_file, threads=2)
+        results = list(embedder.embed([p.read_bytes for p in paths]))
+    assert all(r.error is None for r in results)
+    return np.stack([r.plain for r in results]), np.stack([r.flipped for r in results])
+
+
+def test_fine_tunes_within_budget_and_serves_through_the_exported_network(photo_set) -> None:
+    paths, labels = photo_set
+    budget = 45.0
+    result, elapsed, events = run(paths, labels, budget, force_fine_tuned=True)
+
+    assert elapsed <= 1.1 * budget, f"{elapsed:.1f} s for a {budget} s budget"
+    details = json.loads(json.dumps(result.details))  # JSON-able
+    assert details["chosen"] != "quick" and "fine-tuned" in details["chosen"]
+    tuning = details["fineTuning"]
+    assert tuning["steps"] > 0 and tuning["epochs"] > 0 and tuning["secondsPerStep"] > 0
+    assert {c["name"] for c in details["candidates"]} >= {"quick", "fine-tuned + trained linear head"}
+    assert "validation" in details["metricsFrom"] and "not cross-validation" in details["metricsFrom"]
+
+    # Progress: every stage reported, the estimated time left only goes down and ends at zero.
+    stages = [e[0] for e in events]
+    for stage in ("decoding", "embedding", "augmenting", "fine-tuning", "exporting"):
+        assert stage in stages
+    etas = [e[3] for e in events]
+    assert all(b <= a for a, b in zip(etas, etas[1:], strict=False)) and etas[0] > etas[-1] == 0.0
+    assert all(0 <= done <= total for _, done, total, _ in events)
+
+    # The exported network keeps the stock contract...
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(result.backbone_onnx, providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert inp.name == "image" and inp.shape[1:] == [3, SPEC.image_size, SPEC.image_size]
+    assert out.shape[1] == backbone.EMBEDDING_DIM
+    assert session.run(None, {"image": np.zeros((2, 3, 224, 224), np.float32)})[0].shape == (2, 1280)
+
+    # ... and the server's path through it reproduces the probabilities computed in torch during training.
+    probabilities, eval_labels, rows = result.evaluation
+    plain, flipped = embed_through(result, [paths[i] for i in rows])
+    served = result.head.predict_proba(plain, flipped)
+    np.testing.assert_allclose(served, probabilities, atol=1e-4)
+    assert np.array_equal(eval_labels, labels[rows])
+
+    # Held-out rows only: a stratified fifth, every tag present, the rest is what was trained on.
+    assert details["split"] == {"train": 30 - len(rows), "validation": len(rows), "folds": 5}
+    assert len(set(rows.tolist())) == len(rows) == 6 and eval_labels.sum(axis=0).min() >= 1
+
+
+def test_too_small_a_budget_keeps_the_quick_head(photo_set) -> None:
+    paths, labels = photo_set
+    budget = 4.0  # the quick path alone: decoding, stock embeddings, an LDA fit (~2-3 s on 2 cores)
+    backbone.ensure_onnx(SPEC, MODELS)  # the stock export is a one-off per data directory, not part of training
+    result, elapsed, events = run(paths, labels, budget)
+
+    assert elapsed <= 1.1 * budget, f"{elapsed:.1f} s for a {budget} s budget"
+    assert result.backbone_onnx is None and result.details["chosen"] == "quick"
+    assert "skipped" in result.details["fineTuning"]
+
+    # The head is the quick head fitted on the training part only: the evaluation rows are held out.
+    probabilities, eval_labels, rows = result.evaluation
+    train = np.setdiff1d(np.arange(len(paths)), rows)
+    plain, flipped = embed_through(result, paths)
+    expected = learn.QuickClassifier().fit(plain[train], flipped[train], labels[train]).head_
+    np.testing.assert_allclose(result.head.weights, expected.weights, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(result.head.predict_proba(plain[rows], flipped[rows]), probabilities, atol=1e-5)
+    assert np.array_equal(eval_labels, labels[rows])
+    assert [e[3] for e in events][-1] == 0.0
+
+
+def test_torch_reference_matches_the_stock_onnx() -> None:
+    """``torch_embed`` (the training path's forward) is the network the ONNX export runs."""
+    import torch
+
+    model = backbone.build_torch_model(SPEC)
+    batch = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        reference = finetune.torch_embed(model, torch.from_numpy(batch)).numpy()
+    embedder = backbone.Embedder(SPEC, MODELS, threads=2)
+    np.testing.assert_allclose(embedder.forward(batch), reference, atol=1e-4)
+
+
+def test_multilabel_fine_tuning_gives_a_sigmoid_head(photo_set) -> None:
+    paths, labels = photo_set
+    # A fourth tag shared by two of the three: images carry one or two tags.
+    multi = np.concatenate([labels, (labels[:, 0] | labels[:, 1])[:, None]], axis=1)
+    budget = 12.0
+    started = time.perf_counter()
+    result = finetune.fine_tune(SPEC, MODELS, [p.read_bytes for p in paths], multi, multilabel=True,
+                                budget_seconds=budget, recipe=finetune.Recipe(force_fine_tuned=True))
+    assert time.perf_counter() - started <= 1.1 * budget
+    assert result.head.multilabel and result.head.weights.shape == (1280, 4)
+    probabilities, eval_labels, rows = result.evaluation
+    assert probabilities.shape == eval_labels.shape == (len(rows), 4)
+    assert np.array_equal(eval_labels, multi[rows])
+    assert result.details["candidates"][0]["validation"]["metric"] == "mean average precision"
+    if result.backbone_onnx is not None:
+        plain, flipped = embed_through(result, [paths[i] for i in rows])
+        np.testing.assert_allclose(result.head.predict_proba(plain, flipped), probabilities, atol=1e-4)
