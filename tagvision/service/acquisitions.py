@@ -253,7 +253,8 @@ class Acquisitions:
                     # _fresh stops at the target; downloads already in flight still finish (kept as Spare).
                     window = lambda state=state: state["wanted"] - state["added"] + SLACK  # noqa: E731
                     for done in downloader.download(self._fresh(provider, tag["name"], state, settled), stop, window):
-                        self._settle(acquisition_id, project_id, tag, done, review, hashes, provider, state)
+                        self._settle(acquisition_id, project_id, tag, done, review, hashes, provider, state,
+                                     stopped=stop.is_set())
                         progress(tag["name"], state["added"], state["wanted"])
                         self._save_progress(acquisition_id, tag["id"], state)
                 state["done"] = True
@@ -276,7 +277,7 @@ class Acquisitions:
             yield candidate
 
     def _settle(self, acquisition_id: str, project_id: str, tag: dict, done: Downloaded, review: bool,
-                hashes: list[int], provider, state: dict) -> None:
+                hashes: list[int], provider, state: dict, stopped: bool = False) -> None:
         """Record one downloaded candidate: refused, duplicate, pending review, or added."""
         candidate = done.candidate
         item = AcquisitionItem(acquisition_id=acquisition_id, project_id=project_id, tag_id=tag["id"],
@@ -284,7 +285,7 @@ class Acquisitions:
         if done.status != "OK":
             item.status = "Refused"
             state["refused"] += 1
-        elif state["added"] >= state["wanted"]:
+        elif state["added"] >= state["wanted"] or stopped:  # in flight when the target was met or the user stopped
             item.status, item.sha256 = "Spare", self.ctx.blobs.put(done.data)
             item.source = {**item.source, "dhash": f"{done.dhash:016x}"}
         elif any(images.hamming(done.dhash, h) <= NEAR_DUPLICATE_BITS for h in hashes):
