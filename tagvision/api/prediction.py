@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from tagvision.api import schemas
 from tagvision.api.auth import require_prediction_key, version_gate
-from tagvision.api.uploads import IMAGE_BODY, image_parts
+from tagvision.api.uploads import IMAGE_BODY, one_image
 from tagvision.errors import InvalidInput
 from tagvision.service import Service
 
@@ -32,11 +32,9 @@ Application = Annotated[str | None, Query(max_length=255)]
 async def _classify_image(request: Request, project_id: str, published: str, application: str | None,
                           store: bool) -> dict:
     service: Service = request.app.state.service
-    parts = await image_parts(request)
-    if len(parts) != 1:
-        raise InvalidInput("Send exactly one image.", code="BadRequestImageBatch")
+    data = await one_image(request)
     view = await run_in_threadpool(lambda: service.prediction.classify(
-        project_id, parts[0].data, published=published, store=store, application=application))
+        project_id, data, published=published, store=store, application=application))
     return view.to_json()
 
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from tagvision import domains
 from tagvision.api import render, schemas
 from tagvision.api.auth import require_training_key, version_gate
-from tagvision.api.uploads import IMAGE_BODY, image_parts
+from tagvision.api.uploads import IMAGE_BODY, image_parts, one_image
 from tagvision.errors import InvalidInput
 from tagvision.images import MAX_TRAINING_BYTES
 from tagvision.service import NewImage, Service
@@ -565,11 +565,9 @@ def delete_prediction(service: Svc, project_id: ProjectId, ids: Annotated[str | 
 async def quick_test_image(request: Request, project_id: ProjectId, iteration_id: OptionalIteration = None,
                            store: Annotated[bool, Query()] = True) -> dict:
     service: Service = request.app.state.service
-    parts = await image_parts(request)
-    if len(parts) != 1:
-        raise InvalidInput("Send exactly one image.", code="BadRequestImageBatch")
+    data = await one_image(request)
     view = await run_in_threadpool(lambda: service.prediction.classify(
-        project_id, parts[0].data, iteration_ref=iteration_id, store=store, max_bytes=MAX_TRAINING_BYTES))
+        project_id, data, iteration_ref=iteration_id, store=store, max_bytes=MAX_TRAINING_BYTES))
     return view.to_json()
 
 

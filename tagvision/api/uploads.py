@@ -54,6 +54,14 @@ async def image_parts(request: Request) -> list[Part]:
     return [Part(None, body)]
 
 
+async def one_image(request: Request) -> bytes:
+    """The single image of a prediction or quick-test request."""
+    parts = await image_parts(request)
+    if len(parts) != 1:
+        raise InvalidInput("Send exactly one image.", code="BadRequestImageBatch")
+    return parts[0].data
+
+
 def _parse_multipart(content_type: str, body: bytes) -> list[Part]:
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")

@@ -91,6 +91,10 @@ class Prediction:
 
     def model(self, ref: str, iteration_ref: str | None = None, *, published: str | None = None) -> Model:
         """A completed iteration's head: by iteration (default: newest completed) or by publish name."""
+        return self._resolve(ref, iteration_ref, published)[0]
+
+    def _resolve(self, ref: str, iteration_ref: str | None, published: str | None) -> tuple[Model, dict[str, str]]:
+        """The model and the project's current tag types (tag id -> type), read in one transaction."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             if published is not None:
@@ -105,7 +109,7 @@ class Prediction:
                                     code="BadRequestIterationIsNotTrained")
             iteration_id, domain, tuned = iteration.id, iteration.domain, iteration.backbone_blob
             head_key, tags = iteration.head_blob, [tuple(t) for t in iteration.details["tags"]]
-            project_id = project.id
+            project_id, types = project.id, {t.id: t.type for t in project.tags}
         with self._lock:  # the server predicts from many threads
             cached = self._models.get(iteration_id)
             if cached is None:
@@ -114,7 +118,7 @@ class Prediction:
                 while len(self._models) > HEAD_CACHE:
                     self._models.popitem(last=False)
             self._models.move_to_end(iteration_id)
-            return cached
+            return cached, types
 
     def predict(self, ref: str, items: list[tuple[str, Callable[[], bytes]]],
                 iteration_ref: str | None = None) -> list[ImagePrediction]:
@@ -145,7 +149,7 @@ class Prediction:
 
         Bad images raise :class:`ImageError` with Custom Vision's ``BadRequestImage*`` codes.
         """
-        model = self.model(ref, iteration_ref, published=published)
+        model, types = self._resolve(ref, iteration_ref, published)
         try:
             facts = images.validate(data, max_bytes=max_bytes)
         except TagvisionError as exc:
@@ -157,7 +161,6 @@ class Prediction:
             raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
         plain, flipped = embedder.forward_pairs(batch)
         row = model.head.predict_proba(plain, flipped)[0]
-        types = self._tag_types(model.project_id)
         ranked = _ranked(model.tags, row, types)
         created = utcnow()
         prediction_id = new_id()
@@ -184,10 +187,6 @@ class Prediction:
         except TagvisionError as exc:
             raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
         return self.classify(ref, data, max_bytes=max_bytes, source=url, **options)
-
-    def _tag_types(self, project_id: str) -> dict[str, str]:
-        with self.ctx.db.session() as session:
-            return {t.id: t.type for t in get_project(session, project_id).tags}
 
     # ------------------------------------------------------------------ stored predictions
 
