@@ -190,12 +190,14 @@ def main() -> None:
             result, elapsed = advanced(spec, train, classes, minutes * 60)
             accuracy = served_accuracy(result, spec, test)
             d = result.details
-            scores = ", ".join(f"{c['name'].replace('fine-tuned + ', 'ft+')}={100 * c['validation']['primary']:.1f}"
-                               for c in d["candidates"])
+            scores = ", ".join(f"{c['name']}={100 * c['validation']['primary']:.1f}" for c in d["candidates"])
             tuning = d.get("fineTuning", {})
-            notes = f"{d['chosen']}; val {scores}"
+            notes = f"{d['chosen']}; validation ({d['split']['validation']} images) {scores}"
             if "epochs" in tuning:
-                notes += f"; {tuning['epochs']} epochs, {tuning['steps']} steps, {tuning['views']} views"
+                notes += (f"; {tuning['epochs']} epochs ({tuning['precision']}, {tuning['secondsPerStep']} s/step, "
+                          f"stopped: {tuning['stopped']}, best at step {tuning['bestStep']} of {tuning['steps']})")
+                if tuning.get("refit"):
+                    notes += f"; refit on every image: {tuning['refit']['epochs']} epochs"
             rows.append(f"{dataset:<16}{'advanced':<22}{f'{minutes:g} min':>8}{accuracy:>8.1f}{accuracy - base:>+9.1f}"
                         f"{f'{elapsed:.0f}/{minutes * 60:.0f} = {elapsed / (minutes * 60):.3f}':>16}  {notes}")
             log(f"{rows[-1]}   [{stamp()}]")

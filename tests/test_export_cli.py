@@ -71,3 +71,51 @@ def test_export_bundle_int8_and_the_standalone_predictor(tmp_path: Path, svc, da
     agreement = float((p32.argmax(1) == p8.argmax(1)).mean())
     assert agreement >= 0.9, agreement
     assert np.allclose(p8.sum(1), 1, atol=1e-3)
+
+
+def test_export_of_a_fine_tuned_iteration(tmp_path: Path, svc, data_dir: Path, monkeypatch) -> None:
+    """`train --advanced` then `export`: the bundle carries the iteration's own fine-tuned backbone and gives
+    the server's probabilities; int8 of it agrees with fp32."""
+    import functools
+
+    from tagvision import finetune
+    from tagvision.service import NewImage
+
+    # Keep the fine-tuned network even if the quick head scores as well on a handful of validation photos.
+    monkeypatch.setattr(finetune, "Recipe", functools.partial(finetune.Recipe, force_fine_tuned=True))
+    svc.projects.create("shoes", domain="general-compact")
+    svc.projects.create_tags("shoes", list(TAGS[:3]))
+    items = [NewImage(p.name, p.read_bytes, (tag,)) for tag in TAGS[:3]
+             for p in photos(CLOTHING, "train", tag, 10, skip=20)]
+    assert svc.images.add("shoes", items).is_batch_successful
+    iteration = svc.training.train("shoes", training_type="Advanced", budget_minutes=0.75)
+    assert iteration.status == "Completed" and iteration.fine_tuned, iteration
+    assert iteration.training_seconds <= 1.1 * 45
+    unseen = [p for tag in TAGS[:3] for p in photos(CLOTHING, "test", tag, 5)]
+    served = {p.name: {t.tag_name: t.probability for t in r.predictions}
+              for p, r in zip(unseen, svc.prediction.predict("shoes", [(p.name, p.read_bytes) for p in unseen],
+                                                             iteration_ref=iteration.id), strict=True)}
+    svc.close()
+
+    tagvision("export", "shoes", "--iteration", iteration.name, "--out", str(tmp_path / "shoes.zip"),
+              data_dir=data_dir)
+    with zipfile.ZipFile(tmp_path / "shoes.zip") as bundle:
+        bundle.extractall(tmp_path / "bundle")
+    ran = subprocess.run([sys.executable, str(tmp_path / "bundle" / "predict.py"), *map(str, unseen)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    rows = [json.loads(line) for line in ran.stdout.splitlines()]
+    assert len(rows) == len(unseen)
+    for row in rows:
+        got = {p["tagName"]: p["probability"] for p in row["predictions"]}
+        want = served[Path(row["image"]).name]
+        assert max(abs(got[t] - want[t]) for t in TAGS[:3]) < 1e-4
+
+    tagvision("export", "shoes", "--iteration", iteration.name, "--format", "onnx-int8",
+              "--out", str(tmp_path / "shoes-int8.onnx"), data_dir=data_dir)
+    fp32 = ort.InferenceSession(str(tmp_path / "bundle" / "model.onnx"), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(tmp_path / "shoes-int8.onnx"), providers=["CPUExecutionProvider"])
+    x = np.stack([backbone.preprocess_bytes(p.read_bytes(), backbone.BACKBONES["general-compact"]) for p in unseen])
+    (p32,) = fp32.run(["probabilities"], {"data": x})
+    (p8,) = int8.run(["probabilities"], {"data": x})
+    assert float((p32.argmax(1) == p8.argmax(1)).mean()) >= 0.8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -51,19 +52,30 @@ def embed_through(result: finetune.FineTuneResult, paths: list[Path]) -> tuple[n
 def test_fine_tunes_within_budget_and_serves_through_the_exported_network(photo_set) -> None:
     paths, labels = photo_set
     budget = 45.0
-    result, elapsed, events = run(paths, labels, budget, force_fine_tuned=True)
+    # One schedule on the training part (no refit on every image), so the served network is the scored one.
+    result, elapsed, events = run(paths, labels, budget, force_fine_tuned=True, refit_min_epochs=math.inf)
 
     assert elapsed <= 1.1 * budget, f"{elapsed:.1f} s for a {budget} s budget"
     details = json.loads(json.dumps(result.details))  # JSON-able
     assert details["chosen"] != "quick" and "fine-tuned" in details["chosen"]
     tuning = details["fineTuning"]
     assert tuning["steps"] > 0 and tuning["epochs"] > 0 and tuning["secondsPerStep"] > 0
-    assert {c["name"] for c in details["candidates"]} >= {"quick", "fine-tuned + trained linear head"}
+    assert [c["name"] for c in details["candidates"]] == ["quick", "fine-tuned"]
     assert "validation" in details["metricsFrom"] and "not cross-validation" in details["metricsFrom"]
+    # The schedule uses the budget: it ends on time, after the most epochs, or when two scores in a row
+    # fall below the best one; the state kept is the best scored.
+    history = tuning["validationHistory"]
+    best = max(reversed(history), key=lambda h: h["primary"])  # the later of equal scores
+    assert tuning["bestStep"] == best["step"] and history[-1]["step"] <= tuning["steps"]
+    if tuning["stopped"] == "early stopping":
+        assert [h["primary"] < best["primary"] for h in history[-2:]] == [True, True], history
+    else:
+        assert (tuning["stopped"] == "epochs" and tuning["epochs"] >= finetune.Recipe().max_epochs - 1) or (
+            tuning["stopped"] == "time" and elapsed >= 0.75 * budget), (tuning, elapsed)
 
     # Progress: every stage reported, the estimated time left only goes down and ends at zero.
     stages = [e[0] for e in events]
-    for stage in ("decoding", "embedding", "augmenting", "fine-tuning", "exporting"):
+    for stage in ("decoding", "embedding", "fitting head", "fine-tuning", "validating", "exporting"):
         assert stage in stages
     etas = [e[3] for e in events]
     assert all(b <= a for a, b in zip(etas, etas[1:], strict=False)) and etas[0] > etas[-1] == 0.0
@@ -100,14 +112,14 @@ def test_too_small_a_budget_keeps_the_quick_head(photo_set) -> None:
     assert result.backbone_onnx is None and result.details["chosen"] == "quick"
     assert "skipped" in result.details["fineTuning"]
 
-    # The head is the quick head fitted on the training part only: the evaluation rows are held out.
+    # Exactly a quick training: the quick head on every image, cross-validated out-of-fold probabilities.
     probabilities, eval_labels, rows = result.evaluation
-    train = np.setdiff1d(np.arange(len(paths)), rows)
+    assert np.array_equal(rows, np.arange(len(paths))) and np.array_equal(eval_labels, labels)
     plain, flipped = embed_through(result, paths)
-    expected = learn.QuickClassifier().fit(plain[train], flipped[train], labels[train]).head_
-    np.testing.assert_allclose(result.head.weights, expected.weights, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(result.head.predict_proba(plain[rows], flipped[rows]), probabilities, atol=1e-5)
-    assert np.array_equal(eval_labels, labels[rows])
+    expected = learn.QuickClassifier().fit(plain, flipped, labels)
+    np.testing.assert_allclose(result.head.weights, expected.head_.weights, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(probabilities, expected.oof_proba_, atol=1e-5)
+    assert "cross-validation" in result.details["metricsFrom"]
     assert [e[3] for e in events][-1] == 0.0
 
 
@@ -127,10 +139,11 @@ def test_multilabel_fine_tuning_gives_a_sigmoid_head(photo_set) -> None:
     paths, labels = photo_set
     # A fourth tag shared by two of the three: images carry one or two tags.
     multi = np.concatenate([labels, (labels[:, 0] | labels[:, 1])[:, None]], axis=1)
-    budget = 12.0
+    budget = 20.0
     started = time.perf_counter()
     result = finetune.fine_tune(SPEC, MODELS, [p.read_bytes for p in paths], multi, multilabel=True,
-                                budget_seconds=budget, recipe=finetune.Recipe(force_fine_tuned=True))
+                                budget_seconds=budget, recipe=finetune.Recipe(force_fine_tuned=True,
+                                                                              refit_min_epochs=math.inf))
     assert time.perf_counter() - started <= 1.1 * budget
     assert result.head.multilabel and result.head.weights.shape == (1280, 4)
     probabilities, eval_labels, rows = result.evaluation
@@ -140,3 +153,25 @@ def test_multilabel_fine_tuning_gives_a_sigmoid_head(photo_set) -> None:
     if result.backbone_onnx is not None:
         plain, flipped = embed_through(result, [paths[i] for i in rows])
         np.testing.assert_allclose(result.head.predict_proba(plain, flipped), probabilities, atol=1e-4)
+
+
+def test_refits_on_every_image_when_two_schedules_fit(photo_set) -> None:
+    """A first schedule on the training part is scored on the validation part; when fine-tuning wins and time
+    allows, the same schedule runs again from the start on every image, and that network is served."""
+    paths, labels = photo_set
+    budget = 40.0
+    result, elapsed, _ = run(paths, labels, budget, force_fine_tuned=True, max_epochs=8.0)
+    assert elapsed <= 1.1 * budget, f"{elapsed:.1f} s for a {budget} s budget"
+    tuning = result.details["fineTuning"]
+    first, refit = tuning, tuning["refit"]
+    assert refit is not None, tuning
+    assert first["images"] == 24 and refit["images"] == 30 and refit["validationHistory"] == []
+    assert refit["precision"] == first["precision"] in ("float32", "bfloat16")
+    # The refit stops where the first run was best (here: its last score, the end of an 8-epoch schedule).
+    best_epoch = first["bestStep"] * 24 / first["images"]
+    assert best_epoch - 1 <= refit["epochs"] <= best_epoch + 1, (first, refit)
+    assert "trained again the same way on every image" in result.details["metricsFrom"]
+    # The served network is the refit: it differs from the scored first run on the validation photos it has seen.
+    probabilities, _, rows = result.evaluation
+    plain, flipped = embed_through(result, [paths[i] for i in rows])
+    assert np.abs(result.head.predict_proba(plain, flipped) - probabilities).max() > 1e-3

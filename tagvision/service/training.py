@@ -391,7 +391,7 @@ def iteration_view(iteration: Iteration) -> IterationView:
                          details.get("imageCount", 0), len(details.get("tags", [])),
                          iteration.reserved_budget_hours, iteration.publish_name, iteration.publish_resource_id,
                          details.get("progress") if iteration.status == "Training" else None,
-                         details.get("metricsFrom"), details.get("budgetSeconds"))
+                         details.get("metricsFrom"), details.get("budgetSeconds"), iteration.backbone_blob is not None)
 
 
 def _aware(when):

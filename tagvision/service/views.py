@@ -166,6 +166,7 @@ class IterationView:
     progress: dict[str, Any] | None = None  # while training: stage, done, total, elapsedSeconds
     metrics_from: str | None = None  # what the performance figures were computed on
     budget_seconds: float | None = None  # advanced training's time budget
+    fine_tuned: bool = False  # served by its own fine-tuned backbone (advanced training that beat the quick head)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -193,6 +194,7 @@ class IterationView:
             "progress": self.progress,
             "metricsFrom": self.metrics_from,
             "budgetSeconds": self.budget_seconds,
+            "fineTuned": self.fine_tuned,
         }
 
 

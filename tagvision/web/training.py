@@ -174,7 +174,7 @@ def performance_page(request: Request, project_id: str, iteration: str = "", thr
                       :MISCLASSIFIED_SHOWN]), wrong=wrong[:MISCLASSIFIED_SHOWN], wrong_count=len(wrong),
                   exports=exports_json(request, svc, project_id, selected.id),
                   default_publish_name=selected.publish_name or selected.name.replace(" ", ""),
-                  evaluated_on="the validation split" if selected.training_type == "Advanced" else "cross-validation",
+                  evaluated_on="the validation split" if selected.fine_tuned else "cross-validation",
                   budget=minutes(selected.budget_seconds or 0))
 
 
