@@ -42,6 +42,12 @@ def features(embeddings: np.ndarray) -> np.ndarray:
     return np.power(np.maximum(embeddings, 0.0), POWER, dtype=np.float32)
 
 
+def link(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Logits (n, T) -> probabilities: element-wise sigmoid (multilabel) or softmax over tags, in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return expit(logits) if multilabel else softmax(logits, axis=1)
+
+
 @dataclass
 class LinearHead:
     """A frozen linear classifier on the test-time-flip features of an image.
@@ -62,8 +68,7 @@ class LinearHead:
 
     def predict_proba(self, plain: np.ndarray, flipped: np.ndarray) -> np.ndarray:
         """Embeddings (n, d) of the images and of their mirrors -> probabilities (n, T)."""
-        logits = self.decision_function(plain, flipped).astype(np.float64)
-        return expit(logits) if self.multilabel else softmax(logits, axis=1)
+        return link(self.decision_function(plain, flipped), self.multilabel)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -259,5 +264,4 @@ class _Calibration:
         return cls(np.array(slopes), np.array(offsets), True, float(np.mean(losses)))
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
-        logits = scores * self.slope + self.offset
-        return expit(logits) if self.multilabel else softmax(logits, axis=1)
+        return link(scores * self.slope + self.offset, self.multilabel)
