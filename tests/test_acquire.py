@@ -55,7 +55,7 @@ def test_acquisition_fills_each_tag_keeps_licences_and_resumes(svc, openverse) -
     for tag in by_tag.values():
         assert tag["added"] == tag["wanted"] == 8 and tag["done"]
     assert all(t["refused"] == 1 for t in by_tag.values())  # the broken link of each tag
-    assert all(t["duplicates"] == 1 for t in by_tag.values())  # the resized copy of the first photo
+    assert all(t["duplicates"] == 1 for t in by_tag.values()), by_tag  # the resized copy of the first photo
 
     counts = {t.name: t.image_count for t in svc.projects.list_tags("shop")}
     assert counts == {"hat": 8, "Shoes": 8, "dress": 8}
