@@ -61,14 +61,16 @@ def service(data_dir: Path | None) -> Iterator[Service]:
 
 @contextmanager
 def progress_bar() -> Iterator[Any]:
-    """A rich progress bar on stderr; yields a ``Progress`` callback (stage, done, total)."""
+    """A rich progress bar on stderr; yields a ``Progress`` callback (stage, done, total, eta). Where the work
+    estimates its time left (``eta``, advanced training), the stage's line says it."""
     tasks: dict[str, Any] = {}
     with Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=False) as bar:
-        def update(stage: str, done: int, total: int) -> None:
+        def update(stage: str, done: int, total: int, /, eta: float | None = None) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
+            description = stage if eta is None else f"{stage} (about {eta:.0f} s left in all)"
+            bar.update(tasks[stage], completed=done, total=total, description=description)
 
         yield update
 

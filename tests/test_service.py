@@ -211,3 +211,27 @@ def test_domains_map_custom_vision_ids_onto_our_backbones() -> None:
     with pytest.raises(InvalidInput) as caught:
         domains.resolve("not-a-domain")
     assert caught.value.code == "BadRequestProjectUnknownDomain"
+
+
+def test_training_progress_keeps_the_estimated_time_left(svc) -> None:
+    """Advanced training reports its time left; the store keeps it, and the portal counts it down."""
+    from tagvision.web.training import progress_bar, status_sentence
+
+    svc.projects.create("p")
+    add_classes(svc, "p", {"hat": 6, "shoes": 6})
+    started = svc.training.start("p", training_type="Advanced", budget_minutes=5)
+    record = svc.training.recorder(started.id, every=0.0)
+    record("fine-tuning", 3, 10, eta=42.0)
+    view = svc.training.iterations("p")[0]
+    assert view.progress["stage"] == "fine-tuning" and view.progress["etaSeconds"] == 42.0
+    sentence = status_sentence(view)
+    assert sentence.startswith("Iteration 1: Training (advanced, budget 5 min)… fine-tuning 3 of 10, ")
+    left = int(sentence.rsplit("about ", 1)[1].split(" s left.")[0])
+    assert 35 <= left <= 42, sentence
+    bar = progress_bar(view)  # time used against time used + time left, not against the 5-minute budget
+    assert bar["max"] - bar["value"] == pytest.approx(left, abs=1.5) and bar["max"] < 60, bar
+
+    record("embedding images", 1, 2)  # quick stages have no estimate: none is shown
+    view = svc.training.iterations("p")[0]
+    assert "etaSeconds" not in view.progress and status_sentence(view).endswith(" so far.")
+    assert progress_bar(view)["max"] == 300

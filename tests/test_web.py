@@ -623,8 +623,8 @@ def test_advanced_training_from_the_train_page(page, server):
     assert [(i["trainingType"], i["budgetSeconds"]) for i in iterations.json()] == [
         ("Advanced", ADVANCED_BUDGET_MINUTES * 60)]
     status = page.locator("[data-poll-text]")
-    expect(status).to_have_text(re.compile(rf"^Iteration 1: (Training \(advanced, budget {BUDGET_TEXT}\)… .+ so far\.|"
-                                           r"Failed\. [A-Z].+|Completed in .+)$"))
+    expect(status).to_have_text(re.compile(rf"^Iteration 1: (Training \(advanced, budget {BUDGET_TEXT}\)… .+ so far"
+                                           r"(, about \d+ s left)?\.|Failed\. [A-Z].+|Completed in .+)$"))
     expect(page.locator("#iteration-table tbody tr").first.locator("td").first).to_have_text(
         f"advanced, budget {BUDGET_TEXT}")
     if status.inner_text().startswith("Iteration 1: Training"):  # the bar fills with the time used of the budget

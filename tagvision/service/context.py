@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
@@ -16,11 +16,15 @@ from tagvision.store.blobs import BlobStore
 from tagvision.store.database import Database
 from tagvision.store.models import Iteration, Project, Tag
 
-# (stage, done, total): how long work reports where it is.
-Progress = Callable[[str, int, int], None]
+
+class Progress(Protocol):
+    """How long work reports where it is: its stage, done of total, and (where the work can tell, as advanced
+    training does) ``eta``, the estimated seconds left for the whole job."""
+
+    def __call__(self, stage: str, done: int, total: int, /, eta: float | None = None) -> None: ...
 
 
-def no_progress(_stage: str, _done: int, _total: int) -> None:
+def no_progress(_stage: str, _done: int, _total: int, /, eta: float | None = None) -> None:
     return None
 
 

@@ -187,7 +187,7 @@ class Training:
         result = finetune.fine_tune(
             spec, self.ctx.settings.models_dir, [lambda h=h: self.ctx.blobs.get(h) for h in snapshot.hashes],
             snapshot.labels, multilabel=multilabel, budget_seconds=max(budget, 1.0),
-            progress=lambda stage, done, total, eta: progress(stage, done, total))
+            progress=lambda stage, done, total, eta: progress(stage, done, total, eta=eta))
         probabilities, labels, rows = result.evaluation
         evaluation = Evaluation(np.asarray(probabilities), np.asarray(labels, dtype=bool),
                                 np.zeros(len(rows), dtype=np.int64), np.array(snapshot.image_ids)[np.asarray(rows)])
@@ -222,11 +222,12 @@ class Training:
             return iteration_view(iteration)
 
     def recorder(self, iteration_id: str, every: float = 1.0) -> Progress:
-        """A progress callback that keeps the iteration's ``progress`` (stage, done, total) up to date in
-        the store, at most once per ``every`` seconds, so the API and the portal can show it."""
+        """A progress callback that keeps the iteration's ``progress`` (stage, done, total, and ``etaSeconds``
+        when the training estimates its time left) up to date in the store, at most once per ``every``
+        seconds, so the API and the portal can show it."""
         last = [0.0]
 
-        def record(stage: str, done: int, total: int) -> None:
+        def record(stage: str, done: int, total: int, /, eta: float | None = None) -> None:
             now = time.monotonic()
             if now - last[0] < every and done < total:
                 return
@@ -234,9 +235,11 @@ class Training:
             with self.ctx.db.session() as session:
                 iteration = session.get(Iteration, iteration_id)
                 if iteration is not None and iteration.status == "Training":
-                    iteration.details = {**iteration.details, "progress": {
-                        "stage": stage, "done": done, "total": total,
-                        "elapsedSeconds": round((utcnow() - _aware(iteration.created)).total_seconds(), 1)}}
+                    step = {"stage": stage, "done": done, "total": total,
+                            "elapsedSeconds": round((utcnow() - _aware(iteration.created)).total_seconds(), 1)}
+                    if eta is not None:
+                        step["etaSeconds"] = round(eta, 1)
+                    iteration.details = {**iteration.details, "progress": step}
         return record
 
     def cache_embeddings(self, domain: str, hashes: list[str], progress: Progress = no_progress,

@@ -163,7 +163,7 @@ class IterationView:
     reserved_budget_hours: int = 0
     publish_name: str | None = None
     publish_resource_id: str | None = None
-    progress: dict[str, Any] | None = None  # while training: stage, done, total, elapsedSeconds
+    progress: dict[str, Any] | None = None  # while training: stage, done, total, elapsedSeconds (, etaSeconds)
     metrics_from: str | None = None  # what the performance figures were computed on
     budget_seconds: float | None = None  # advanced training's time budget
     fine_tuned: bool = False  # served by its own fine-tuned backbone (advanced training that beat the quick head)

@@ -123,16 +123,31 @@ def status_sentence(view: IterationView) -> str:
     clock = f"{elapsed(view):.0f} s"
     if view.training_type == "Advanced" and view.budget_seconds:
         clock += f" of {minutes(view.budget_seconds)}"
-    return f"{view.name}: Training ({kind(view)})… {doing}, {clock} so far."
+    left = time_left(view)
+    return f"{view.name}: Training ({kind(view)})… {doing}, {clock} so far" + (
+        f", about {minutes(left)} left." if left is not None else ".")
+
+
+def time_left(view: IterationView) -> float | None:
+    """Seconds the training estimated it had left (advanced training reports it), less the time since."""
+    step = view.progress or {}
+    if step.get("etaSeconds") is None:
+        return None
+    since = elapsed(view) - float(step.get("elapsedSeconds") or 0.0)
+    return max(0.0, float(step["etaSeconds"]) - max(0.0, since))
 
 
 def progress_bar(view: IterationView) -> dict | None:
-    """What the progress bar shows while training: time against the budget (advanced, whose schedule follows
-    the clock), else the current stage's steps; None while it cannot tell (an indeterminate bar)."""
+    """What the progress bar shows while training: for advanced training, whose schedule follows the clock,
+    the time used against the time used plus the estimated time left (the budget until there is an estimate);
+    else the current stage's steps; None while it cannot tell (an indeterminate bar)."""
     if view.status != "Training":
         return None
     if view.training_type == "Advanced" and view.budget_seconds:
-        return {"value": round(min(elapsed(view), view.budget_seconds), 1), "max": view.budget_seconds}
+        used, left = elapsed(view), time_left(view)
+        if left is not None:
+            return {"value": round(used, 1), "max": round(used + left, 1)}
+        return {"value": round(min(used, view.budget_seconds), 1), "max": view.budget_seconds}
     step = view.progress or {}
     if step.get("total"):
         return {"value": min(step.get("done", 0), step["total"]), "max": step["total"]}
