@@ -63,11 +63,12 @@ def build_classifier_onnx(spec: backbone.BackboneSpec, models_dir: Path, head: L
     ``backbone_path``: a fine-tuned backbone (advanced training) instead of the stock one.
     """
     dim, tags = head.weights.shape
-    if dim != spec.dim or head.bias.shape != (tags,) or len(labels) != tags:
-        raise ValueError(f"head {head.weights.shape} / bias {head.bias.shape} do not fit "
-                         f"{spec.dim}-d features and {len(labels)} labels")
     base = onnx.load(backbone_path or backbone.ensure_onnx(spec, models_dir))
     (image,), (embedding,) = base.graph.input, base.graph.output
+    features = embedding.type.tensor_type.shape.dim[1].dim_value  # 1280; a multiple for a fine-tuned ensemble
+    if dim != features or head.bias.shape != (tags,) or len(labels) != tags:
+        raise ValueError(f"head {head.weights.shape} / bias {head.bias.shape} do not fit "
+                         f"{features}-d features and {len(labels)} labels")
 
     def name(suffix: str) -> str:
         return f"tagvision/{suffix}"

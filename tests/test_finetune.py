@@ -28,10 +28,12 @@ def photo_set() -> tuple[list[Path], np.ndarray]:
 
 
 def run(paths: list[Path], labels: np.ndarray, budget: float, **recipe) -> tuple[finetune.FineTuneResult, float, list]:
-    events: list[tuple[str, int, int, float]] = []
+    """Returns the result, the seconds it took, and its progress events (stage, done, total, eta, when)."""
+    events: list[tuple[str, int, int, float, float]] = []
     started = time.perf_counter()
     result = finetune.fine_tune(SPEC, MODELS, [p.read_bytes for p in paths], labels, multilabel=False,
-                                budget_seconds=budget, progress=lambda *event: events.append(event),
+                                budget_seconds=budget,
+                                progress=lambda *event: events.append((*event, time.perf_counter())),
                                 recipe=finetune.Recipe(**recipe))
     return result, time.perf_counter() - started, events
 
@@ -79,7 +81,12 @@ def test_fine_tunes_within_budget_and_serves_through_the_exported_network(photo_
         assert stage in stages
     etas = [e[3] for e in events]
     assert all(b <= a for a, b in zip(etas, etas[1:], strict=False)) and etas[0] > etas[-1] == 0.0
-    assert all(0 <= done <= total for _, done, total, _ in events)
+    assert all(0 <= done <= total for _, done, total, *_ in events)
+    # Once the steps are timed, the estimate is the time that was actually left, give or take.
+    end = max(when for *_, when in events)
+    tuning_events = [e for e in events if e[0] == "fine-tuning"]
+    for _, _, _, eta, when in tuning_events[len(tuning_events) // 2:]:
+        assert abs(eta - (end - when)) <= 0.2 * budget, (eta, end - when)
 
     # The exported network keeps the stock contract...
     import onnxruntime as ort
@@ -171,7 +178,10 @@ def test_refits_on_every_image_when_two_schedules_fit(photo_set) -> None:
     best_epoch = first["bestStep"] * 24 / first["images"]
     assert best_epoch - 1 <= refit["epochs"] <= best_epoch + 1, (first, refit)
     assert "trained again the same way on every image" in result.details["metricsFrom"]
-    # The served network is the refit: it differs from the scored first run on the validation photos it has seen.
+    assert tuning["served"] == "the first run and its refit on every image, logits averaged"
+    # Served: both networks' features side by side, one head averaging their logits. It differs from the scored
+    # first run alone on the validation photos (the refit has seen them).
     probabilities, _, rows = result.evaluation
     plain, flipped = embed_through(result, [paths[i] for i in rows])
+    assert plain.shape == (len(rows), 2 * backbone.EMBEDDING_DIM) and result.head.weights.shape[0] == plain.shape[1]
     assert np.abs(result.head.predict_proba(plain, flipped) - probabilities).max() > 1e-3
