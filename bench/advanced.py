@@ -202,7 +202,10 @@ def main() -> None:
                 notes += (f"; {tuning['epochs']} epochs ({tuning['precision']}, {tuning['secondsPerStep']} s/step, "
                           f"stopped: {tuning['stopped']}, best at step {tuning['bestStep']} of {tuning['steps']})")
                 if tuning.get("refit"):
-                    notes += f"; refit on every image: {tuning['refit']['epochs']} epochs"
+                    notes += f"; refit on every image: {tuning['refit']['epochs']} epochs; served: {tuning['served']}"
+            if "choice" in d:
+                notes += (f"; quick's lead {100 * d['choice']['quickLead']:+.1f} vs one standard error "
+                          f"{100 * d['choice']['standardError']:.1f}")
             method = "advanced" if args.seeds == [0] else f"advanced (seed {seed})"
             rows.append(f"{dataset:<16}{method:<22}{f'{minutes:g} min':>8}{accuracy:>8.1f}{accuracy - base:>+9.1f}"
                         f"{f'{elapsed:.0f}/{minutes * 60:.0f} = {elapsed / (minutes * 60):.3f}':>16}  {notes}")
