@@ -66,12 +66,11 @@ def served_accuracy(result: finetune.FineTuneResult, spec: backbone.BackboneSpec
             onnx_file = Path(tmp) / "tuned.onnx"
             onnx_file.write_bytes(result.backbone_onnx)
         embedder = backbone.Embedder(spec, MODELS_DIR, onnx_file=onnx_file)
-        plain = np.zeros((len(test), spec.dim), np.float32)
-        flipped = np.zeros_like(plain)
-        for r in embedder.embed([p.read_bytes for p, _ in test]):
+        results = list(embedder.embed([p.read_bytes for p, _ in test]))  # in order; 2560-d for two networks
+        for r in results:
             if r.error is not None:
                 raise RuntimeError(f"{test[r.index][0]}: {r.error.message}")
-            plain[r.index], flipped[r.index] = r.plain, r.flipped
+        plain, flipped = np.stack([r.plain for r in results]), np.stack([r.flipped for r in results])
     predicted = result.head.predict_proba(plain, flipped).argmax(axis=1)
     return 100 * float((predicted == np.array([c for _, c in test])).mean())
 
