@@ -697,9 +697,12 @@ class _Network:
                     end, epochs = replan(measured, n_rows, batch_size)
             now = time.perf_counter()
             left = max(1e-6, 1 - progress(now))
-            last_epoch = min(epochs, stop_epoch if stop_epoch is not None else epochs)
-            steps_left = max(0.0, last_epoch * n_rows / batch_size - steps)
-            eta = min(end - now, steps_left * float(np.median(step_times[-5:]))) + job.then
+            eta = None  # until the steps are timed and the schedule planned: the time to the deadline
+            if steps >= max(len(probe), 2):
+                last_epoch = min(epochs, stop_epoch if stop_epoch is not None else epochs)
+                steps_left = max(0.0, last_epoch * n_rows / batch_size - steps)
+                step_cost = float(np.median(step_times[-5:])) * (1.05 if validate else 1.0)  # scoring: ~5 %
+                eta = min(end - now, steps_left * step_cost) + job.then
             job.report("fine-tuning", steps, steps + int(steps * left / max(1 - left, 1e-6)), eta)
         if validate and stopped != "early stopping":
             score(time.perf_counter())

@@ -91,6 +91,11 @@ def test_export_of_a_fine_tuned_iteration(tmp_path: Path, svc, data_dir: Path, m
     iteration = svc.training.train("shoes", training_type="Advanced", budget_minutes=0.75)
     assert iteration.status == "Completed" and iteration.fine_tuned, iteration
     assert iteration.training_seconds <= 1.1 * 45
+    with svc.ctx.db.session() as session:  # a first run and its refit, served side by side (2560-d features)
+        from tagvision.store.models import Iteration
+
+        tuning = session.get(Iteration, iteration.id).details["advanced"]["fineTuning"]
+    assert tuning["served"] == "the first run and its refit on every image, logits averaged", tuning
     unseen = [p for tag in TAGS[:3] for p in photos(CLOTHING, "test", tag, 5)]
     served = {p.name: {t.tag_name: t.probability for t in r.predictions}
               for p, r in zip(unseen, svc.prediction.predict("shoes", [(p.name, p.read_bytes) for p in unseen],
