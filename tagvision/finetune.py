@@ -28,8 +28,8 @@ The recipe (measured with ``bench/advanced.py`` on a 2-core machine):
    from the pretrained weights on every image, validation split included, stopping at the epoch
    where the first run scored best. (On car-damage, training without the held-out fifth cost
    1.5-3 points of test accuracy.) Both networks are served together: their logits are averaged,
-   which on car-damage scored 2-2.5 points above the refit alone (a weight average of the two,
-   0.6-1.4). They share the frozen stem and first blocks, so serving costs less than twice one
+   which on car-damage scored 0.9-2.5 points above the refit alone (a weight average of the two,
+   0.6-1.4; three seeds). They share the frozen stem and first blocks, so serving costs less than twice one
    network. The figures stay the first run's.
 7. Export the served pooled-feature network(s) to ONNX (the stock backbone's input; the features of
    each network side by side), so the server's prediction path (embed image + mirror, then the
@@ -159,6 +159,7 @@ class _Job:
         self.deadline = started + budget * 0.97  # everything done by then; 3 % of slack for the unforeseen
         self._progress, self._last_eta = progress, math.inf
         self.then = 0.0  # seconds of work expected after the running training schedule ends (for the ETA)
+        self.refit = False  # set by plan() when the budget holds a refit on every image
         self.rng = np.random.default_rng(seed)
         self.seconds: dict[str, float] = {}
         self.details: dict = {"backbone": spec.model_name, "budgetSeconds": round(budget, 3), "threads": threads}
@@ -320,7 +321,7 @@ class _Job:
 
     def export_seconds(self) -> float:
         """~2 s per network for Lite0 on 2 cores, torch's tracing included (two once a refit is planned)."""
-        return (1.0 + 300 / self.ort_images_per_second) * (2 if getattr(self, "refit", False) else 1)
+        return (1.0 + 300 / self.ort_images_per_second) * (2 if self.refit else 1)
 
     def quick_candidate(self) -> _Candidate:
         self.report("fitting head", 0, 1)
@@ -348,7 +349,6 @@ class _Job:
             torch.manual_seed(self.seed)
             net = self.network(warm_start, len(self.train))
             self.timed("preparing", t)
-            self.refit = False
             self.then = self.reserve(self.score_seconds(self.guess_step))
             log = net.train(self, self.train, self.deadline - self.reserve(self.score_seconds(self.guess_step)),
                             self.recipe.max_epochs, validate=True, replan=self.plan)
