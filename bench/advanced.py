@@ -2,23 +2,27 @@
 
 What, per dataset (test top-1 on ``test/``, everything trained on ``train/`` only):
 
-* quick: QuickClassifier on stock EfficientNet-Lite0 embeddings of every training photo;
+* quick: QuickClassifier on the stock backbone's embeddings of every training photo (EfficientNet-Lite0 for
+  the default ``--domain general-compact``, Lite2 for ``general``);
 * advanced at each budget: ``tagvision.finetune.fine_tune`` (it holds out its own validation
   split), printed with elapsed / budget (must stay <= 1.10) and what it chose;
-* peer: a full fine-tune "written the textbook way", given the largest budget: the whole Lite0
+* peer: a full fine-tune "written the textbook way", given the largest budget: the whole backbone
   unfrozen (BatchNorm in training mode, the model's own dropout and drop connect), a new linear
   classifier, RandomResizedCrop(224, scale 0.08-1) + horizontal flip, Adam at lr 3e-4,
   cross-entropy, batch 32, as many whole epochs as fit the budget (timed on the first steps) with
   a cosine schedule over them, every training photo, evaluated on the centre crop (no test-time flip).
 
+With ``--domain general``, advanced training may fine-tune Lite0 instead of the project's Lite2 (it does
+when two Lite2 schedules of ``Recipe.larger_epochs`` do not fit the budget), as the service lets it.
 Test predictions of advanced training go through the server's path: the returned backbone ONNX
-(the stock one when fine-tuning was not chosen) on each test photo and its mirror with an
+(the stock one when fine-tuning was not chosen) with its own preprocessing (``result.spec``) on each test
+photo and its mirror with an
 :class:`~tagvision.backbone.Embedder`, then ``result.head.predict_proba(plain, flipped)``.
 
 Run on an otherwise idle machine; rows are printed as they come.
 
     .venv/bin/python bench/advanced.py [--datasets car-damage clothing-small] [--budgets 2 5 10] [--no-peer]
-                                       [--seeds 0 1 2]
+                                       [--seeds 0 1 2] [--domain general]
 """
 
 from __future__ import annotations
@@ -49,23 +53,23 @@ def stamp() -> str:
     return datetime.datetime.now().strftime("%H:%M:%S")
 
 
-def quick(dataset: str, train, test, classes: list[str]) -> float:
-    tr_plain, tr_flipped = cached_embeddings(dataset, "train", [p for p, _ in train], models_dir=MODELS_DIR)
-    te_plain, te_flipped = cached_embeddings(dataset, "test", [p for p, _ in test], models_dir=MODELS_DIR)
+def quick(dataset: str, train, test, classes: list[str], domain: str) -> float:
+    tr_plain, tr_flipped = cached_embeddings(dataset, "train", [p for p, _ in train], domain, MODELS_DIR)
+    te_plain, te_flipped = cached_embeddings(dataset, "test", [p for p, _ in test], domain, MODELS_DIR)
     y = np.array([c for _, c in train])
     model = QuickClassifier().fit(tr_plain, tr_flipped, np.eye(len(classes), dtype=bool)[y])
     predicted = model.predict_proba(te_plain, te_flipped).argmax(axis=1)
     return 100 * float((predicted == np.array([c for _, c in test])).mean())
 
 
-def served_accuracy(result: finetune.FineTuneResult, spec: backbone.BackboneSpec, test) -> float:
+def served_accuracy(result: finetune.FineTuneResult, test) -> float:
     """Test top-1 through the server's path: ONNX on image + mirror, then the head."""
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = None
         if result.backbone_onnx is not None:
             onnx_file = Path(tmp) / "tuned.onnx"
             onnx_file.write_bytes(result.backbone_onnx)
-        embedder = backbone.Embedder(spec, MODELS_DIR, onnx_file=onnx_file)
+        embedder = backbone.Embedder(result.spec, MODELS_DIR, onnx_file=onnx_file)
         results = list(embedder.embed([p.read_bytes for p, _ in test]))  # in order; 2560-d for two networks
         for r in results:
             if r.error is not None:
@@ -88,7 +92,8 @@ def advanced(spec: backbone.BackboneSpec, train, classes: list[str], budget: flo
 
     started = time.perf_counter()
     result = finetune.fine_tune(spec, MODELS_DIR, [p.read_bytes for p, _ in train], np.eye(len(classes), dtype=bool)[y],
-                                multilabel=False, budget_seconds=budget, progress=progress, seed=seed)
+                                multilabel=False, budget_seconds=budget, progress=progress, seed=seed,
+                                backbones=backbone.no_larger_than(spec))
     return result, time.perf_counter() - started
 
 
@@ -170,13 +175,17 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip the textbook fine-tune")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="advanced training once per seed "
                         "(its validation split, shuffling and crops); test top-1 varies by about a point")
+    parser.add_argument("--domain", choices=sorted(backbone.BACKBONES), default="general-compact",
+                        help="the project's backbone: general-compact (Lite0) or general (Lite2, which may "
+                        "fine-tune Lite0 instead)")
     args = parser.parse_args()
-    spec = backbone.BACKBONES["general-compact"]
+    spec = backbone.BACKBONES[args.domain]
     for dataset in args.datasets:  # exit 2 naming a missing folder before any work
         for split in ("train", "test"):
             list_split(dataset, split)
 
-    log(f"{stamp()} bench/advanced.py on {os.cpu_count()} cores; EfficientNet-Lite0; test top-1 %")
+    log(f"{stamp()} bench/advanced.py on {os.cpu_count()} cores; domain {args.domain} ({spec.model_name}); "
+        "test top-1 %")
     header = (f"{'dataset':<16}{'method':<22}{'budget':>8}{'test %':>8}{'vs quick':>9}{'elapsed/budget':>16}"
               "  chosen / notes")
     rows = []
@@ -187,16 +196,18 @@ def main() -> None:
         budgets = args.budgets or DEFAULT_BUDGETS[dataset]
         log(f"\n{stamp()} {dataset}: {len(train)} train, {len(test)} test, {len(classes)} classes")
         log(header)
-        base = quick(dataset, train, test, classes)
+        base = quick(dataset, train, test, classes, args.domain)
         rows.append(f"{dataset:<16}{'quick (all train)':<22}{'-':>8}{base:>8.1f}{'':>9}{'':>16}  shrinkage LDA")
         log(rows[-1])
         for minutes, seed in [(m, s) for m in budgets for s in args.seeds]:
             result, elapsed = advanced(spec, train, classes, minutes * 60, seed)
-            accuracy = served_accuracy(result, spec, test)
+            accuracy = served_accuracy(result, test)
             d = result.details
             scores = ", ".join(f"{c['name']}={100 * c['validation']['primary']:.1f}" for c in d["candidates"])
             tuning = d.get("fineTuning", {})
             notes = f"{d['chosen']}; validation ({d['split']['validation']} images) {scores}"
+            if "fineTunedBackbone" in d:
+                notes += f"; fine-tuned {d['fineTunedBackbone']}"
             if "epochs" in tuning:
                 notes += (f"; {tuning['epochs']} epochs ({tuning['precision']}, {tuning['secondsPerStep']} s/step, "
                           f"stopped: {tuning['stopped']}, best at step {tuning['bestStep']} of {tuning['steps']})")

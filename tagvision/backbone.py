@@ -68,6 +68,12 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+def no_larger_than(spec: BackboneSpec) -> list[BackboneSpec]:
+    """``spec`` and the smaller backbones: those advanced training may fine-tune for a project on ``spec`` (a
+    compact domain's model stays compact; a General project may be served a fine-tuned Lite0)."""
+    return [b for b in BACKBONES.values() if b.image_size <= spec.image_size]
+
+
 def spec_for(domain: str) -> BackboneSpec:
     try:
         return BACKBONES[domain]
@@ -106,10 +112,14 @@ def pooled_features_module(model):  # -> torch.nn.Module
     return PooledFeatures(model).eval()
 
 
-def export_onnx(module, path: Path, image_size: int, output_name: str = "embedding") -> None:
-    """Export ``module`` (NCHW float input named ``image``) to ``path`` atomically."""
+def export_onnx(module, path: Path, spec: BackboneSpec, output_name: str = "embedding") -> None:
+    """Export ``module`` (NCHW float input named ``image``, preprocessed for ``spec``) to ``path`` atomically.
+
+    The file names its backbone in its metadata (``domain``: a key of :data:`BACKBONES`; ``backbone``: the
+    network), so a fine-tuned network says how to preprocess its input: :func:`spec_of`."""
     import warnings
 
+    import onnx
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +130,7 @@ def export_onnx(module, path: Path, image_size: int, output_name: str = "embeddi
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
-                (torch.zeros(1, 3, image_size, image_size),),
+                (torch.zeros(1, 3, spec.image_size, spec.image_size),),
                 tmp,
                 input_names=["image"],
                 output_names=[output_name],
@@ -128,6 +138,9 @@ def export_onnx(module, path: Path, image_size: int, output_name: str = "embeddi
                 opset_version=17,
                 dynamo=False,
             )
+        model = onnx.load(tmp)
+        onnx.helper.set_model_props(model, {"domain": spec.domain, "backbone": spec.model_name})
+        onnx.save(model, tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -155,8 +168,17 @@ def ensure_onnx(spec: BackboneSpec, models_dir: Path) -> Path:
     path = onnx_path(spec, models_dir)
     with _export_lock:
         if not path.exists():
-            export_onnx(pooled_features_module(build_torch_model(spec)), path, spec.image_size)
+            export_onnx(pooled_features_module(build_torch_model(spec)), path, spec)
     return path
+
+
+def spec_of(path: Path) -> BackboneSpec | None:
+    """The backbone an exported network was made from (its ``domain`` metadata); None when it does not say
+    (files exported before the metadata was written, all fine-tuned from their domain's backbone)."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return BACKBONES.get(props.get("domain", ""))
 
 
 # --------------------------------------------------------------------------- preprocessing

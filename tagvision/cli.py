@@ -275,7 +275,9 @@ def train(project: ProjectArg,
         print_json(iteration.to_json())
         return
     p = performance.performance
-    out.print(f"{iteration.name} completed in {iteration.training_seconds:.1f} s on {iteration.image_count} images: "
+    served = f" ({iteration.backbone} fine-tuned)" if iteration.fine_tuned else ""
+    out.print(f"{iteration.name} completed in {iteration.training_seconds:.1f} s on {iteration.image_count} images"
+              f"{served}: "
               f"precision {p.precision:.1%}, recall {p.recall:.1%}, AP {p.average_precision:.1%} "
               f"(threshold 50%; measured on {iteration.metrics_from})", highlight=False)
 

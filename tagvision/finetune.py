@@ -3,12 +3,21 @@
 The recipe (measured with ``bench/advanced.py`` on a 2-core machine):
 
 1. Decode every image once (a copy just large enough for random crops, and its centre crop as
-   the server sees it). Hold out a stratified validation split.
-2. *Quick candidate*: the stock backbone's embeddings (image + mirror, ONNX Runtime) and a
+   the server sees it, for each backbone involved). Hold out a stratified validation split.
+2. *Quick candidate*: the project's stock backbone's embeddings (image + mirror, ONNX Runtime) and a
    :class:`~tagvision.learn.QuickClassifier` fitted on the training part, scored on the
    validation part. Its head is the warm start of the fine-tuned classifier (linear probe, then
    fine-tune: a random head's first gradients would wreck the pretrained features).
-3. *Fine-tune* the whole network except the stem and the first ``Recipe.frozen_blocks`` blocks,
+3. *Which backbone*: when smaller backbones may be served too (``backbones``: a General project,
+   Lite2, may be served a fine-tuned Lite0), the largest is fine-tuned only when two schedules of
+   ``Recipe.larger_epochs`` fit the budget at its speed, guessed from its stock speed and then
+   measured on its first steps; else the next smaller one, warm-started by the linear probe on its
+   own stock features. On car-damage (2 cores, test top-1) a Lite2 training step at 260 px took
+   1.4-1.8 s against Lite0's 0.8 at 224 px. At 10 minutes, Lite2 got 5.8 epochs (and a 4.4-epoch
+   refit) and scored 86.3 %; Lite0 got 7-10 epochs and 85.9-88.5 % (four runs); Lite2's whole recipe
+   (10 + 10 epochs, 17 minutes) scored 87.2 %. So on a CPU the budget is better spent on Lite0, and
+   Lite2, the backbone the user's domain names, is fine-tuned when time does not bind it.
+4. *Fine-tune* the whole network except the stem and the first ``Recipe.frozen_blocks`` blocks,
    on fresh augmented crops every step (random resized crop, flip, colour jitter), with AdamW,
    label smoothing, dropout and drop connect, BatchNorm statistics updated in the trained blocks,
    channels-last memory (1.6-1.8x faster convolutions on CPU than the default layout), and
@@ -16,22 +25,22 @@ The recipe (measured with ``bench/advanced.py`` on a 2-core machine):
    up, then follows a cosine to zero driven by the *clock* and the epochs: the schedule ends when
    its time or its epochs (at most ``Recipe.max_epochs``) are used up, whatever the speed of the
    machine turns out to be.
-4. *Early stopping*: the validation split is scored in the second half of the schedule; the
+5. *Early stopping*: the validation split is scored in the second half of the schedule; the
    best state is kept, and training stops when two scores in a row fall below the best.
-5. *Choose*: the fine-tuned network with its trained linear head (its logits scaled by one
+6. *Choose*: the fine-tuned network with its trained linear head (its logits scaled by one
    temperature fitted on the validation split) against the quick head, on the same validation
    images (when a refit follows, a lead of the quick head within one standard error does not count:
    :meth:`_Job.beats_quick`). When fine-tuning does not win, the result is exactly a quick training
    (the quick head fitted on every image, cross-validated), with ``backbone_onnx = None``.
-6. *Refit*: when the budget holds two schedules of at least ``Recipe.refit_min_epochs`` epochs,
-   the first (step 3) gets its share of the time, and after it wins the same schedule runs again
+7. *Refit*: when the budget holds two schedules of at least ``Recipe.refit_min_epochs`` epochs,
+   the first (step 4) gets its share of the time, and after it wins the same schedule runs again
    from the pretrained weights on every image, validation split included, stopping at the epoch
    where the first run scored best. (On car-damage, training without the held-out fifth cost
    1.5-3 points of test accuracy.) Both networks are served together: their logits are averaged,
    which on car-damage scored 0.9-2.5 points above the refit alone (a weight average of the two,
    0.6-1.4; three seeds). They share the frozen stem and first blocks, so serving costs less than twice one
    network. The figures stay the first run's.
-7. Export the served pooled-feature network(s) to ONNX (the stock backbone's input; the features of
+8. Export the served pooled-feature network(s) to ONNX (the stock backbone's input; the features of
    each network side by side), so the server's prediction path (embed image + mirror, then the
    head) serves it.
 
@@ -81,6 +90,8 @@ class Recipe:
     # epochs on every image scored 87-88 % on test, 12-25 epochs 86 %)
     min_epochs: float = 1.0  # fine-tuning is skipped when fewer fit in the budget
     refit_min_epochs: float = 5.0  # train again on every image when two schedules of this many epochs fit
+    larger_epochs: float = 10.0  # a larger backbone is fine-tuned only when two schedules of this many epochs fit
+    # (car-damage: Lite2 with 5.8 + 4.4 epochs 86.3 %, Lite0 with 7-10 + 6-9 epochs 85.9-88.5 %)
     bf16: str = "auto"  # bfloat16 autocast while training: "on", "off", or "auto" (when it measures faster)
     scores_from: float = 0.5  # the validation split is scored from this share of the schedule on ...
     evaluations: int = 4  # ... this many times (the last at the end), fewer when scoring is slow
@@ -102,26 +113,34 @@ class FineTuneResult:
       the held-out validation images for a fine-tuned result, the out-of-fold probabilities of
       every image for a quick one;
     - ``details``: JSON-able account of what was tried, measured and chosen (``metricsFrom`` says
-      what the evaluation was computed on).
+      what the evaluation was computed on);
+    - ``spec``: the backbone the served network comes from, whose preprocessing it takes (the
+      fine-tuned one may be smaller than the project's; the ONNX file names it too).
     """
 
     backbone_onnx: bytes | None
     head: learn.LinearHead
     evaluation: tuple[np.ndarray, np.ndarray, np.ndarray]
     details: dict = field(default_factory=dict)
+    spec: backbone.BackboneSpec | None = None  # the backbone the served network was made from (its preprocessing)
 
 
 def fine_tune(spec: backbone.BackboneSpec, models_dir: Path, images: Sequence[Callable[[], bytes]],
               labels: np.ndarray, *, multilabel: bool, budget_seconds: float, progress: Progress | None = None,
-              seed: int = 0, threads: int | None = None, recipe: Recipe | None = None) -> FineTuneResult:
-    """Fine-tune ``spec``'s backbone on ``images`` (callables returning encoded bytes), ``labels`` (n, T) bool.
+              seed: int = 0, threads: int | None = None, recipe: Recipe | None = None,
+              backbones: Sequence[backbone.BackboneSpec] | None = None) -> FineTuneResult:
+    """Fine-tune a backbone on ``images`` (callables returning encoded bytes), ``labels`` (n, T) bool.
 
+    ``spec`` is the project's backbone: its stock features give the quick candidate. ``backbones`` are
+    those that may be fine-tuned (default: ``spec`` alone); the largest is, when two schedules of
+    ``Recipe.larger_epochs`` fit the budget at its measured speed, else the next smaller one.
     Never runs more than ``budget_seconds`` (plus a few per cent of scheduling slack), decoding
-    and export included. ``models_dir`` holds the stock backbone ONNX (exported on first use).
+    and export included. ``models_dir`` holds the stock backbone ONNX files (exported on first use).
     """
     started = time.perf_counter()
-    job = _Job(spec, models_dir, list(images), np.asarray(labels, dtype=bool), multilabel, budget_seconds,
-               progress, seed, threads or os.cpu_count() or 1, recipe or Recipe(), started)
+    job = _Job(spec, list(backbones or [spec]), models_dir, list(images), np.asarray(labels, dtype=bool),
+               multilabel, budget_seconds, progress, seed, threads or os.cpu_count() or 1, recipe or Recipe(),
+               started)
     return job.run()
 
 
@@ -130,6 +149,10 @@ def fine_tune(spec: backbone.BackboneSpec, models_dir: Path, images: Sequence[Ca
 
 class _OutOfTime(Exception):
     pass
+
+
+class _TooSlow(Exception):
+    """A larger backbone would not get ``Recipe.larger_epochs`` in the budget: the next smaller one is tuned."""
 
 
 @dataclass
@@ -148,12 +171,18 @@ class _Candidate:
 class _Job:
     """One fine-tuning run; the state shared by its stages."""
 
-    def __init__(self, spec: backbone.BackboneSpec, models_dir: Path, sources: list[Callable[[], bytes]],
-                 labels: np.ndarray, multilabel: bool, budget: float, progress: Progress | None, seed: int,
-                 threads: int, recipe: Recipe, started: float) -> None:
+    def __init__(self, spec: backbone.BackboneSpec, backbones: list[backbone.BackboneSpec], models_dir: Path,
+                 sources: list[Callable[[], bytes]], labels: np.ndarray, multilabel: bool, budget: float,
+                 progress: Progress | None, seed: int, threads: int, recipe: Recipe, started: float) -> None:
         if labels.ndim != 2 or len(labels) != len(sources) or labels.shape[1] < 2:
             raise ValueError(f"labels {labels.shape} do not match {len(sources)} images with at least two tags")
+        if not backbones:
+            raise ValueError("no backbone to fine-tune")
         self.spec, self.models_dir, self.sources, self.labels = spec, models_dir, sources, labels
+        # Largest first: each is tried only when it fits the budget well enough (:meth:`fine_tuning`).
+        self.backbones = sorted(dict.fromkeys(backbones), key=lambda b: b.image_size, reverse=True)
+        self.tune = self.backbones[-1]  # the backbone being fine-tuned
+        self.lda_seconds = 2.0  # a QuickClassifier fit on 2 cores (1.3-1.7 s), until one is timed
         self.multilabel, self.budget, self.seed, self.threads, self.recipe = multilabel, budget, seed, threads, recipe
         self.started = started
         self.deadline = started + budget * 0.97  # everything done by then; 3 % of slack for the unforeseen
@@ -184,20 +213,22 @@ class _Job:
 
     def run(self) -> FineTuneResult:
         t = time.perf_counter()
-        self.decoded, self.centre = self.decode()
+        self.decoded, self.centres = self.decode()
         t = self.timed("decoding", t)
-        self.stock = self.stock_embeddings()
+        self.ips: dict[str, float] = {}  # stock ONNX Runtime images per second, by backbone
+        self.stocks = {s.domain: self.stock_embeddings(s) for s in self.specs()}
+        self.stock = self.stocks[self.spec.domain]
         t = self.timed("stock embeddings", t)
         self.split()
         candidates: list[_Candidate] = []
         tuned = None
         self.tuned_wins = False
         try:
-            self.check_time()
+            self.check_time(self.backbones[-1])
             quick = self.quick = self.quick_candidate()
             candidates.append(quick)
             t = self.timed("quick head", t)
-            tuned = self.fine_tuning(quick.head)
+            tuned = self.fine_tuning()
             candidates.append(tuned)
         except _OutOfTime as exc:
             self.details["fineTuning"] = {**self.details.get("fineTuning", {}), "skipped": str(exc)}
@@ -221,7 +252,7 @@ class _Job:
                 "; the network was then trained again the same way on every image, validation split included, "
                 "and the two are served together (logits averaged), so the figures describe the first run alone")
         evaluation = (best.val_proba, self.labels[self.val].copy(), self.val.copy())
-        return FineTuneResult(onnx_bytes, best.head, evaluation, _jsonable(self.details))
+        return FineTuneResult(onnx_bytes, best.head, evaluation, _jsonable(self.details), self.tune)
 
     def quick_result(self) -> FineTuneResult:
         """A quick training: the quick head on every image, with its out-of-fold probabilities."""
@@ -237,56 +268,67 @@ class _Job:
         self.finish()
         rows = np.arange(len(self.labels))
         return FineTuneResult(None, model.head_, (model.oof_proba_, self.labels.copy(), rows),
-                              _jsonable(self.details))
+                              _jsonable(self.details), self.spec)
 
     def finish(self) -> None:
         self.seconds["total"] = round(time.perf_counter() - self.started, 3)
         self.details["seconds"] = self.seconds
 
-    def decode(self) -> tuple[list[Image.Image], np.ndarray]:
+    def specs(self) -> list[backbone.BackboneSpec]:
+        """The project's backbone and those that may be fine-tuned."""
+        return list(dict.fromkeys([self.spec, *self.backbones]))
+
+    def decode(self) -> tuple[list[Image.Image], dict[str, np.ndarray]]:
         """Every image: a copy no larger than needed for crops, and its centre crop as the server sees it
-        (:func:`backbone.preprocess`), stored as the uint8 pixels it is made of: (n, 3, S, S)."""
+        (:func:`backbone.preprocess`) for each backbone, stored as the uint8 pixels it is made of: (n, 3, S, S)."""
         n = len(self.sources)
-        spec = self.spec
+        specs = self.specs()
+        largest = max(s.resize for s in specs)
         self.report("decoding", 0, n)
 
-        def one(i: int) -> tuple[Image.Image, np.ndarray]:
+        def one(i: int) -> tuple[Image.Image, list[np.ndarray]]:
             try:
-                img = images.open_rgb(self.sources[i](), min_side=spec.resize)
+                data = self.sources[i]()
+                # Decoded per backbone as the server decodes it (JPEG draft mode depends on the size wanted).
+                opened = {s.resize: images.open_rgb(data, min_side=s.resize) for s in specs}
             except (ImageError, OSError) as exc:
                 message = exc.message if isinstance(exc, ImageError) else str(exc)
                 raise TrainingError(f"Training image {i} can no longer be decoded: {message}") from exc
-            centre = np.round(backbone.preprocess(img, spec) * 128 + 127).astype(np.uint8)  # exact
-            scale = spec.resize / min(img.size)
+            centres = [np.round(backbone.preprocess(opened[s.resize], s) * 128 + 127).astype(np.uint8)  # exact
+                       for s in specs]
+            img = opened[largest]
+            scale = largest / min(img.size)
             if scale < 1:  # keep a copy just large enough for random crops
                 img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                                  Image.Resampling.BICUBIC)
-            return img, centre
+            return img, centres
 
         decoded: list[Image.Image] = []
-        centre = np.zeros((n, 3, spec.image_size, spec.image_size), np.uint8)
+        centres = {s.domain: np.zeros((n, 3, s.image_size, s.image_size), np.uint8) for s in specs}
         with ThreadPoolExecutor(max(1, self.threads)) as pool:
-            for i, (img, arr) in enumerate(pool.map(one, range(n))):
+            for i, (img, arrays) in enumerate(pool.map(one, range(n))):
                 decoded.append(img)
-                centre[i] = arr
+                for s, arr in zip(specs, arrays, strict=True):
+                    centres[s.domain][i] = arr
                 if (i + 1) % 64 == 0:
                     self.report("decoding", i + 1, n)
         self.report("decoding", n, n)
-        return decoded, centre
+        return decoded, centres
 
-    def stock_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+    def stock_embeddings(self, spec: backbone.BackboneSpec) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.labels)
         self.report("embedding", 0, n)
-        embedder = backbone.Embedder(self.spec, self.models_dir, threads=self.threads)
+        embedder = backbone.Embedder(spec, self.models_dir, threads=self.threads)
+        centre = self.centres[spec.domain]
         plain, flipped = [], []
         started = time.perf_counter()
         for s in range(0, n, embedder.batch_size):
-            p, f = embedder.forward_pairs(_scaled(self.centre[s:s + embedder.batch_size]))
+            p, f = embedder.forward_pairs(_scaled(centre[s:s + embedder.batch_size]))
             plain.append(p)
             flipped.append(f)
             self.report("embedding", min(n, s + embedder.batch_size), n)
-        self.ort_images_per_second = 2 * n / max(time.perf_counter() - started, 1e-6)
-        self.details["stockImagesPerSecond"] = round(self.ort_images_per_second, 1)
+        self.ips[spec.domain] = 2 * n / max(time.perf_counter() - started, 1e-6)
+        self.details.setdefault("stockImagesPerSecond", {})[spec.model_name] = round(self.ips[spec.domain], 1)
         return np.concatenate(plain), np.concatenate(flipped)
 
     def split(self) -> None:
@@ -299,16 +341,20 @@ class _Job:
         self.train = np.flatnonzero(folds != 0)
         self.details["split"] = {"train": len(self.train), "validation": len(self.val), "folds": int(folds.max()) + 1}
 
-    def check_time(self) -> None:
-        """Raise :class:`_OutOfTime` unless ``min_epochs`` of fine-tuning fit in what is left (a guess from the
-        stock network's speed: a training step costs about four forwards of the trained part)."""
+    def check_time(self, spec: backbone.BackboneSpec) -> None:
+        """Raise :class:`_OutOfTime` unless ``min_epochs`` of fine-tuning ``spec`` fit in what is left (a guess
+        from the stock network's speed: a training step costs about four forwards of the trained part)."""
         n_train = len(self.train)
-        self.guess_step = 4 * min(self.recipe.batch_size, n_train) / self.ort_images_per_second
-        self.lda_seconds = 2.0  # a QuickClassifier fit on 2 cores (1.3-1.7 s), until one is timed
+        self.use(spec)
         steps = math.ceil(self.recipe.min_epochs * n_train / self.recipe.batch_size)
         need = self.lda_seconds + 2.0 + steps * self.guess_step + self.reserve(self.score_seconds(self.guess_step))
         if self.left() < need:
             raise _OutOfTime(f"{self.left():.1f} s left, about {need:.1f} s needed to fine-tune")
+
+    def use(self, spec: backbone.BackboneSpec) -> None:
+        """Make ``spec`` the backbone to fine-tune, with a first guess of its step time."""
+        self.tune = spec
+        self.guess_step = 4 * min(self.recipe.batch_size, len(self.train)) / self.ips[spec.domain]
 
     def reserve(self, score_seconds: float) -> float:
         """Seconds needed after training: a last validation score, then the export or (when fine-tuning
@@ -320,8 +366,9 @@ class _Job:
         return 2 * len(self.val) / min(self.recipe.batch_size, len(self.train)) * step_seconds / 3
 
     def export_seconds(self) -> float:
-        """~2 s per network for Lite0 on 2 cores, torch's tracing included (two once a refit is planned)."""
-        return (1.0 + 300 / self.ort_images_per_second) * (2 if self.refit else 1)
+        """~2 s per network for Lite0 on 2 cores, torch's tracing included (two once a refit is planned), more for
+        slower backbones."""
+        return (1.0 + 300 / self.ips[self.tune.domain]) * (2 if self.refit else 1)
 
     def quick_candidate(self) -> _Candidate:
         self.report("fitting head", 0, 1)
@@ -336,10 +383,50 @@ class _Job:
 
     # -- fine-tuning
 
-    def fine_tuning(self, warm_start: learn.LinearHead) -> _Candidate:
-        """Train on the training part, scored on the validation part; then, when two schedules fit in the
-        budget and fine-tuning won, the same schedule again from the start on every image (the refit)."""
+    def fine_tuning(self) -> _Candidate:
+        """Fine-tune the largest backbone that fits the budget well enough: a larger one when two schedules of
+        ``Recipe.larger_epochs`` fit at its measured speed (else the next smaller one; the smallest always)."""
+        choice = self.details["backboneChoice"] = []
+        for k, spec in enumerate(self.backbones):
+            smaller = self.backbones[k + 1] if k + 1 < len(self.backbones) else None
+            try:
+                tuned = self.fine_tune_backbone(spec, self.recipe.larger_epochs if smaller else None)
+            except _TooSlow as exc:
+                assert smaller is not None
+                choice.append(f"{spec.model_name} not fine-tuned: {exc}")
+                continue
+            choice.append(f"{spec.model_name} fine-tuned")
+            return tuned
+        raise AssertionError("the smallest backbone never raises _TooSlow")
+
+    def fine_tune_backbone(self, spec: backbone.BackboneSpec, must_fit: float | None) -> _Candidate:
+        """Train ``spec`` on the training part, scored on the validation part; then, when two schedules fit in the
+        budget and fine-tuning won, the same schedule again from the start on every image (the refit).
+        ``must_fit``: raise :class:`_TooSlow` unless two schedules of that many epochs fit."""
         import torch
+
+        if must_fit is not None:  # a first guess from the stock network's speed, before a network is built
+            self.use(spec)
+            epochs = self.epochs_that_fit(self.guess_step, len(self.train), min(self.recipe.batch_size,
+                                                                                 len(self.train)))
+            if epochs < must_fit:
+                raise _TooSlow(f"about {epochs:.1f} epochs per schedule would fit (guessed from its stock speed, "
+                               f"{self.ips[spec.domain]:.0f} images/s); it is fine-tuned when {must_fit:g} fit")
+        try:
+            self.check_time(spec)
+        except _OutOfTime as exc:
+            if must_fit is None:
+                raise
+            raise _TooSlow(str(exc)) from None
+        self.details["fineTunedBackbone"] = spec.model_name
+        stock = self.stocks[spec.domain]
+        if spec == self.spec:
+            warm_start = self.quick.head
+        else:  # the linear probe on this backbone's stock features
+            t = time.perf_counter()
+            warm_start = learn.QuickClassifier(multilabel=self.multilabel, seed=self.seed).fit(
+                stock[0][self.train], stock[1][self.train], self.labels[self.train]).head_
+            self.timed(f"linear probe on {spec.model_name}", t)
 
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
@@ -351,7 +438,8 @@ class _Job:
             self.timed("preparing", t)
             self.then = self.reserve(self.score_seconds(self.guess_step))
             log = net.train(self, self.train, self.deadline - self.reserve(self.score_seconds(self.guess_step)),
-                            self.recipe.max_epochs, validate=True, replan=self.plan)
+                            self.recipe.max_epochs, validate=True,
+                            replan=lambda step, n_rows, batch_size: self.plan(step, n_rows, batch_size, must_fit))
             self.details["fineTuning"] = {"recipe": asdict(self.recipe), **log, "refit": None}
             t = self.timed("fine-tuning", t)
             # One temperature on the validation logits: the trained head's raw probabilities are far too sure
@@ -367,8 +455,7 @@ class _Job:
                 # The same schedule on every image, served beside the first run (logits averaged). The validation
                 # figures stay those of the first run (the refit has seen the validation images).
                 self.report("preparing", 0, 1)
-                everything = learn.QuickClassifier(multilabel=self.multilabel, seed=self.seed).fit(*self.stock,
-                                                                                                    self.labels)
+                everything = learn.QuickClassifier(multilabel=self.multilabel, seed=self.seed).fit(*stock, self.labels)
                 refit = self.network(everything.head_, len(self.labels), precision=net.precision)
                 every = np.arange(len(self.labels))
                 best_epoch = log["bestStep"] * net.batch_size / len(self.train)
@@ -415,19 +502,31 @@ class _Job:
         return lead <= error
 
     def network(self, warm_start: learn.LinearHead, n_rows: int, precision: str | None = None) -> _Network:
-        return _Network(backbone.build_torch_model(self.spec), warm_start, self.recipe,
+        return _Network(backbone.build_torch_model(self.tune), warm_start, self.recipe,
                         batch_norm=min(self.recipe.batch_size, n_rows) >= 16, precision=precision)
 
-    def plan(self, step_seconds: float, n_rows: int, batch_size: int) -> tuple[float, float]:
-        """Once a step is timed: the end of the first schedule and its epochs. When two schedules of at least
-        ``refit_min_epochs`` fit (the training part, then every image), the first gets its share of the time
-        and ``self.refit`` is set; otherwise the first schedule has all the time."""
-        recipe = self.recipe
-        after = self.reserve(self.score_seconds(step_seconds))
-        available = self.left() - after
+    def epochs_that_fit(self, step_seconds: float, n_rows: int, batch_size: int) -> float:
+        """Epochs of each of two schedules (the training part, then every image) that fit in what is left."""
+        available = self.left() - self.reserve(self.score_seconds(step_seconds))
         epoch_part = math.ceil(n_rows / batch_size) * step_seconds * 1.05  # scoring: ~5 % on top
         epoch_all = math.ceil(len(self.labels) / batch_size) * step_seconds
-        both = min(recipe.max_epochs, available / (epoch_part + epoch_all))
+        return available / (epoch_part + epoch_all)
+
+    def plan(self, step_seconds: float, n_rows: int, batch_size: int,
+             must_fit: float | None = None) -> tuple[float, float]:
+        """Once a step is timed: the end of the first schedule and its epochs. When two schedules of at least
+        ``refit_min_epochs`` fit (the training part, then every image), the first gets its share of the time
+        and ``self.refit`` is set; otherwise the first schedule has all the time. Raises :class:`_TooSlow` when
+        fewer than ``must_fit`` epochs per schedule fit."""
+        recipe = self.recipe
+        after = self.reserve(self.score_seconds(step_seconds))
+        fit = self.epochs_that_fit(step_seconds, n_rows, batch_size)
+        if must_fit is not None and fit < must_fit:
+            raise _TooSlow(f"{fit:.1f} epochs per schedule fit at its measured {step_seconds:.2f} s per step; "
+                           f"it is fine-tuned when {must_fit:g} fit")
+        epoch_part = math.ceil(n_rows / batch_size) * step_seconds * 1.05
+        epoch_all = math.ceil(len(self.labels) / batch_size) * step_seconds
+        both = min(recipe.max_epochs, fit)
         self.refit = both >= recipe.refit_min_epochs
         self.then = after + (both * epoch_all if self.refit else 0.0)
         if self.refit:
@@ -436,13 +535,13 @@ class _Job:
 
     def batch(self, rows: np.ndarray) -> np.ndarray:
         """Augmented crops of images ``rows``: (len(rows), 3, S, S) float32."""
-        return np.stack([_random_view(self.decoded[i], self.spec, self.rng, self.recipe) for i in rows])
+        return np.stack([_random_view(self.decoded[i], self.tune, self.rng, self.recipe) for i in rows])
 
     def export(self) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "backbone.onnx"
             backbone.export_onnx(_side_by_side([n.exportable() for n in self.served], self.served[0].split), path,
-                                 self.spec.image_size)
+                                 self.tune)
             return path.read_bytes()
 
 
@@ -579,7 +678,7 @@ class _Network:
                                 self.linear.bias.detach().numpy().copy(), self.multilabel)
 
     def validation_logits(self, job: _Job) -> np.ndarray:
-        pixels = job.centre[job.val]
+        pixels = job.centres[job.tune.domain][job.val]
         return self.linear_head().decision_function(self.embed(pixels, False), self.embed(pixels, True))
 
     def state(self) -> dict:

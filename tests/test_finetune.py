@@ -45,7 +45,7 @@ def embed_through(result: finetune.FineTuneResult, paths: list[Path]) -> tuple[n
         if result.backbone_onnx is not None:
             onnx_file = Path(tmp) / "tuned.onnx"
             onnx_file.write_bytes(result.backbone_onnx)
-        embedder = backbone.Embedder(SPEC, MODELS, onnx_file=onnx_file, threads=2)
+        embedder = backbone.Embedder(result.spec, MODELS, onnx_file=onnx_file, threads=2)
         results = list(embedder.embed([p.read_bytes for p in paths]))
     assert all(r.error is None for r in results)
     return np.stack([r.plain for r in results]), np.stack([r.flipped for r in results])
@@ -185,3 +185,55 @@ def test_refits_on_every_image_when_two_schedules_fit(photo_set) -> None:
     plain, flipped = embed_through(result, [paths[i] for i in rows])
     assert plain.shape == (len(rows), 2 * backbone.EMBEDDING_DIM) and result.head.weights.shape[0] == plain.shape[1]
     assert np.abs(result.head.predict_proba(plain, flipped) - probabilities).max() > 1e-3
+
+
+def test_a_general_project_fine_tunes_lite0_when_lite2_would_not_fit(photo_set) -> None:
+    """A General (Lite2) project may be served a fine-tuned Lite0: the larger backbone is tuned only when two
+    schedules of ``larger_epochs`` fit. The served network then takes Lite0's input and says so."""
+    import onnx
+    import onnxruntime as ort
+
+    paths, labels = photo_set
+    general = backbone.BACKBONES["general"]
+    budget = 30.0
+    started = time.perf_counter()
+    result = finetune.fine_tune(general, MODELS, [p.read_bytes for p in paths], labels, multilabel=False,
+                                budget_seconds=budget, backbones=backbone.no_larger_than(general),
+                                recipe=finetune.Recipe(force_fine_tuned=True, refit_min_epochs=math.inf,
+                                                       larger_epochs=1000.0))
+    assert time.perf_counter() - started <= 1.1 * budget
+    details = result.details
+    assert details["backbone"] == "efficientnet-lite2" and details["fineTunedBackbone"] == "efficientnet-lite0"
+    assert details["backboneChoice"][0].startswith("efficientnet-lite2 not fine-tuned: about ")
+    assert details["backboneChoice"][1] == "efficientnet-lite0 fine-tuned"
+    assert set(details["stockImagesPerSecond"]) == {"efficientnet-lite2", "efficientnet-lite0"}
+    assert result.spec == SPEC and result.backbone_onnx is not None
+
+    session = ort.InferenceSession(result.backbone_onnx, providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [3, 224, 224]
+    props = {p.key: p.value for p in onnx.load_from_string(result.backbone_onnx).metadata_props}
+    assert props == {"domain": "general-compact", "backbone": "efficientnet-lite0"}
+    # The server's path with Lite0's preprocessing reproduces the validation probabilities of training.
+    probabilities, _, rows = result.evaluation
+    plain, flipped = embed_through(result, [paths[i] for i in rows])
+    np.testing.assert_allclose(result.head.predict_proba(plain, flipped), probabilities, atol=1e-4)
+    # The quick candidate it was compared with is the project's own Lite2 head.
+    assert [c["name"] for c in details["candidates"]] == ["quick", "fine-tuned"]
+
+
+def test_a_general_project_fine_tunes_lite2_when_it_fits(photo_set) -> None:
+    paths, labels = photo_set
+    general = backbone.BACKBONES["general"]
+    result = finetune.fine_tune(general, MODELS, [p.read_bytes for p in paths], labels, multilabel=False,
+                                budget_seconds=30.0, backbones=backbone.no_larger_than(general),
+                                recipe=finetune.Recipe(force_fine_tuned=True, refit_min_epochs=math.inf,
+                                                       larger_epochs=0.5))
+    assert result.details["backboneChoice"] == ["efficientnet-lite2 fine-tuned"]
+    assert result.spec == general and result.details["fineTunedBackbone"] == "efficientnet-lite2"
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_file = Path(tmp) / "tuned.onnx"
+        onnx_file.write_bytes(result.backbone_onnx)
+        assert backbone.spec_of(onnx_file) == general  # how the service knows what to feed it
+    probabilities, _, rows = result.evaluation
+    plain, flipped = embed_through(result, [paths[i] for i in rows])
+    np.testing.assert_allclose(result.head.predict_proba(plain, flipped), probabilities, atol=1e-4)

@@ -114,6 +114,7 @@ def test_train_performance_predict_and_embedding_cache(svc) -> None:
     add_classes(svc, "p", {"hat": 12, "shoes": 12, "pants": 12})
     first = svc.training.train("p")
     assert first.status == "Completed" and first.name == "Iteration 1" and first.image_count == 36
+    assert not first.fine_tuned and first.backbone == "efficientnet-lite0"  # the domain's, stock
     with pytest.raises(TrainingError) as same:
         svc.training.train("p")
     assert same.value.code == "BadRequestTrainingNotNeeded"
@@ -235,3 +236,22 @@ def test_training_progress_keeps_the_estimated_time_left(svc) -> None:
     view = svc.training.iterations("p")[0]
     assert "etaSeconds" not in view.progress and status_sentence(view).endswith(" so far.")
     assert progress_bar(view)["max"] == 300
+
+
+def test_a_fine_tuned_network_names_the_backbone_it_takes_input_for(svc) -> None:
+    """A General project's fine-tuned network may be Lite0: the service reads that from the network file (older
+    files say nothing: they were fine-tuned from their domain's backbone)."""
+    import onnx
+
+    from tagvision import backbone
+
+    lite0 = backbone.BACKBONES["general-compact"]
+    model = onnx.load(str(backbone.ensure_onnx(lite0, svc.ctx.settings.models_dir)))
+    del model.metadata_props[:]
+    silent = svc.ctx.blobs.put(model.SerializeToString())
+    onnx.helper.set_model_props(model, {"domain": "general-compact", "backbone": "efficientnet-lite0"})
+    named = svc.ctx.blobs.put(model.SerializeToString())
+    assert svc.ctx.spec("general") == backbone.BACKBONES["general"]
+    assert svc.ctx.spec("general", silent) == backbone.BACKBONES["general"]
+    assert svc.ctx.spec("general", named) == lite0
+    assert svc.ctx.embedder("general", named).spec == lite0

@@ -637,6 +637,10 @@ def test_advanced_training_from_the_train_page(page, server):
     view = httpx.get(server.training(f"/projects/{project_id}/iterations"), headers=server.training_headers).json()[0]
     assert view["status"] == "Completed" and view["trainingType"] == "Advanced" and view["metricsFrom"], view
     expect(page.locator("[data-metrics-from]")).to_have_text(f"Figures from: {view['metricsFrom']}.")
+    served = (f"{view['backbone']} fine-tuned" if view["fineTuned"]
+              else f"{view['backbone']}'s stock features and a linear head (fine-tuning did not beat them)")
+    assert view["backbone"] in ("efficientnet-lite0", "efficientnet-lite2"), view
+    expect(page.locator("[data-backbone]")).to_have_text(served)
     # Fine-tuned: figures from the held-out validation split; else it is a quick training, cross-validated.
     evaluated_on = "the validation split" if view["fineTuned"] else "cross-validation"
     expect(page.locator("[data-metrics-from]")).to_contain_text("validation split" if view["fineTuned"]

@@ -34,6 +34,7 @@ class Context:
     db: Database
     blobs: BlobStore
     _embedders: dict[str, backbone.Embedder] = field(default_factory=dict)
+    _tuned_specs: dict[str, backbone.BackboneSpec | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -43,13 +44,26 @@ class Context:
 
     def embedder(self, domain: str, tuned: str | None = None) -> backbone.Embedder:
         """The backbone serving ``domain`` (or the fine-tuned one in blob ``tuned``), loaded once per process."""
-        name = domains.backbone_for(domain)
         key = self.backbone_key(domain, tuned)
+        spec = self.spec(domain, tuned)
         with self._lock:
             if key not in self._embedders:
-                self._embedders[key] = backbone.Embedder(backbone.spec_for(name), self.settings.models_dir,
+                self._embedders[key] = backbone.Embedder(spec, self.settings.models_dir,
                                                          onnx_file=self.blobs.path(tuned) if tuned else None)
             return self._embedders[key]
+
+    def spec(self, domain: str, tuned: str | None = None) -> backbone.BackboneSpec:
+        """How the network serving ``domain`` (or the fine-tuned one in blob ``tuned``) wants its input: a
+        fine-tuned network names its backbone, which may be smaller than the domain's (advanced training of a
+        General project may fine-tune Lite0)."""
+        if tuned:
+            with self._lock:
+                if tuned not in self._tuned_specs:
+                    self._tuned_specs[tuned] = backbone.spec_of(self.blobs.path(tuned))
+                found = self._tuned_specs[tuned]
+            if found is not None:
+                return found
+        return backbone.spec_for(domains.backbone_for(domain))
 
     def backbone_key(self, domain: str, tuned: str | None = None) -> str:
         """Names cached embeddings: the exported model file's stem (model name + weights digest), or

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import select
 
-from tagvision import backbone, domains, export
+from tagvision import backbone, export
 from tagvision.errors import InvalidInput, NotFound, TrainingError
 from tagvision.learn import LinearHead
 from tagvision.service.context import Context, get_iteration, get_project
@@ -70,7 +70,7 @@ class Exports:
             name = f"{project.name}-{iteration.name}".replace(" ", "-")
             calibration_ids = list(iteration.details.get("imageIds", []))[:CALIBRATION_IMAGES]
             hashes = list(session.scalars(select(Image.sha256).where(Image.id.in_(calibration_ids))))
-        spec = backbone.spec_for(domains.backbone_for(domain))
+        spec = self.ctx.spec(domain, backbone_key)
         head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))
         model = export.build_classifier_onnx(spec, self.ctx.settings.models_dir, head, labels,
                                              iteration_id=iteration_id, project_name=name,

@@ -187,7 +187,8 @@ class Training:
         result = finetune.fine_tune(
             spec, self.ctx.settings.models_dir, [lambda h=h: self.ctx.blobs.get(h) for h in snapshot.hashes],
             snapshot.labels, multilabel=multilabel, budget_seconds=max(budget, 1.0),
-            progress=lambda stage, done, total, eta: progress(stage, done, total, eta=eta))
+            progress=lambda stage, done, total, eta: progress(stage, done, total, eta=eta),
+            backbones=backbone.no_larger_than(spec))
         probabilities, labels, rows = result.evaluation
         evaluation = Evaluation(np.asarray(probabilities), np.asarray(labels, dtype=bool),
                                 np.zeros(len(rows), dtype=np.int64), np.array(snapshot.image_ids)[np.asarray(rows)])
@@ -394,7 +395,17 @@ def iteration_view(iteration: Iteration) -> IterationView:
                          details.get("imageCount", 0), len(details.get("tags", [])),
                          iteration.reserved_budget_hours, iteration.publish_name, iteration.publish_resource_id,
                          details.get("progress") if iteration.status == "Training" else None,
-                         details.get("metricsFrom"), details.get("budgetSeconds"), iteration.backbone_blob is not None)
+                         details.get("metricsFrom"), details.get("budgetSeconds"), iteration.backbone_blob is not None,
+                         _served_backbone(iteration))
+
+
+def _served_backbone(iteration: Iteration) -> str:
+    """The network serving an iteration: the one fine-tuned (which may be smaller than the domain's), else the
+    domain's."""
+    tuned = (iteration.details or {}).get("advanced", {}).get("fineTunedBackbone")
+    if iteration.backbone_blob is not None and tuned:
+        return tuned
+    return backbone.spec_for(domains.backbone_for(iteration.domain)).model_name
 
 
 def _aware(when):

@@ -167,6 +167,7 @@ class IterationView:
     metrics_from: str | None = None  # what the performance figures were computed on
     budget_seconds: float | None = None  # advanced training's time budget
     fine_tuned: bool = False  # served by its own fine-tuned backbone (advanced training that beat the quick head)
+    backbone: str = ""  # the network serving it (e.g. efficientnet-lite0): the domain's, or the one fine-tuned
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -195,6 +196,7 @@ class IterationView:
             "metricsFrom": self.metrics_from,
             "budgetSeconds": self.budget_seconds,
             "fineTuned": self.fine_tuned,
+            "backbone": self.backbone,
         }
 
 
