@@ -505,12 +505,15 @@ class _Job:
         return _Network(backbone.build_torch_model(self.tune), warm_start, self.recipe,
                         batch_norm=min(self.recipe.batch_size, n_rows) >= 16, precision=precision)
 
+    def epoch_seconds(self, step_seconds: float, n_rows: int, batch_size: int) -> tuple[float, float]:
+        """Seconds of one epoch on the training part (scoring: ~5 % on top) and of one on every image."""
+        return (math.ceil(n_rows / batch_size) * step_seconds * 1.05,
+                math.ceil(len(self.labels) / batch_size) * step_seconds)
+
     def epochs_that_fit(self, step_seconds: float, n_rows: int, batch_size: int) -> float:
         """Epochs of each of two schedules (the training part, then every image) that fit in what is left."""
         available = self.left() - self.reserve(self.score_seconds(step_seconds))
-        epoch_part = math.ceil(n_rows / batch_size) * step_seconds * 1.05  # scoring: ~5 % on top
-        epoch_all = math.ceil(len(self.labels) / batch_size) * step_seconds
-        return available / (epoch_part + epoch_all)
+        return available / sum(self.epoch_seconds(step_seconds, n_rows, batch_size))
 
     def plan(self, step_seconds: float, n_rows: int, batch_size: int,
              must_fit: float | None = None) -> tuple[float, float]:
@@ -524,8 +527,7 @@ class _Job:
         if must_fit is not None and fit < must_fit:
             raise _TooSlow(f"{fit:.1f} epochs per schedule fit at its measured {step_seconds:.2f} s per step; "
                            f"it is fine-tuned when {must_fit:g} fit")
-        epoch_part = math.ceil(n_rows / batch_size) * step_seconds * 1.05
-        epoch_all = math.ceil(len(self.labels) / batch_size) * step_seconds
+        epoch_part, epoch_all = self.epoch_seconds(step_seconds, n_rows, batch_size)
         both = min(recipe.max_epochs, fit)
         self.refit = both >= recipe.refit_min_epochs
         self.then = after + (both * epoch_all if self.refit else 0.0)
