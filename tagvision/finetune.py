@@ -342,19 +342,16 @@ class _Job:
         self.details["split"] = {"train": len(self.train), "validation": len(self.val), "folds": int(folds.max()) + 1}
 
     def check_time(self, spec: backbone.BackboneSpec) -> None:
-        """Raise :class:`_OutOfTime` unless ``min_epochs`` of fine-tuning ``spec`` fit in what is left (a guess
-        from the stock network's speed: a training step costs about four forwards of the trained part)."""
+        """Make ``spec`` the backbone to fine-tune, with a first guess of its step time from the stock network's
+        speed (a training step costs about four forwards of the trained part); raise :class:`_OutOfTime` unless
+        ``min_epochs`` of it fit in what is left."""
         n_train = len(self.train)
-        self.use(spec)
+        self.tune = spec
+        self.guess_step = 4 * min(self.recipe.batch_size, n_train) / self.ips[spec.domain]
         steps = math.ceil(self.recipe.min_epochs * n_train / self.recipe.batch_size)
         need = self.lda_seconds + 2.0 + steps * self.guess_step + self.reserve(self.score_seconds(self.guess_step))
         if self.left() < need:
             raise _OutOfTime(f"{self.left():.1f} s left, about {need:.1f} s needed to fine-tune")
-
-    def use(self, spec: backbone.BackboneSpec) -> None:
-        """Make ``spec`` the backbone to fine-tune, with a first guess of its step time."""
-        self.tune = spec
-        self.guess_step = 4 * min(self.recipe.batch_size, len(self.train)) / self.ips[spec.domain]
 
     def reserve(self, score_seconds: float) -> float:
         """Seconds needed after training: a last validation score, then the export or (when fine-tuning
@@ -405,19 +402,18 @@ class _Job:
         ``must_fit``: raise :class:`_TooSlow` unless two schedules of that many epochs fit."""
         import torch
 
-        if must_fit is not None:  # a first guess from the stock network's speed, before a network is built
-            self.use(spec)
-            epochs = self.epochs_that_fit(self.guess_step, len(self.train), min(self.recipe.batch_size,
-                                                                                 len(self.train)))
-            if epochs < must_fit:
-                raise _TooSlow(f"about {epochs:.1f} epochs per schedule would fit (guessed from its stock speed, "
-                               f"{self.ips[spec.domain]:.0f} images/s); it is fine-tuned when {must_fit:g} fit")
         try:
             self.check_time(spec)
         except _OutOfTime as exc:
             if must_fit is None:
                 raise
             raise _TooSlow(str(exc)) from None
+        if must_fit is not None:  # a first guess from the stock network's speed, before a network is built
+            epochs = self.epochs_that_fit(self.guess_step, len(self.train), min(self.recipe.batch_size,
+                                                                                 len(self.train)))
+            if epochs < must_fit:
+                raise _TooSlow(f"about {epochs:.1f} epochs per schedule would fit (guessed from its stock speed, "
+                               f"{self.ips[spec.domain]:.0f} images/s); it is fine-tuned when {must_fit:g} fit")
         self.details["fineTunedBackbone"] = spec.model_name
         stock = self.stocks[spec.domain]
         if spec == self.spec:

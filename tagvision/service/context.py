@@ -70,8 +70,7 @@ class Context:
         ``tuned-<digest>`` for a fine-tuned backbone."""
         if tuned:
             return f"tuned-{tuned[:24]}"
-        spec = backbone.spec_for(domains.backbone_for(domain))
-        return backbone.onnx_path(spec, self.settings.models_dir).stem
+        return backbone.onnx_path(self.spec(domain), self.settings.models_dir).stem
 
     def close(self) -> None:
         self.db.close()

@@ -183,7 +183,7 @@ class Training:
         """Advanced training: fine-tune the backbone within ``budget`` seconds (tagvision.finetune)."""
         from tagvision import finetune
 
-        spec = backbone.spec_for(domains.backbone_for(domain))
+        spec = self.ctx.spec(domain)
         result = finetune.fine_tune(
             spec, self.ctx.settings.models_dir, [lambda h=h: self.ctx.blobs.get(h) for h in snapshot.hashes],
             snapshot.labels, multilabel=multilabel, budget_seconds=max(budget, 1.0),
