@@ -38,6 +38,7 @@ quickstart: venv
 
 lint: venv
 	$(BIN)/ruff check tagvision tests bench
+	$(BIN)/ruff format --check tagvision tests bench
 
 test: venv lint
 	$(BIN)/python -m pytest

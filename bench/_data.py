@@ -34,8 +34,11 @@ def require(*parts: str) -> Path:
     """``datasets_root()/parts``, or exit with status 2 naming the missing folder."""
     folder = datasets_root().joinpath(*parts)
     if not folder.is_dir():
-        print(f"Missing dataset folder: {folder} (see ../shared/datasets/README.md; "
-              "set TAGVISION_DATASETS to point elsewhere). Nothing measured.", file=sys.stderr)
+        print(
+            f"Missing dataset folder: {folder} (see ../shared/datasets/README.md; "
+            "set TAGVISION_DATASETS to point elsewhere). Nothing measured.",
+            file=sys.stderr,
+        )
         sys.exit(2)
     return folder
 
@@ -44,8 +47,12 @@ def list_split(dataset: str, split: str) -> tuple[list[tuple[Path, int]], list[s
     """The images of one split as (path, class index), sorted, and the class names (folder names)."""
     root = require(dataset, split)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    items = [(f, i) for i, name in enumerate(classes) for f in sorted((root / name).iterdir())
-             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    items = [
+        (f, i)
+        for i, name in enumerate(classes)
+        for f in sorted((root / name).iterdir())
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     return items, classes
 
 
@@ -68,8 +75,9 @@ def embed_files(embedder: backbone.Embedder, paths: Sequence[Path], label: str =
     return plain, flipped
 
 
-def cached_embeddings(dataset: str, split: str, paths: Sequence[Path], domain: str = "general-compact",
-                      models_dir: Path = MODELS_DIR) -> tuple[np.ndarray, np.ndarray]:
+def cached_embeddings(
+    dataset: str, split: str, paths: Sequence[Path], domain: str = "general-compact", models_dir: Path = MODELS_DIR
+) -> tuple[np.ndarray, np.ndarray]:
     """(plain, flipped) of ``paths`` from the cache, computing and storing them on a miss."""
     spec = backbone.BACKBONES[domain]
     key = backbone.onnx_path(spec, models_dir).stem

@@ -39,8 +39,10 @@ REFERENCE = {  # ../shared/datasets/README.md
 def draw_indices(labels: np.ndarray, k: int, draw: int) -> np.ndarray:
     """k indices per class (all of a class with fewer), with ``default_rng(draw)``."""
     rng = np.random.default_rng(draw)
-    picks = [rng.choice(np.flatnonzero(labels == c), size=min(k, int((labels == c).sum())), replace=False)
-             for c in range(labels.max() + 1)]
+    picks = [
+        rng.choice(np.flatnonzero(labels == c), size=min(k, int((labels == c).sum())), replace=False)
+        for c in range(labels.max() + 1)
+    ]
     return np.sort(np.concatenate(picks))
 
 
@@ -51,8 +53,9 @@ def load(dataset: str, split: str, models_dir: Path) -> tuple[np.ndarray, np.nda
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--datasets", nargs="+", choices=sorted(REFERENCE), default=list(REFERENCE))
     parser.add_argument("--draws", type=int, default=5, help="random draws per k (seeds 0..draws-1)")
     parser.add_argument("--ks", nargs="+", choices=KS, default=list(KS), help="images per class")
@@ -62,8 +65,10 @@ def main() -> None:
         for split in ("train", "test"):
             list_split(dataset, split)
 
-    header = f"{'dataset':<16}{'k':>4}{'draws':>6}{'ours %':>9}{'± sd':>6}{'ref %':>7}{'diff':>7}" \
-             f"{'shrinkage':>14}{'fit s':>7}"
+    header = (
+        f"{'dataset':<16}{'k':>4}{'draws':>6}{'ours %':>9}{'± sd':>6}{'ref %':>7}{'diff':>7}"
+        f"{'shrinkage':>14}{'fit s':>7}"
+    )
     table, checks = [], []
     for dataset in args.datasets:
         tr_plain, tr_flipped, tr_y, classes = load(dataset, "train", args.models_dir)
@@ -87,11 +92,15 @@ def main() -> None:
             mean, ref = float(np.mean(accuracies)), REFERENCE[dataset][k]
             low, high = min(shrinkages), max(shrinkages)
             shrink = f"{low:g}" if low == high else f"{low:g}-{high:g}"
-            table.append(f"{dataset:<16}{k:>4}{len(accuracies):>6}{mean:>9.1f}{np.std(accuracies):>6.1f}"
-                         f"{ref:>7.1f}{mean - ref:>+7.1f}{shrink:>14}{np.mean(seconds):>7.2f}")
+            table.append(
+                f"{dataset:<16}{k:>4}{len(accuracies):>6}{mean:>9.1f}{np.std(accuracies):>6.1f}"
+                f"{ref:>7.1f}{mean - ref:>+7.1f}{shrink:>14}{np.mean(seconds):>7.2f}"
+            )
 
-    print("\nTop-1 accuracy on test/ (QuickClassifier, flip augmentation + test-time flip), "
-          "mean over draws; ref = datasets README linear probe\n")
+    print(
+        "\nTop-1 accuracy on test/ (QuickClassifier, flip augmentation + test-time flip), "
+        "mean over draws; ref = datasets README linear probe\n"
+    )
     print(header)
     print("-" * len(header))
     print("\n".join(table))

@@ -49,22 +49,26 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1, help="seconds before each image answer (default 0.1)")
     args = parser.parse_args()
     train = require("clothing-small", "train")
-    photos = {tag: sorted((train / tag).iterdir())[:args.per_tag + 10] for tag in TAGS}
+    photos = {tag: sorted((train / tag).iterdir())[: args.per_tag + 10] for tag in TAGS}
     os.environ["TAGVISION_ALLOW_PRIVATE_URLS"] = "1"
     os.environ["TAGVISION_MODELS_DIR"] = str(MODELS_DIR)
     fake = make_openverse(photos)
     fake.image_latency = args.latency
     os.environ["TAGVISION_OPENVERSE_URL"] = fake.url
-    print(f"loopback Openverse, {args.latency * 1000:.0f} ms per image, real photos "
-          f"({sum(p.stat().st_size for ps in photos.values() for p in ps) / 1e6 / sum(map(len, photos.values())):.2f}"
-          f" MB each on average), {os.cpu_count()} cores")
+    print(
+        f"loopback Openverse, {args.latency * 1000:.0f} ms per image, real photos "
+        f"({sum(p.stat().st_size for ps in photos.values() for p in ps) / 1e6 / sum(map(len, photos.values())):.2f}"
+        f" MB each on average), {os.cpu_count()} cores"
+    )
     try:
         provider = OpenverseProvider(fake.url, min_interval=0.0)
         one = downloader_rate(provider, 1, args.per_tag)
         eight = downloader_rate(provider, 8, args.per_tag)
         print(f"downloader, 1 worker (baseline)   {one:6.1f} images/s")
-        print(f"downloader, 8 workers             {eight:6.1f} images/s   {eight / one:4.1f}x the baseline "
-              f"(ceiling {8 / args.latency:.0f}/s from latency alone)")
+        print(
+            f"downloader, 8 workers             {eight:6.1f} images/s   {eight / one:4.1f}x the baseline "
+            f"(ceiling {8 / args.latency:.0f}/s from latency alone)"
+        )
 
         with tempfile.TemporaryDirectory(prefix="tagvision-bench-acquire-") as tmp:
             svc = Service.open(Settings.load(Path(tmp)))
@@ -76,8 +80,10 @@ def main() -> None:
                 added = sum(t["added"] for t in view.to_json()["tags"])
                 assert view.status == "Completed", view.error
                 searches = len(fake.requests_to("/v1/images/"))
-                print(f"whole acquisition (3 tags x {args.per_tag})  {added / elapsed:6.1f} images/s   "
-                      f"{added} images in {elapsed:.1f} s, {searches} search pages at Openverse's 1 request/s")
+                print(
+                    f"whole acquisition (3 tags x {args.per_tag})  {added / elapsed:6.1f} images/s   "
+                    f"{added} images in {elapsed:.1f} s, {searches} search pages at Openverse's 1 request/s"
+                )
             finally:
                 svc.close()
     finally:

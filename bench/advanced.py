@@ -79,8 +79,9 @@ def served_accuracy(result: finetune.FineTuneResult, test) -> float:
     return 100 * float((predicted == np.array([c for _, c in test])).mean())
 
 
-def advanced(spec: backbone.BackboneSpec, train, classes: list[str], budget: float,
-             seed: int = 0) -> tuple[finetune.FineTuneResult, float]:
+def advanced(
+    spec: backbone.BackboneSpec, train, classes: list[str], budget: float, seed: int = 0
+) -> tuple[finetune.FineTuneResult, float]:
     y = np.array([c for _, c in train])
     last = [0.0]
 
@@ -91,17 +92,26 @@ def advanced(spec: backbone.BackboneSpec, train, classes: list[str], budget: flo
             print(f"    {stamp()} {stage} {done}/{total}, about {eta:.0f} s left", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    result = finetune.fine_tune(spec, MODELS_DIR, [p.read_bytes for p, _ in train], np.eye(len(classes), dtype=bool)[y],
-                                multilabel=False, budget_seconds=budget, progress=progress, seed=seed,
-                                backbones=backbone.no_larger_than(spec))
+    result = finetune.fine_tune(
+        spec,
+        MODELS_DIR,
+        [p.read_bytes for p, _ in train],
+        np.eye(len(classes), dtype=bool)[y],
+        multilabel=False,
+        budget_seconds=budget,
+        progress=progress,
+        seed=seed,
+        backbones=backbone.no_larger_than(spec),
+    )
     return result, time.perf_counter() - started
 
 
 # --------------------------------------------------------------------------- the peer
 
 
-def peer(spec: backbone.BackboneSpec, train, test, classes: list[str], budget: float, seed: int = 0) -> tuple[float,
-                                                                                                         dict]:
+def peer(
+    spec: backbone.BackboneSpec, train, test, classes: list[str], budget: float, seed: int = 0
+) -> tuple[float, dict]:
     """A plain full fine-tune as a practitioner writes it; returns test top-1 and what it did."""
     import torch
 
@@ -139,7 +149,7 @@ def peer(spec: backbone.BackboneSpec, train, test, classes: list[str], budget: f
     step(order[:batch])
     t0 = time.perf_counter()
     for s in range(1, probe):
-        step(order[s * batch:(s + 1) * batch])
+        step(order[s * batch : (s + 1) * batch])
     per_step = (time.perf_counter() - t0) / (probe - 1)
     left = budget - (time.perf_counter() - started) - 0.02 * budget - len(test) / 30  # leave time for testing
     epochs = max(1, int(left / (per_step * steps_per_epoch)))
@@ -151,43 +161,63 @@ def peer(spec: backbone.BackboneSpec, train, test, classes: list[str], budget: f
         for s in range(first, steps_per_epoch):
             for group in opt.param_groups:  # cosine annealing over the planned steps
                 group["lr"] = 3e-4 * 0.5 * (1 + math.cos(math.pi * done / total_steps))
-            step(order[s * batch:(s + 1) * batch])
+            step(order[s * batch : (s + 1) * batch])
             done += 1
     trained = time.perf_counter() - started
     model.eval()
     correct = 0
     with torch.no_grad():
         for s in range(0, len(test), 64):
-            chunk = test[s:s + 64]
+            chunk = test[s : s + 64]
             x = torch.from_numpy(np.stack([backbone.preprocess_bytes(p.read_bytes(), spec) for p, _ in chunk]))
             correct += int((model(x).argmax(1).numpy() == np.array([c for _, c in chunk])).sum())
-    return 100 * correct / len(test), {"epochs": epochs, "steps": done, "seconds_per_step": round(per_step, 3),
-                                       "train_seconds": round(trained, 1),
-                                       "total_seconds": round(time.perf_counter() - started, 1)}
+    return 100 * correct / len(test), {
+        "epochs": epochs,
+        "steps": done,
+        "seconds_per_step": round(per_step, 3),
+        "train_seconds": round(trained, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--datasets", nargs="+", choices=sorted(DEFAULT_BUDGETS), default=list(DEFAULT_BUDGETS))
-    parser.add_argument("--budgets", nargs="+", type=float, help="minutes, for every dataset "
-                        "(default: 2 5 10 for car-damage, 5 for clothing-small)")
+    parser.add_argument(
+        "--budgets",
+        nargs="+",
+        type=float,
+        help="minutes, for every dataset (default: 2 5 10 for car-damage, 5 for clothing-small)",
+    )
     parser.add_argument("--no-peer", action="store_true", help="skip the textbook fine-tune")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="advanced training once per seed "
-                        "(its validation split, shuffling and crops); test top-1 varies by about a point")
-    parser.add_argument("--domain", choices=sorted(backbone.BACKBONES), default="general-compact",
-                        help="the project's backbone: general-compact (Lite0) or general (Lite2, which may "
-                        "fine-tune Lite0 instead)")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="advanced training once per seed "
+        "(its validation split, shuffling and crops); test top-1 varies by about a point",
+    )
+    parser.add_argument(
+        "--domain",
+        choices=sorted(backbone.BACKBONES),
+        default="general-compact",
+        help="the project's backbone: general-compact (Lite0) or general (Lite2, which may fine-tune Lite0 instead)",
+    )
     args = parser.parse_args()
     spec = backbone.BACKBONES[args.domain]
     for dataset in args.datasets:  # exit 2 naming a missing folder before any work
         for split in ("train", "test"):
             list_split(dataset, split)
 
-    log(f"{stamp()} bench/advanced.py on {os.cpu_count()} cores; domain {args.domain} ({spec.model_name}); "
-        "test top-1 %")
-    header = (f"{'dataset':<16}{'method':<22}{'budget':>8}{'test %':>8}{'vs quick':>9}{'elapsed/budget':>16}"
-              "  chosen / notes")
+    log(
+        f"{stamp()} bench/advanced.py on {os.cpu_count()} cores; domain {args.domain} ({spec.model_name}); test top-1 %"
+    )
+    header = (
+        f"{'dataset':<16}{'method':<22}{'budget':>8}{'test %':>8}{'vs quick':>9}{'elapsed/budget':>16}  chosen / notes"
+    )
     rows = []
     for dataset in args.datasets:
         train, classes = list_split(dataset, "train")
@@ -209,24 +239,32 @@ def main() -> None:
             if "fineTunedBackbone" in d:
                 notes += f"; fine-tuned {d['fineTunedBackbone']}"
             if "epochs" in tuning:
-                notes += (f"; {tuning['epochs']} epochs ({tuning['precision']}, {tuning['secondsPerStep']} s/step, "
-                          f"stopped: {tuning['stopped']}, best at step {tuning['bestStep']} of {tuning['steps']})")
+                notes += (
+                    f"; {tuning['epochs']} epochs ({tuning['precision']}, {tuning['secondsPerStep']} s/step, "
+                    f"stopped: {tuning['stopped']}, best at step {tuning['bestStep']} of {tuning['steps']})"
+                )
                 if tuning.get("refit"):
                     notes += f"; refit on every image: {tuning['refit']['epochs']} epochs; served: {tuning['served']}"
             if "choice" in d:
-                notes += (f"; quick's lead {100 * d['choice']['quickLead']:+.1f} vs one standard error "
-                          f"{100 * d['choice']['standardError']:.1f}")
+                notes += (
+                    f"; quick's lead {100 * d['choice']['quickLead']:+.1f} vs one standard error "
+                    f"{100 * d['choice']['standardError']:.1f}"
+                )
             method = "advanced" if args.seeds == [0] else f"advanced (seed {seed})"
-            rows.append(f"{dataset:<16}{method:<22}{f'{minutes:g} min':>8}{accuracy:>8.1f}{accuracy - base:>+9.1f}"
-                        f"{f'{elapsed:.0f}/{minutes * 60:.0f} = {elapsed / (minutes * 60):.3f}':>16}  {notes}")
+            rows.append(
+                f"{dataset:<16}{method:<22}{f'{minutes:g} min':>8}{accuracy:>8.1f}{accuracy - base:>+9.1f}"
+                f"{f'{elapsed:.0f}/{minutes * 60:.0f} = {elapsed / (minutes * 60):.3f}':>16}  {notes}"
+            )
             log(f"{rows[-1]}   [{stamp()}]")
         if not args.no_peer:
             minutes = max(budgets)
             accuracy, info = peer(spec, train, test, classes, minutes * 60)
             spent = f"{info['total_seconds']:.0f}/{minutes * 60:.0f}"
-            rows.append(f"{dataset:<16}{'peer (textbook FT)':<22}{f'{minutes:g} min':>8}{accuracy:>8.1f}"
-                        f"{accuracy - base:>+9.1f}{spent:>16}  "
-                        f"{info['epochs']} epochs, {info['steps']} steps, {info['seconds_per_step']} s/step")
+            rows.append(
+                f"{dataset:<16}{'peer (textbook FT)':<22}{f'{minutes:g} min':>8}{accuracy:>8.1f}"
+                f"{accuracy - base:>+9.1f}{spent:>16}  "
+                f"{info['epochs']} epochs, {info['steps']} steps, {info['seconds_per_step']} s/step"
+            )
             log(f"{rows[-1]}   [{stamp()}]")
     log(f"\n{stamp()} summary\n{header}\n" + "\n".join(rows))
 

@@ -46,8 +46,9 @@ def best_rate(fn, n: int, repeats: int) -> tuple[float, object]:
 
 def main() -> None:
     cores = os.cpu_count() or 1
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=512, help="photos from clothing-small/train")
     parser.add_argument("--batch-size", type=int, default=16, help="images per network batch (2x rows)")
     parser.add_argument("--decode-threads", type=int, default=max(2, cores), help="decode thread pool")
@@ -61,8 +62,9 @@ def main() -> None:
     paths = [items[i][0] for i in picks]  # spread over every class folder
     n, bs = len(paths), args.batch_size
     spec = backbone.BACKBONES["general-compact"]
-    embedder = make_embedder(models_dir=args.models_dir, threads=args.threads, batch_size=bs,
-                             decode_threads=args.decode_threads)
+    embedder = make_embedder(
+        models_dir=args.models_dir, threads=args.threads, batch_size=bs, decode_threads=args.decode_threads
+    )
 
     # Warm-up: ONNX Runtime's first runs, the decode pool, the file cache.
     list(embedder.embed([p.read_bytes for p in paths[: 2 * bs]]))
@@ -72,8 +74,9 @@ def main() -> None:
             return np.stack(list(pool.map(lambda p: backbone.preprocess_bytes(p.read_bytes(), spec), paths)))
 
     def ceiling() -> np.ndarray:
-        return np.concatenate([np.concatenate(embedder.forward_pairs(arrays[s:s + bs]), axis=1)
-                               for s in range(0, n, bs)])
+        return np.concatenate(
+            [np.concatenate(embedder.forward_pairs(arrays[s : s + bs]), axis=1) for s in range(0, n, bs)]
+        )
 
     def pipeline() -> np.ndarray:
         out = np.zeros((n, 2 * spec.dim), np.float32)
@@ -91,22 +94,32 @@ def main() -> None:
     def met(ok: bool) -> str:
         return "yes" if ok else "NO"
 
-    print(f"\nEmbedding throughput: {n} photos of clothing-small/train, {spec.model_name} "
-          f"{spec.image_size}px, plain + mirrored per image")
-    print(f"{cores} cores; ONNX Runtime threads {args.threads}, decode threads {args.decode_threads}, "
-          f"batch {bs} images ({2 * bs} rows); best of {args.repeats} passes\n")
+    print(
+        f"\nEmbedding throughput: {n} photos of clothing-small/train, {spec.model_name} "
+        f"{spec.image_size}px, plain + mirrored per image"
+    )
+    print(
+        f"{cores} cores; ONNX Runtime threads {args.threads}, decode threads {args.decode_threads}, "
+        f"batch {bs} images ({2 * bs} rows); best of {args.repeats} passes\n"
+    )
     print(f"{'stage':<50}{'images/s':>10}{'ms/image':>10}  {'target':<10}{'met':>4}")
     print("-" * 86)
     rows = [
         ("decode + preprocess only (thread pool, no network)", decode_rate, "", ""),
         ("ceiling: forward_pairs on ready arrays", ceiling_rate, "", ""),
-        ("pipeline: Embedder.embed, files -> embeddings", pipeline_rate,
-         f">= {TARGET_RATE:.0f}", met(pipeline_rate >= TARGET_RATE)),
+        (
+            "pipeline: Embedder.embed, files -> embeddings",
+            pipeline_rate,
+            f">= {TARGET_RATE:.0f}",
+            met(pipeline_rate >= TARGET_RATE),
+        ),
     ]
     for name, rate, target, ok in rows:
         print(f"{name:<50}{rate:>10.1f}{1000 / rate:>10.2f}  {target:<10}{ok:>4}")
-    print(f"{'pipeline / ceiling':<50}{ratio:>10.2f}{'':>10}  {'>= ' + str(TARGET_RATIO):<10}"
-          f"{met(ratio >= TARGET_RATIO):>4}")
+    print(
+        f"{'pipeline / ceiling':<50}{ratio:>10.2f}{'':>10}  {'>= ' + str(TARGET_RATIO):<10}"
+        f"{met(ratio >= TARGET_RATIO):>4}"
+    )
     print(f"\nmax |pipeline - ceiling| over all embeddings: {difference:.2e} (same numbers expected)")
 
 

@@ -41,7 +41,7 @@ def measure(model: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, flo
         model.run(None, {"data": row[None]})
         single.append((time.perf_counter() - started) * 1000)
     started = time.perf_counter()
-    out = np.concatenate([model.run(None, {"data": x[i:i + 16]})[0] for i in range(0, len(x), 16)])
+    out = np.concatenate([model.run(None, {"data": x[i : i + 16]})[0] for i in range(0, len(x), 16)])
     return out, float(np.percentile(single, 50)), len(x) / (time.perf_counter() - started)
 
 
@@ -57,8 +57,12 @@ def main() -> None:
         head = QuickClassifier(multilabel=False).fit(plain, flipped, labels).head_
         fp32 = export.build_classifier_onnx(SPEC, MODELS_DIR, head, classes)
         rng = np.random.default_rng(0)
-        calibration = np.stack([backbone.preprocess_bytes(train[i][0].read_bytes(), SPEC)
-                                for i in rng.choice(len(train), 64, replace=False)])
+        calibration = np.stack(
+            [
+                backbone.preprocess_bytes(train[i][0].read_bytes(), SPEC)
+                for i in rng.choice(len(train), 64, replace=False)
+            ]
+        )
         started = time.perf_counter()
         int8 = export.quantize_int8(fp32, calibration)
         quantised_in = time.perf_counter() - started
@@ -66,15 +70,23 @@ def main() -> None:
         y = np.array([c for _, c in test])
         p32, ms32, rate32 = measure(session(fp32), x)
         p8, ms8, rate8 = measure(session(int8), x)
-        print(f"\n{dataset}: {len(train)} train / {len(test)} test photos, {len(classes)} tags; "
-              f"quantised in {quantised_in:.1f} s")
-        print(f"  float32  top-1 {(p32.argmax(1) == y).mean():6.1%}   {len(fp32) / 1e6:5.1f} MB   "
-              f"batch-1 p50 {ms32:5.1f} ms   {rate32:6.1f} images/s")
-        print(f"  int8     top-1 {(p8.argmax(1) == y).mean():6.1%}   {len(int8) / 1e6:5.1f} MB   "
-              f"batch-1 p50 {ms8:5.1f} ms   {rate8:6.1f} images/s")
-        print(f"  int8 vs float32: top-1 agreement {(p8.argmax(1) == p32.argmax(1)).mean():.1%}, largest "
-              f"probability gap {np.abs(p8 - p32).max():.3f}, size {len(int8) / len(fp32):.2f}x, "
-              f"latency {ms32 / ms8:.2f}x faster, throughput {rate8 / rate32:.2f}x")
+        print(
+            f"\n{dataset}: {len(train)} train / {len(test)} test photos, {len(classes)} tags; "
+            f"quantised in {quantised_in:.1f} s"
+        )
+        print(
+            f"  float32  top-1 {(p32.argmax(1) == y).mean():6.1%}   {len(fp32) / 1e6:5.1f} MB   "
+            f"batch-1 p50 {ms32:5.1f} ms   {rate32:6.1f} images/s"
+        )
+        print(
+            f"  int8     top-1 {(p8.argmax(1) == y).mean():6.1%}   {len(int8) / 1e6:5.1f} MB   "
+            f"batch-1 p50 {ms8:5.1f} ms   {rate8:6.1f} images/s"
+        )
+        print(
+            f"  int8 vs float32: top-1 agreement {(p8.argmax(1) == p32.argmax(1)).mean():.1%}, largest "
+            f"probability gap {np.abs(p8 - p32).max():.3f}, size {len(int8) / len(fp32):.2f}x, "
+            f"latency {ms32 / ms8:.2f}x faster, throughput {rate8 / rate32:.2f}x"
+        )
 
 
 if __name__ == "__main__":

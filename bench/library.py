@@ -55,8 +55,10 @@ def name_search(root: Path, classes: list[str], counts: Counter) -> None:
         took = time.perf_counter() - started
         returned = sum(found.values())
         others = ", ".join(f"{k} {v}" for k, v in found.most_common() if k != name) or "-"
-        print(f"{name:<12}{counts[name]:>7}{returned:>10}{found[name] / max(returned, 1):>11.3f}"
-              f"{found[name] / counts[name]:>8.3f}  {others}  ({took * 1000:.0f} ms)")
+        print(
+            f"{name:<12}{counts[name]:>7}{returned:>10}{found[name] / max(returned, 1):>11.3f}"
+            f"{found[name] / counts[name]:>8.3f}  {others}  ({took * 1000:.0f} ms)"
+        )
 
 
 def anonymise(paths: list[Path], folder: Path) -> list[str]:
@@ -81,13 +83,16 @@ def offline(vectors: np.ndarray, labels: np.ndarray, seeds: np.ndarray, top: int
     rest = np.setdiff1d(np.arange(len(labels)), seeds)
     sims = vectors[rest] @ vectors[seeds].T
     c = labels[seeds[0]]
-    return {rule: float(np.mean(labels[rest[np.argsort(-score(sims), kind="stable")[:top]]] == c))
-            for rule, score in RULES.items()}
+    return {
+        rule: float(np.mean(labels[rest[np.argsort(-score(sims), kind="stable")[:top]]] == c))
+        for rule, score in RULES.items()
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=5, help="seed photos per class")
     parser.add_argument("--top", type=int, default=50, help="precision@top")
@@ -119,7 +124,7 @@ def main() -> None:
                 started = time.perf_counter()
                 found = [index[x.provider_id] for x in provider.search(name, args.top + args.seeds)]
                 timings.append(time.perf_counter() - started)
-                top = [i for i in found if i not in set(seeds)][:args.top]
+                top = [i for i in found if i not in set(seeds)][: args.top]
                 results["provider"][draw, c] = np.mean(labels[top] == c)
                 for rule, value in offline(vectors, labels, seeds, args.top).items():
                     results[rule][draw, c] = value
@@ -131,27 +136,42 @@ def main() -> None:
         next(iter(fresh.search(classes[-1], 1)))
         reload = time.perf_counter() - started
 
-    print(f"\n2. More like these: {len(paths)} photos under hashed names, {args.seeds} seeds per class, "
-          f"precision@{args.top}, mean ± sd over {args.draws} draws")
+    print(
+        f"\n2. More like these: {len(paths)} photos under hashed names, {args.seeds} seeds per class, "
+        f"precision@{args.top}, mean ± sd over {args.draws} draws"
+    )
     print(f"{'class':<12}" + "".join(f"{k:>16}" for k in columns))
     for c, name in enumerate(classes):
         print(f"{name:<12}" + "".join(f"{v[:, c].mean():>9.3f} ± {v[:, c].std():.3f}" for v in results.values()))
-    print(f"{'mean':<12}" + "".join(f"{v.mean(axis=1).mean():>9.3f} ± {v.mean(axis=1).std():.3f}"
-                                    for v in results.values()))
+    print(
+        f"{'mean':<12}"
+        + "".join(f"{v.mean(axis=1).mean():>9.3f} ± {v.mean(axis=1).std():.3f}" for v in results.values())
+    )
     gap = np.abs(results["provider"] - results["centroid"]).max()
-    print(f"(provider: LibraryProvider.search end to end; the rules: rankings from the cached split embeddings; "
-          f"sd of the class mean over draws; largest provider-centroid gap {gap:.3f})")
-    print(f"\nTimings: first search (embeds {len(paths)} photos) {timings[0]:.1f} s = "
-          f"{len(paths) / timings[0]:.0f} images/s; cached searches median {np.median(timings[1:]) * 1000:.0f} ms "
-          f"(max {max(timings[1:]) * 1000:.0f} ms); fresh provider from the disk cache {reload * 1000:.0f} ms "
-          "(scan + load + search)")
+    print(
+        f"(provider: LibraryProvider.search end to end; the rules: rankings from the cached split embeddings; "
+        f"sd of the class mean over draws; largest provider-centroid gap {gap:.3f})"
+    )
+    print(
+        f"\nTimings: first search (embeds {len(paths)} photos) {timings[0]:.1f} s = "
+        f"{len(paths) / timings[0]:.0f} images/s; cached searches median {np.median(timings[1:]) * 1000:.0f} ms "
+        f"(max {max(timings[1:]) * 1000:.0f} ms); fresh provider from the disk cache {reload * 1000:.0f} ms "
+        "(scan + load + search)"
+    )
 
     print(f"\n3. Scoring rules, mean precision@{args.top} over 10 classes x {args.sweep_draws} draws")
     print(f"{'seeds':<8}" + "".join(f"{k:>12}" for k in RULES))
     for k in (3, 5, 10, 20):
-        scores = [offline(vectors, labels, np.random.default_rng(draw).choice(np.flatnonzero(labels == c), k,
-                                                                              replace=False), args.top)
-                  for draw in range(args.sweep_draws) for c in range(len(classes))]
+        scores = [
+            offline(
+                vectors,
+                labels,
+                np.random.default_rng(draw).choice(np.flatnonzero(labels == c), k, replace=False),
+                args.top,
+            )
+            for draw in range(args.sweep_draws)
+            for c in range(len(classes))
+        ]
         print(f"{k:<8}" + "".join(f"{np.mean([s[rule] for s in scores]):>12.3f}" for rule in RULES))
 
 

@@ -44,9 +44,13 @@ TAGS = ("dress", "hat", "pants", "shoes")
 
 def start_server(data_dir: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
     env = {**os.environ, "TAGVISION_MODELS_DIR": str(MODELS_DIR)}
-    process = subprocess.Popen([sys.executable, "-m", "tagvision.cli", "serve", "--port", "0", "--no-access-log",
-                                "--data-dir", str(data_dir)], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=open(data_dir / "server.log", "wb"))  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tagvision.cli", "serve", "--port", "0", "--no-access-log", "--data-dir", str(data_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(data_dir / "server.log", "wb"),  # noqa: SIM115
+    )
     for _ in range(600):
         if (data_dir / "server.json").exists():
             endpoint = json.loads((data_dir / "server.json").read_text())["endpoint"]
@@ -64,8 +68,11 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str, dict[str, str]]
 
 def prepare(endpoint: str, keys: dict[str, str], train_dir: Path) -> str:
     """Create, fill, train and publish a project through the API; returns its id."""
-    t = httpx.Client(base_url=f"{endpoint}/customvision/v3.4-preview/training",
-                     headers={"Training-Key": keys["trainingKey"]}, timeout=120)
+    t = httpx.Client(
+        base_url=f"{endpoint}/customvision/v3.4-preview/training",
+        headers={"Training-Key": keys["trainingKey"]},
+        timeout=120,
+    )
     project = t.post("/projects", params={"name": "bench-serve", "domainId": COMPACT}).raise_for_status().json()
     pid = project["id"]
     for tag in TAGS:
@@ -77,8 +84,10 @@ def prepare(endpoint: str, keys: dict[str, str], train_dir: Path) -> str:
         time.sleep(0.2)
         iteration = t.get(f"/projects/{pid}/iterations/{iteration['id']}").raise_for_status().json()
     assert iteration["status"] == "Completed", iteration
-    t.post(f"/projects/{pid}/iterations/{iteration['id']}/publish",
-           params={"publishName": "bench", "predictionId": "bench"}).raise_for_status()
+    t.post(
+        f"/projects/{pid}/iterations/{iteration['id']}/publish",
+        params={"publishName": "bench", "predictionId": "bench"},
+    ).raise_for_status()
     return pid
 
 
@@ -87,8 +96,9 @@ def percentiles(ms: list[float]) -> str:
     return f"p50 {np.percentile(a, 50):6.1f} ms   p99 {np.percentile(a, 99):6.1f} ms"
 
 
-def run_clients(url: str, headers: dict[str, str], photos: list[bytes], clients: int,
-                requests: int) -> tuple[list[float], float]:
+def run_clients(
+    url: str, headers: dict[str, str], photos: list[bytes], clients: int, requests: int
+) -> tuple[list[float], float]:
     latencies: list[float] = []
     lock = threading.Lock()
     per_client = requests // clients
@@ -123,8 +133,7 @@ def main() -> None:
     train_dir, test_dir = require("clothing-small", "train"), require("clothing-small", "test")
     photos = [p.read_bytes() for tag in TAGS for p in sorted((test_dir / tag).iterdir())[:10]]
     sizes = Counter(Image.open(io.BytesIO(data)).size for data in photos)
-    print(f"{len(photos)} test photos, sizes {dict(sizes.most_common(3))}, "
-          f"{os.cpu_count()} cores")
+    print(f"{len(photos)} test photos, sizes {dict(sizes.most_common(3))}, {os.cpu_count()} cores")
 
     with tempfile.TemporaryDirectory(prefix="tagvision-bench-serve-") as tmp:
         data_dir = Path(tmp)
@@ -132,8 +141,9 @@ def main() -> None:
         try:
             started = time.perf_counter()
             pid = prepare(endpoint, keys, train_dir)
-            print(f"project created, 80 images uploaded, trained and published in "
-                  f"{time.perf_counter() - started:.1f} s")
+            print(
+                f"project created, 80 images uploaded, trained and published in {time.perf_counter() - started:.1f} s"
+            )
 
             os.environ["TAGVISION_MODELS_DIR"] = str(MODELS_DIR)
             svc = Service.open(Settings.load(data_dir))
@@ -161,15 +171,23 @@ def main() -> None:
 
     engine_p50, engine_rate = float(np.percentile(engine, 50)), 1000 / float(np.mean(engine))
     print(f"\nengine (in process, no HTTP)   {percentiles(engine)}   {engine_rate:6.1f} pred/s")
-    rows = [("1 client, nostore", one_nostore, rate1n), ("1 client, stored", one_stored, rate1s),
-            ("8 clients, nostore", eight_nostore, rate8n), ("8 clients, stored", eight_stored, rate8s)]
+    rows = [
+        ("1 client, nostore", one_nostore, rate1n),
+        ("1 client, stored", one_stored, rate1s),
+        ("8 clients, nostore", eight_nostore, rate8n),
+        ("8 clients, stored", eight_stored, rate8s),
+    ]
     for name, latencies, rate in rows:
         overhead = np.percentile(latencies, 50) / engine_p50
-        print(f"HTTP {name:<21} {percentiles(latencies)}   {rate:6.1f} pred/s   "
-              f"p50 / engine p50 {overhead:4.2f}x   rate / engine rate {rate / engine_rate:4.2f}x")
+        print(
+            f"HTTP {name:<21} {percentiles(latencies)}   {rate:6.1f} pred/s   "
+            f"p50 / engine p50 {overhead:4.2f}x   rate / engine rate {rate / engine_rate:4.2f}x"
+        )
     p50 = float(np.percentile(one_stored, 50))
-    print(f"\ntargets: p50 at 1 client (stored) {p50:.1f} ms (< 25 ms: {'yes' if p50 < 25 else 'NO'}), "
-          f"8 clients (stored) {rate8s:.1f} pred/s (> 40: {'yes' if rate8s > 40 else 'NO'})")
+    print(
+        f"\ntargets: p50 at 1 client (stored) {p50:.1f} ms (< 25 ms: {'yes' if p50 < 25 else 'NO'}), "
+        f"8 clients (stored) {rate8s:.1f} pred/s (> 40: {'yes' if rate8s > 40 else 'NO'})"
+    )
 
 
 if __name__ == "__main__":

@@ -69,8 +69,10 @@ def prepare(svc: Service) -> None:
     started = time.perf_counter()
     summary = svc.images.add(PROJECT, items)
     refused = len(items) - summary.count("OK") - summary.count("OKDuplicate")
-    print(f"Imported {len(items)} files in {time.perf_counter() - started:.1f} s: {summary.count('OK')} added, "
-          f"{summary.count('OKDuplicate')} duplicates (same bytes), {refused} refused.")
+    print(
+        f"Imported {len(items)} files in {time.perf_counter() - started:.1f} s: {summary.count('OK')} added, "
+        f"{summary.count('OKDuplicate')} duplicates (same bytes), {refused} refused."
+    )
 
 
 def retrain_child(args: argparse.Namespace) -> None:
@@ -98,17 +100,31 @@ def retrain_child(args: argparse.Namespace) -> None:
     loaded = time.perf_counter()
     learn.QuickClassifier().fit(plain, flipped, snapshot.labels)
     fitted = time.perf_counter()
-    print(json.dumps({"runs": runs, "rss_before": before, "rss_peak": peak, "images": len(plain),
-                      "tags": int(np.asarray(snapshot.labels).shape[1]),
-                      "load": loaded - started, "fit": fitted - loaded}))
+    print(
+        json.dumps(
+            {
+                "runs": runs,
+                "rss_before": before,
+                "rss_peak": peak,
+                "images": len(plain),
+                "tags": int(np.asarray(snapshot.labels).shape[1]),
+                "load": loaded - started,
+                "fit": fitted - loaded,
+            }
+        )
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=3, help="timed forced re-trains")
-    parser.add_argument("--data-dir", type=Path, help="data dir to use and keep (default: a temporary one); "
-                        "a project already imported there is reused")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="data dir to use and keep (default: a temporary one); a project already imported there is reused",
+    )
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="ONNX export cache")
     parser.add_argument("--retrain-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,26 +139,43 @@ def main() -> None:
         prepare(svc)
         started = time.perf_counter()
         first = details(svc, svc.training.train(PROJECT, force=True).id)
-        print(f"First training (caches embeddings): {time.perf_counter() - started:.1f} s, "
-              f"embeddingsComputed {first['embeddingsComputed']}, seconds {first['seconds']}")
+        print(
+            f"First training (caches embeddings): {time.perf_counter() - started:.1f} s, "
+            f"embeddingsComputed {first['embeddingsComputed']}, seconds {first['seconds']}"
+        )
         svc.close()
         parent_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
-        command = [sys.executable, __file__, "--retrain-child", "--runs", str(args.runs),
-                   "--data-dir", str(data_dir), "--models-dir", str(args.models_dir)]
+        command = [
+            sys.executable,
+            __file__,
+            "--retrain-child",
+            "--runs",
+            str(args.runs),
+            "--data-dir",
+            str(data_dir),
+            "--models-dir",
+            str(args.models_dir),
+        ]
         out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
         child = json.loads(out.splitlines()[-1])
 
     runs = child["runs"]
     walls = [r["wall"] for r in runs]
-    print(f"\nQuick training on all of {DATASET}: {child['images']} images, {child['tags']} tags, "
-          f"embeddings cached; {len(runs)} forced re-trains in a fresh process\n")
-    print(f"{'run':<6}{'wall s':>8}{'cache check s':>15}{'load+fit+CV s':>15}{'other s':>9}"
-          f"{'embeddingsComputed':>20}{'shrinkage':>11}")
+    print(
+        f"\nQuick training on all of {DATASET}: {child['images']} images, {child['tags']} tags, "
+        f"embeddings cached; {len(runs)} forced re-trains in a fresh process\n"
+    )
+    print(
+        f"{'run':<6}{'wall s':>8}{'cache check s':>15}{'load+fit+CV s':>15}{'other s':>9}"
+        f"{'embeddingsComputed':>20}{'shrinkage':>11}"
+    )
     for i, r in enumerate(runs, 1):
         s = r["seconds"]
-        print(f"{i:<6}{r['wall']:>8.2f}{s['embedding']:>15.3f}{s['fitting']:>15.3f}"
-              f"{r['wall'] - s['embedding'] - s['fitting']:>9.3f}{r['embeddingsComputed']:>20}{r['shrinkage']:>11}")
+        print(
+            f"{i:<6}{r['wall']:>8.2f}{s['embedding']:>15.3f}{s['fitting']:>15.3f}"
+            f"{r['wall'] - s['embedding'] - s['fitting']:>9.3f}{r['embeddingsComputed']:>20}{r['shrinkage']:>11}"
+        )
     median = statistics.median(walls)
     fitting = statistics.median(r["seconds"]["fitting"] for r in runs)
     print(f"\n{'figure':<64}{'value':>10}  {'target':<10}met")
@@ -154,18 +187,28 @@ def main() -> None:
         ("fraction outside it (cache check, snapshot, store artifacts)", 1 - fitting / median, "", None),
         ("  load cached embeddings from the store, once (s)", child["load"], "", None),
         ("  QuickClassifier.fit incl. 5-fold CV, once (s)", child["fit"], "", None),
-        ("peak RSS (ru_maxrss), this process: import + 1st training (MB)", parent_peak, f"< {TARGET_MB:g}",
-         parent_peak < TARGET_MB),
-        ("peak RSS (VmHWM), re-train process: imports + re-trains (MB)", child["rss_peak"], f"< {TARGET_MB:g}",
-         child["rss_peak"] < TARGET_MB),
+        (
+            "peak RSS (ru_maxrss), this process: import + 1st training (MB)",
+            parent_peak,
+            f"< {TARGET_MB:g}",
+            parent_peak < TARGET_MB,
+        ),
+        (
+            "peak RSS (VmHWM), re-train process: imports + re-trains (MB)",
+            child["rss_peak"],
+            f"< {TARGET_MB:g}",
+            child["rss_peak"] < TARGET_MB,
+        ),
         ("  of which reached before the first re-train (MB)", child["rss_before"], "", None),
     ]
     for name, value, target, ok in rows:
         print(f"{name:<64}{value:>10.2f}  {target:<10}{'' if ok is None else ('yes' if ok else 'NO')}")
     if any(r["embeddingsComputed"] for r in runs):
         print("\nWARNING: a re-train computed embeddings; the cache was not used.")
-    print("\nPeak RSS: resident-set high-water mark of the whole process, everything resident counted "
-          "(Python, NumPy, BLAS, SQLite, ONNX Runtime).")
+    print(
+        "\nPeak RSS: resident-set high-water mark of the whole process, everything resident counted "
+        "(Python, NumPy, BLAS, SQLite, ONNX Runtime)."
+    )
 
 
 if __name__ == "__main__":

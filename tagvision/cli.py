@@ -26,8 +26,12 @@ from tagvision.service.keys import KeyStore
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp"}
 
-app = typer.Typer(help="tagvision: train and run image classifiers on your own machine.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="tagvision: train and run image classifiers on your own machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 project_app = typer.Typer(help="Create, list and delete projects.", no_args_is_help=True)
 tag_app = typer.Typer(help="Create, list and delete tags.", no_args_is_help=True)
 image_app = typer.Typer(help="Add and list training images.", no_args_is_help=True)
@@ -42,12 +46,18 @@ if not out.is_terminal:
     out = Console(soft_wrap=True, width=200)  # pipes and logs: no 80-column truncation
 err = Console(stderr=True, soft_wrap=True)
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory "
-                    "[default: $TAGVISION_DATA_DIR, else ./tagvision-data].", show_default=False)]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Data directory [default: $TAGVISION_DATA_DIR, else ./tagvision-data].", show_default=False
+    ),
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (Custom Vision shapes).")]
 ProjectArg = Annotated[str, typer.Argument(help="Project name or id.")]
-IterationOpt = Annotated[str | None, typer.Option("--iteration", help="Iteration name or id "
-                         "[default: the newest completed].", show_default=False)]
+IterationOpt = Annotated[
+    str | None,
+    typer.Option("--iteration", help="Iteration name or id [default: the newest completed].", show_default=False),
+]
 
 
 @contextmanager
@@ -64,8 +74,15 @@ def progress_bar() -> Iterator[Any]:
     """A rich progress bar on stderr; yields a ``Progress`` callback (stage, done, total, eta). Where the work
     estimates its time left (``eta``, advanced training), the stage's line says it."""
     tasks: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description:<18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+
         def update(stage: str, done: int, total: int, /, eta: float | None = None) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
@@ -86,9 +103,13 @@ def print_json(value: Any) -> None:
 def project_create(
     name: Annotated[str, typer.Argument(help="Project name (unique).")],
     type_: Annotated[str, typer.Option("--type", help="multiclass (one tag per image) or multilabel.")] = "multiclass",
-    domain: Annotated[str, typer.Option(help="general-compact (EfficientNet-Lite0), general (Lite2), or a "
-                                        "Custom Vision classification domain name or id.")]
-    = "general-compact",
+    domain: Annotated[
+        str,
+        typer.Option(
+            help="general-compact (EfficientNet-Lite0), general (Lite2), or a "
+            "Custom Vision classification domain name or id."
+        ),
+    ] = "general-compact",
     description: Annotated[str, typer.Option(help="Free text.")] = "",
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
@@ -99,9 +120,12 @@ def project_create(
     if as_json:
         print_json(project.to_json())
     else:
-        out.print(f"Created project [bold]{project.name}[/] ({project.classification_type}, "
-                  f"{domains.resolve(project.domain).name}) "
-                  f"id {project.id}", highlight=False)
+        out.print(
+            f"Created project [bold]{project.name}[/] ({project.classification_type}, "
+            f"{domains.resolve(project.domain).name}) "
+            f"id {project.id}",
+            highlight=False,
+        )
 
 
 @project_app.command("list")
@@ -114,15 +138,18 @@ def project_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
         return
     table = Table("name", "type", "domain", "tags", "images", "id")
     for p in projects:
-        table.add_row(p.name, p.classification_type, domains.resolve(p.domain).name, str(p.tag_count),
-                      str(p.image_count), p.id)
+        table.add_row(
+            p.name, p.classification_type, domains.resolve(p.domain).name, str(p.tag_count), str(p.image_count), p.id
+        )
     out.print(table)
 
 
 @project_app.command("delete")
-def project_delete(project: ProjectArg,
-                   yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
-                   data_dir: DataDir = None) -> None:
+def project_delete(
+    project: ProjectArg,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    data_dir: DataDir = None,
+) -> None:
     """Delete a project with its tags, images and iterations."""
     with service(data_dir) as svc:
         view = svc.projects.get(project)
@@ -136,8 +163,12 @@ def project_delete(project: ProjectArg,
 
 
 @tag_app.command("create")
-def tag_create(project: ProjectArg, names: Annotated[list[str], typer.Argument(help="Tag names.")],
-               data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+def tag_create(
+    project: ProjectArg,
+    names: Annotated[list[str], typer.Argument(help="Tag names.")],
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
     """Create tags in a project."""
     with service(data_dir) as svc:
         tags = svc.projects.create_tags(project, names)
@@ -162,8 +193,9 @@ def tag_list(project: ProjectArg, data_dir: DataDir = None, as_json: JsonFlag = 
 
 
 @tag_app.command("delete")
-def tag_delete(project: ProjectArg, tag: Annotated[str, typer.Argument(help="Tag name or id.")],
-               data_dir: DataDir = None) -> None:
+def tag_delete(
+    project: ProjectArg, tag: Annotated[str, typer.Argument(help="Tag name or id.")], data_dir: DataDir = None
+) -> None:
     """Delete a tag (its images stay, untagged from it)."""
     with service(data_dir) as svc:
         svc.projects.delete_tag(project, tag)
@@ -179,8 +211,11 @@ def image_files(path: Path) -> Iterator[Path]:
         yield path
     elif path.is_dir():
         for child in sorted(path.rglob("*")):
-            if (child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES
-                    and not any(part.startswith(".") for part in child.relative_to(path).parts)):
+            if (
+                child.is_file()
+                and child.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in child.relative_to(path).parts)
+            ):
                 yield child
     else:
         raise InvalidInput(f"No such file or folder: {path}", code="BadRequestPathNotFound")
@@ -194,11 +229,19 @@ def new_image(path: Path, tags: tuple[str, ...]) -> NewImage:
 def image_add(
     project: ProjectArg,
     paths: Annotated[list[Path] | None, typer.Argument(help="Image files or folders.", show_default=False)] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag (name or id) for every image; repeatable.",
-                                                  show_default=False)] = None,
-    from_folders: Annotated[Path | None, typer.Option("--from-folders", help="A folder of class folders: each "
-                            "subfolder's name is the tag of the images in it (missing tags are created).",
-                            show_default=False)] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", help="Tag (name or id) for every image; repeatable.", show_default=False),
+    ] = None,
+    from_folders: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-folders",
+            help="A folder of class folders: each "
+            "subfolder's name is the tag of the images in it (missing tags are created).",
+            show_default=False,
+        ),
+    ] = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -225,8 +268,10 @@ def image_add(
         print_json(summary.to_json())
         return
     refused = [r for r in summary.results if not r.ok]
-    out.print(f"Added {summary.count('OK')} images, {summary.count('OKDuplicate')} already there, "
-              f"{len(refused)} refused.", highlight=False)
+    out.print(
+        f"Added {summary.count('OK')} images, {summary.count('OKDuplicate')} already there, {len(refused)} refused.",
+        highlight=False,
+    )
     for r in refused:
         out.print(f"  {r.source_url}: {r.status}: {r.message}", highlight=False)
     if refused:
@@ -249,8 +294,9 @@ def image_list(
         return
     table = Table("image id", "size", "tags", "source")
     for i in images:
-        table.add_row(i.id, f"{i.width}x{i.height}", ", ".join(name for _, name in i.tags),
-                      str(i.source.get("name", "")))
+        table.add_row(
+            i.id, f"{i.width}x{i.height}", ", ".join(name for _, name in i.tags), str(i.source.get("name", ""))
+        )
     out.print(table)
 
 
@@ -258,13 +304,24 @@ def image_list(
 
 
 @app.command("train")
-def train(project: ProjectArg,
-          force: Annotated[bool, typer.Option("--force", help="Train even if nothing changed.")] = False,
-          advanced: Annotated[bool, typer.Option("--advanced", help="Fine-tune the backbone within the budget "
-                                                 "(slower; for images unlike everyday photos).")] = False,
-          budget_minutes: Annotated[float, typer.Option("--budget-minutes", min=0.5, help="Advanced training's "
-                                                        "time budget; never exceeded by more than 10%.")] = 5.0,
-          data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+def train(
+    project: ProjectArg,
+    force: Annotated[bool, typer.Option("--force", help="Train even if nothing changed.")] = False,
+    advanced: Annotated[
+        bool,
+        typer.Option(
+            "--advanced", help="Fine-tune the backbone within the budget (slower; for images unlike everyday photos)."
+        ),
+    ] = False,
+    budget_minutes: Annotated[
+        float,
+        typer.Option(
+            "--budget-minutes", min=0.5, help="Advanced training's time budget; never exceeded by more than 10%."
+        ),
+    ] = 5.0,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
     """Train: quick (a classifier head on cached backbone embeddings, cross-validated) or --advanced."""
     options = {"training_type": "Advanced", "budget_minutes": budget_minutes} if advanced else {}
     with service(data_dir) as svc:
@@ -276,10 +333,13 @@ def train(project: ProjectArg,
         return
     p = performance.performance
     served = f" ({iteration.backbone} fine-tuned)" if iteration.fine_tuned else ""
-    out.print(f"{iteration.name} completed in {iteration.training_seconds:.1f} s on {iteration.image_count} images"
-              f"{served}: "
-              f"precision {p.precision:.1%}, recall {p.recall:.1%}, AP {p.average_precision:.1%} "
-              f"(threshold 50%; measured on {iteration.metrics_from})", highlight=False)
+    out.print(
+        f"{iteration.name} completed in {iteration.training_seconds:.1f} s on {iteration.image_count} images"
+        f"{served}: "
+        f"precision {p.precision:.1%}, recall {p.recall:.1%}, AP {p.average_precision:.1%} "
+        f"(threshold 50%; measured on {iteration.metrics_from})",
+        highlight=False,
+    )
 
 
 @app.command("performance")
@@ -298,15 +358,31 @@ def performance(
         print_json(view.to_json())
         return
     p = view.performance
-    table = Table("tag", "images", "precision", "recall", "AP",
-                  title=f"{iteration_view.name}: {_measured_on(iteration_view.metrics_from, p.folds)}, "
-                        f"threshold {threshold:.0%}")
+    table = Table(
+        "tag",
+        "images",
+        "precision",
+        "recall",
+        "AP",
+        title=f"{iteration_view.name}: {_measured_on(iteration_view.metrics_from, p.folds)}, threshold {threshold:.0%}",
+    )
     for t in p.per_tag:
-        table.add_row(view.tags[t.index][1], str(t.support), _pct(t.precision, t.precision_std),
-                      _pct(t.recall, t.recall_std), _pct(t.average_precision, t.average_precision_std))
+        table.add_row(
+            view.tags[t.index][1],
+            str(t.support),
+            _pct(t.precision, t.precision_std),
+            _pct(t.recall, t.recall_std),
+            _pct(t.average_precision, t.average_precision_std),
+        )
     table.add_section()
-    table.add_row("overall", str(view.image_count), _pct(p.precision, p.precision_std),
-                  _pct(p.recall, p.recall_std), _pct(p.average_precision, p.average_precision_std), style="bold")
+    table.add_row(
+        "overall",
+        str(view.image_count),
+        _pct(p.precision, p.precision_std),
+        _pct(p.recall, p.recall_std),
+        _pct(p.average_precision, p.average_precision_std),
+        style="bold",
+    )
     out.print(table)
 
 
@@ -321,11 +397,14 @@ def _pct(value: float, std: float) -> str:
 
 
 @app.command("predict")
-def predict(project: ProjectArg,
-            paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-            iteration: IterationOpt = None,
-            top: Annotated[int, typer.Option(min=1, help="Tags shown per image.")] = 3,
-            data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+def predict(
+    project: ProjectArg,
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    iteration: IterationOpt = None,
+    top: Annotated[int, typer.Option(min=1, help="Tags shown per image.")] = 3,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
     """Probability per tag for each image (not stored)."""
     files = [f for p in paths for f in image_files(p)]
     with service(data_dir) as svc:
@@ -336,8 +415,11 @@ def predict(project: ProjectArg,
     else:
         table = Table("image", "predictions")
         for r in results:
-            shown = (f"[red]{r.error_code}: {r.error}[/]" if r.error else
-                     ", ".join(f"{p.tag_name} {p.probability:.1%}" for p in r.predictions[:top]))
+            shown = (
+                f"[red]{r.error_code}: {r.error}[/]"
+                if r.error
+                else ", ".join(f"{p.tag_name} {p.probability:.1%}" for p in r.predictions[:top])
+            )
             table.add_row(r.source, shown)
         out.print(table)
     if any(r.error for r in results):
@@ -354,16 +436,25 @@ def iteration_list(project: ProjectArg, data_dir: DataDir = None, as_json: JsonF
         return
     table = Table("iteration", "status", "domain", "images", "tags", "seconds", "trained at", "id")
     for i in iterations:
-        table.add_row(i.name, i.status + (f" ({i.error})" if i.error else ""), domains.resolve(i.domain).name,
-                      str(i.image_count),
-                      str(i.tag_count), f"{i.training_seconds:.1f}" if i.training_seconds else "",
-                      i.trained_at.strftime("%Y-%m-%d %H:%M:%S") if i.trained_at else "", i.id)
+        table.add_row(
+            i.name,
+            i.status + (f" ({i.error})" if i.error else ""),
+            domains.resolve(i.domain).name,
+            str(i.image_count),
+            str(i.tag_count),
+            f"{i.training_seconds:.1f}" if i.training_seconds else "",
+            i.trained_at.strftime("%Y-%m-%d %H:%M:%S") if i.trained_at else "",
+            i.id,
+        )
     out.print(table)
 
 
 @iteration_app.command("delete")
-def iteration_delete(project: ProjectArg, iteration: Annotated[str, typer.Argument(help="Iteration name or id.")],
-                     data_dir: DataDir = None) -> None:
+def iteration_delete(
+    project: ProjectArg,
+    iteration: Annotated[str, typer.Argument(help="Iteration name or id.")],
+    data_dir: DataDir = None,
+) -> None:
     """Delete an iteration."""
     with service(data_dir) as svc:
         svc.training.delete_iteration(project, iteration)
@@ -373,8 +464,14 @@ def iteration_delete(project: ProjectArg, iteration: Annotated[str, typer.Argume
 @app.command("export")
 def export_model(
     project: ProjectArg,
-    out_path: Annotated[Path, typer.Option("--out", help="Where to write: a .onnx file, or a .zip bundle with "
-                                           "model.onnx, labels.txt and a standalone predict.py.")],
+    out_path: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Where to write: a .onnx file, or a .zip bundle with "
+            "model.onnx, labels.txt and a standalone predict.py.",
+        ),
+    ],
     iteration: IterationOpt = None,
     format_: Annotated[str, typer.Option("--format", help="onnx (float32) or onnx-int8 (quantised).")] = "onnx",
     data_dir: DataDir = None,
@@ -393,8 +490,10 @@ def export_model(
     else:
         tmp.write_bytes(model.onnx)
     tmp.replace(out_path)
-    out.print(f"Wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB, {format_}, labels: "
-              f"{', '.join(model.labels)})", highlight=False)
+    out.print(
+        f"Wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB, {format_}, labels: {', '.join(model.labels)})",
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------------- acquisition
@@ -404,11 +503,21 @@ def export_model(
 def acquire(
     project: ProjectArg,
     tags: Annotated[str, typer.Option("--tags", help="Comma-separated tag names (created when missing).")],
-    per_tag: Annotated[int, typer.Option("--per-tag", help="Fill each tag until it has this many acquired "
-                                         "images (a re-run adds only what is missing).")] = 50,
-    provider: Annotated[list[str] | None, typer.Option("--provider", help="openverse (default), wikimedia, pexels, "
-                                                       "unsplash, pixabay, bing or library; repeat to combine.",
-                                                       show_default=False)] = None,
+    per_tag: Annotated[
+        int,
+        typer.Option(
+            "--per-tag",
+            help="Fill each tag until it has this many acquired images (a re-run adds only what is missing).",
+        ),
+    ] = 50,
+    provider: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--provider",
+            help="openverse (default), wikimedia, pexels, unsplash, pixabay, bing or library; repeat to combine.",
+            show_default=False,
+        ),
+    ] = None,
     library: Annotated[Path | None, typer.Option(help="Folder for --provider library.", show_default=False)] = None,
     min_side: Annotated[int, typer.Option("--min-side", help="Refuse images smaller than this on a side.")] = 224,
     data_dir: DataDir = None,
@@ -418,9 +527,15 @@ def acquire(
     providers = tuple(provider or (["library"] if library else ["openverse"]))
     names = [t for t in (part.strip() for part in tags.split(",")) if t]
     with service(data_dir) as svc:
-        started = svc.acquisitions.start(project, names, per_tag=per_tag, providers=providers,
-                                         library=str(library) if library else None, min_side=min_side,
-                                         library_anywhere=True)
+        started = svc.acquisitions.start(
+            project,
+            names,
+            per_tag=per_tag,
+            providers=providers,
+            library=str(library) if library else None,
+            min_side=min_side,
+            library_anywhere=True,
+        )
         try:
             with progress_bar() as update:
                 view = svc.acquisitions.run(started.id, progress=update)
@@ -433,12 +548,18 @@ def acquire(
         return
     table = Table("tag", "added", "wanted", "had before", "duplicates", "refused", "candidates")
     for tag in view.to_json()["tags"]:
-        table.add_row(tag["tag"], str(tag["added"]), str(tag["wanted"]), str(tag.get("hadBefore", 0)),
-                      str(tag["duplicates"]), str(tag["refused"]), str(tag["found"]))
+        table.add_row(
+            tag["tag"],
+            str(tag["added"]),
+            str(tag["wanted"]),
+            str(tag.get("hadBefore", 0)),
+            str(tag["duplicates"]),
+            str(tag["refused"]),
+            str(tag["found"]),
+        )
     out.print(table)
     if view.status != "Completed":
-        raise TagvisionError(f"The acquisition {view.status.lower()}: {view.error or 'see above'}",
-                             code="ErrorSource")
+        raise TagvisionError(f"The acquisition {view.status.lower()}: {view.error or 'see above'}", code="ErrorSource")
 
 
 # ---------------------------------------------------------------------- server
@@ -478,8 +599,11 @@ def serve(
     try:
         svc.keys.current()  # made at first start
         (svc.ctx.settings.data_dir / "server.json").write_text(json.dumps({"endpoint": endpoint}))
-        err.print(f"tagvision serving on {endpoint}  (API docs: {endpoint}/docs; keys: tagvision keys"
-                  f"{' --data-dir ' + str(data_dir) if data_dir else ''})", highlight=False)
+        err.print(
+            f"tagvision serving on {endpoint}  (API docs: {endpoint}/docs; keys: tagvision keys"
+            f"{' --data-dir ' + str(data_dir) if data_dir else ''})",
+            highlight=False,
+        )
         config = uvicorn.Config(create_app(svc), log_level="info", access_log=access_log, timeout_keep_alive=30)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
@@ -490,8 +614,12 @@ def serve(
 def keys(
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
-    regenerate: Annotated[str | None, typer.Option(help="Replace a key: training or prediction. The old key "
-                                                   "stops working at once.", show_default=False)] = None,
+    regenerate: Annotated[
+        str | None,
+        typer.Option(
+            help="Replace a key: training or prediction. The old key stops working at once.", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Show the server's endpoint, Training-Key and Prediction-Key."""
     settings = Settings.load(data_dir)
@@ -504,8 +632,10 @@ def keys(
     if as_json:
         print_json({"endpoint": endpoint, "trainingKey": current.training, "predictionKey": current.prediction})
         return
-    out.print(f"Endpoint:        {endpoint}\nTraining-Key:    {current.training}\n"
-              f"Prediction-Key:  {current.prediction}", highlight=False)
+    out.print(
+        f"Endpoint:        {endpoint}\nTraining-Key:    {current.training}\nPrediction-Key:  {current.prediction}",
+        highlight=False,
+    )
 
 
 def main() -> None:

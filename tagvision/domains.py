@@ -34,13 +34,22 @@ class Domain:
         return self.backbone is not None
 
     def to_json(self) -> dict:
-        info = {"description": f"{self.name}: EfficientNet-Lite{'0' if self.backbone == 'general-compact' else '2'}"
-                               " features with a linear head" if self.backbone else f"{self.name}: not supported",
-                "estimatedModelSizeInMegabytes": 14 if self.backbone == "general-compact" else 25}
-        return {"id": self.id, "name": self.name, "type": self.type, "exportable": self.exportable,
-                "enabled": self.backbone is not None,
-                "exportablePlatforms": list(EXPORT_PLATFORMS) if self.exportable else [],
-                "modelInformation": info if self.backbone else None}
+        info = {
+            "description": f"{self.name}: EfficientNet-Lite{'0' if self.backbone == 'general-compact' else '2'}"
+            " features with a linear head"
+            if self.backbone
+            else f"{self.name}: not supported",
+            "estimatedModelSizeInMegabytes": 14 if self.backbone == "general-compact" else 25,
+        }
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": self.type,
+            "exportable": self.exportable,
+            "enabled": self.backbone is not None,
+            "exportablePlatforms": list(EXPORT_PLATFORMS) if self.exportable else [],
+            "modelInformation": info if self.backbone else None,
+        }
 
 
 DOMAINS: tuple[Domain, ...] = (
@@ -86,11 +95,15 @@ def resolve(value: str) -> Domain:
     if usable:
         return usable[0]
     if matches:
-        raise InvalidInput(f"{matches[0].name} is an object-detection domain; tagvision trains classifiers only.",
-                           code="BadRequestNotSupported")
+        raise InvalidInput(
+            f"{matches[0].name} is an object-detection domain; tagvision trains classifiers only.",
+            code="BadRequestNotSupported",
+        )
     names = ", ".join(sorted(ALIASES))
-    raise InvalidInput(f"Unknown domain {value!r}; use a classification domain id from GET /domains or one of: "
-                       f"{names}.", code="BadRequestProjectUnknownDomain")
+    raise InvalidInput(
+        f"Unknown domain {value!r}; use a classification domain id from GET /domains or one of: {names}.",
+        code="BadRequestProjectUnknownDomain",
+    )
 
 
 def backbone_for(value: str) -> str:

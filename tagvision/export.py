@@ -55,9 +55,16 @@ def preprocessing_text(spec: backbone.BackboneSpec) -> str:
     )
 
 
-def build_classifier_onnx(spec: backbone.BackboneSpec, models_dir: Path, head: LinearHead,
-                          labels: list[str], *, iteration_id: str = "", project_name: str = "",
-                          backbone_path: Path | None = None) -> bytes:
+def build_classifier_onnx(
+    spec: backbone.BackboneSpec,
+    models_dir: Path,
+    head: LinearHead,
+    labels: list[str],
+    *,
+    iteration_id: str = "",
+    project_name: str = "",
+    backbone_path: Path | None = None,
+) -> bytes:
     """Backbone + test-time flip + ``max(x, 0) ** 0.75`` + linear head + link, as ONNX bytes.
 
     ``backbone_path``: a fine-tuned backbone (advanced training) instead of the stock one.
@@ -67,8 +74,10 @@ def build_classifier_onnx(spec: backbone.BackboneSpec, models_dir: Path, head: L
     (image,), (embedding,) = base.graph.input, base.graph.output
     features = embedding.type.tensor_type.shape.dim[1].dim_value  # 1280; a multiple for a fine-tuned ensemble
     if dim != features or head.bias.shape != (tags,) or len(labels) != tags:
-        raise ValueError(f"head {head.weights.shape} / bias {head.bias.shape} do not fit "
-                         f"{features}-d features and {len(labels)} labels")
+        raise ValueError(
+            f"head {head.weights.shape} / bias {head.bias.shape} do not fit "
+            f"{features}-d features and {len(labels)} labels"
+        )
 
     def name(suffix: str) -> str:
         return f"tagvision/{suffix}"
@@ -87,8 +96,12 @@ def build_classifier_onnx(spec: backbone.BackboneSpec, models_dir: Path, head: L
         const("bias", np.ascontiguousarray(head.bias, np.float32)),
     ]
     before = [
-        helper.make_node("Slice", [INPUT, name("flip_starts"), name("flip_ends"), name("flip_axes"),
-                                   name("flip_steps")], [name("mirrored")], name=name("Mirror")),
+        helper.make_node(
+            "Slice",
+            [INPUT, name("flip_starts"), name("flip_ends"), name("flip_axes"), name("flip_steps")],
+            [name("mirrored")],
+            name=name("Mirror"),
+        ),
         # Plain rows first, then their mirrors: the backbone runs once on 2N images.
         helper.make_node("Concat", [INPUT, name("mirrored")], [image.name], name=name("Pairs"), axis=0),
     ]
@@ -96,34 +109,39 @@ def build_classifier_onnx(spec: backbone.BackboneSpec, models_dir: Path, head: L
         helper.make_node("Relu", [embedding.name], [name("relu")], name=name("Relu")),
         helper.make_node("Pow", [name("relu"), name("power")], [name("features")], name=name("Power")),
         helper.make_node("Reshape", [name("features"), name("pairs_shape")], [name("pairs")], name=name("Split")),
-        helper.make_node("ReduceMean", [name("pairs")], [name("mean")], name=name("FlipMean"),
-                         axes=[0], keepdims=0),
+        helper.make_node("ReduceMean", [name("pairs")], [name("mean")], name=name("FlipMean"), axes=[0], keepdims=0),
         helper.make_node("MatMul", [name("mean"), name("weights")], [name("scores")], name=name("MatMul")),
         helper.make_node("Add", [name("scores"), name("bias")], [name("logits")], name=name("Bias")),
-        helper.make_node("Sigmoid", [name("logits")], [OUTPUT], name=name("Sigmoid")) if head.multilabel
+        helper.make_node("Sigmoid", [name("logits")], [OUTPUT], name=name("Sigmoid"))
+        if head.multilabel
         else helper.make_node("Softmax", [name("logits")], [OUTPUT], name=name("Softmax"), axis=1),
     ]
     s = spec.image_size
     graph = helper.make_graph(
-        [*before, *base.graph.node, *after], "tagvision-classifier",
+        [*before, *base.graph.node, *after],
+        "tagvision-classifier",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", 3, s, s])],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", tags])],
         initializer=[*base.graph.initializer, *initializers],
     )
-    model = helper.make_model(graph, opset_imports=base.opset_import, ir_version=base.ir_version,
-                              producer_name="tagvision")
-    helper.set_model_props(model, {
-        "labels": json.dumps(labels, ensure_ascii=False),
-        "classification": "Multilabel" if head.multilabel else "Multiclass",
-        "preprocessing": preprocessing_text(spec),
-        "image_size": str(s),
-        "resize": str(spec.resize),
-        "backbone": spec.model_name,
-        "domain": spec.domain,
-        "iteration_id": iteration_id,
-        "project": project_name,
-        "producer": "tagvision",
-    })
+    model = helper.make_model(
+        graph, opset_imports=base.opset_import, ir_version=base.ir_version, producer_name="tagvision"
+    )
+    helper.set_model_props(
+        model,
+        {
+            "labels": json.dumps(labels, ensure_ascii=False),
+            "classification": "Multilabel" if head.multilabel else "Multiclass",
+            "preprocessing": preprocessing_text(spec),
+            "image_size": str(s),
+            "resize": str(spec.resize),
+            "backbone": spec.model_name,
+            "domain": spec.domain,
+            "iteration_id": iteration_id,
+            "project": project_name,
+            "producer": "tagvision",
+        },
+    )
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
 
@@ -158,18 +176,32 @@ def quantize_int8(model_bytes: bytes, calibration: np.ndarray) -> bytes:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    head_nodes = [node.name for node in onnx.load_from_string(model_bytes).graph.node
-                  if node.name.startswith("tagvision/")]
+    head_nodes = [
+        node.name for node in onnx.load_from_string(model_bytes).graph.node if node.name.startswith("tagvision/")
+    ]
     with tempfile.TemporaryDirectory(prefix="tagvision-int8-") as tmp:
         fp32, prepared, int8 = Path(tmp, "fp32.onnx"), Path(tmp, "prepared.onnx"), Path(tmp, "int8.onnx")
         fp32.write_bytes(model_bytes)
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(int8), _Calibration(calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=head_nodes)
+        quantize_static(
+            str(prepared),
+            str(int8),
+            _Calibration(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=head_nodes,
+        )
         model = onnx.load(str(int8))
     source = onnx.load_from_string(model_bytes)
-    helper.set_model_props(model, {**{p.key: p.value for p in source.metadata_props}, "quantization":
-                                   f"int8 static (QDQ, per-channel weights), calibrated on {len(calibration)} "
-                                   "of the project's training images"})
+    helper.set_model_props(
+        model,
+        {
+            **{p.key: p.value for p in source.metadata_props},
+            "quantization": f"int8 static (QDQ, per-channel weights), calibrated on {len(calibration)} "
+            "of the project's training images",
+        },
+    )
     return model.SerializeToString()

@@ -102,10 +102,12 @@ def fetch(
                     current = _redirect_target(hop, response.headers["Location"])
                     continue
                 if response.status_code >= 300:
-                    raise FetchError(f"The image URL answered HTTP {response.status_code} {response.reason_phrase}.",
-                                     status=response.status_code,
-                                     transient=response.status_code == 429 or response.status_code >= 500,
-                                     retry_after=retry_after(response.headers.get("Retry-After")))
+                    raise FetchError(
+                        f"The image URL answered HTTP {response.status_code} {response.reason_phrase}.",
+                        status=response.status_code,
+                        transient=response.status_code == 429 or response.status_code >= 500,
+                        retry_after=retry_after(response.headers.get("Retry-After")),
+                    )
                 data = _read(response, max_bytes, deadline, timeout)
                 return Fetched(url, str(hop.url), data, response.headers.get("Content-Type", ""))
             finally:
@@ -249,8 +251,9 @@ class FetchError(InvalidInput):
     refused here. ``transient`` failures (429, 5xx, timeouts, connection errors) may succeed if retried,
     after ``retry_after`` seconds when the server said so."""
 
-    def __init__(self, message: str, *, status: int | None = None, transient: bool = False,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, transient: bool = False, retry_after: float | None = None
+    ) -> None:
         super().__init__(message, code=_CODE)
         self.status, self.transient, self.retry_after = status, transient, retry_after
 

@@ -125,10 +125,20 @@ class FineTuneResult:
     spec: backbone.BackboneSpec | None = None  # the backbone the served network was made from (its preprocessing)
 
 
-def fine_tune(spec: backbone.BackboneSpec, models_dir: Path, images: Sequence[Callable[[], bytes]],
-              labels: np.ndarray, *, multilabel: bool, budget_seconds: float, progress: Progress | None = None,
-              seed: int = 0, threads: int | None = None, recipe: Recipe | None = None,
-              backbones: Sequence[backbone.BackboneSpec] | None = None) -> FineTuneResult:
+def fine_tune(
+    spec: backbone.BackboneSpec,
+    models_dir: Path,
+    images: Sequence[Callable[[], bytes]],
+    labels: np.ndarray,
+    *,
+    multilabel: bool,
+    budget_seconds: float,
+    progress: Progress | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    recipe: Recipe | None = None,
+    backbones: Sequence[backbone.BackboneSpec] | None = None,
+) -> FineTuneResult:
     """Fine-tune a backbone on ``images`` (callables returning encoded bytes), ``labels`` (n, T) bool.
 
     ``spec`` is the project's backbone: its stock features give the quick candidate. ``backbones`` are
@@ -138,9 +148,20 @@ def fine_tune(spec: backbone.BackboneSpec, models_dir: Path, images: Sequence[Ca
     and export included. ``models_dir`` holds the stock backbone ONNX files (exported on first use).
     """
     started = time.perf_counter()
-    job = _Job(spec, list(backbones or [spec]), models_dir, list(images), np.asarray(labels, dtype=bool),
-               multilabel, budget_seconds, progress, seed, threads or os.cpu_count() or 1, recipe or Recipe(),
-               started)
+    job = _Job(
+        spec,
+        list(backbones or [spec]),
+        models_dir,
+        list(images),
+        np.asarray(labels, dtype=bool),
+        multilabel,
+        budget_seconds,
+        progress,
+        seed,
+        threads or os.cpu_count() or 1,
+        recipe or Recipe(),
+        started,
+    )
     return job.run()
 
 
@@ -171,9 +192,21 @@ class _Candidate:
 class _Job:
     """One fine-tuning run; the state shared by its stages."""
 
-    def __init__(self, spec: backbone.BackboneSpec, backbones: list[backbone.BackboneSpec], models_dir: Path,
-                 sources: list[Callable[[], bytes]], labels: np.ndarray, multilabel: bool, budget: float,
-                 progress: Progress | None, seed: int, threads: int, recipe: Recipe, started: float) -> None:
+    def __init__(
+        self,
+        spec: backbone.BackboneSpec,
+        backbones: list[backbone.BackboneSpec],
+        models_dir: Path,
+        sources: list[Callable[[], bytes]],
+        labels: np.ndarray,
+        multilabel: bool,
+        budget: float,
+        progress: Progress | None,
+        seed: int,
+        threads: int,
+        recipe: Recipe,
+        started: float,
+    ) -> None:
         if labels.ndim != 2 or len(labels) != len(sources) or labels.shape[1] < 2:
             raise ValueError(f"labels {labels.shape} do not match {len(sources)} images with at least two tags")
         if not backbones:
@@ -246,11 +279,13 @@ class _Job:
         self.details["metricsFrom"] = (
             f"held-out validation split: {len(self.val)} of {len(self.labels)} training images (stratified); "
             "the network and its head were not fitted on them, but the early-stopping point and the choice "
-            "against the quick head were made on them (not cross-validation)")
+            "against the quick head were made on them (not cross-validation)"
+        )
         if self.details["fineTuning"].get("refit"):
             self.details["metricsFrom"] += (
                 "; the network was then trained again the same way on every image, validation split included, "
-                "and the two are served together (logits averaged), so the figures describe the first run alone")
+                "and the two are served together (logits averaged), so the figures describe the first run alone"
+            )
         evaluation = (best.val_proba, self.labels[self.val].copy(), self.val.copy())
         return FineTuneResult(onnx_bytes, best.head, evaluation, _jsonable(self.details), self.tune)
 
@@ -263,12 +298,15 @@ class _Job:
         self.report("fitting head", 1, 1, 0.0)
         folds = int(model.folds_.max()) + 1
         self.details["chosen"] = "quick"
-        self.details["metricsFrom"] = (f"{folds}-fold cross-validation on the training images (quick training: "
-                                       "fine-tuning did not beat it on the validation split or did not fit the budget)")
+        self.details["metricsFrom"] = (
+            f"{folds}-fold cross-validation on the training images (quick training: "
+            "fine-tuning did not beat it on the validation split or did not fit the budget)"
+        )
         self.finish()
         rows = np.arange(len(self.labels))
-        return FineTuneResult(None, model.head_, (model.oof_proba_, self.labels.copy(), rows),
-                              _jsonable(self.details), self.spec)
+        return FineTuneResult(
+            None, model.head_, (model.oof_proba_, self.labels.copy(), rows), _jsonable(self.details), self.spec
+        )
 
     def finish(self) -> None:
         self.seconds["total"] = round(time.perf_counter() - self.started, 3)
@@ -294,13 +332,16 @@ class _Job:
             except (ImageError, OSError) as exc:
                 message = exc.message if isinstance(exc, ImageError) else str(exc)
                 raise TrainingError(f"Training image {i} can no longer be decoded: {message}") from exc
-            centres = [np.round(backbone.preprocess(opened[s.resize], s) * 128 + 127).astype(np.uint8)  # exact
-                       for s in specs]
+            centres = [
+                np.round(backbone.preprocess(opened[s.resize], s) * 128 + 127).astype(np.uint8)  # exact
+                for s in specs
+            ]
             img = opened[largest]
             scale = largest / min(img.size)
             if scale < 1:  # keep a copy just large enough for random crops
-                img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                                 Image.Resampling.BICUBIC)
+                img = img.resize(
+                    (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC
+                )
             return img, centres
 
         decoded: list[Image.Image] = []
@@ -323,7 +364,7 @@ class _Job:
         plain, flipped = [], []
         started = time.perf_counter()
         for s in range(0, n, embedder.batch_size):
-            p, f = embedder.forward_pairs(_scaled(centre[s:s + embedder.batch_size]))
+            p, f = embedder.forward_pairs(_scaled(centre[s : s + embedder.batch_size]))
             plain.append(p)
             flipped.append(f)
             self.report("embedding", min(n, s + embedder.batch_size), n)
@@ -372,7 +413,8 @@ class _Job:
         started = time.perf_counter()
         plain, flipped = self.stock
         quick = learn.QuickClassifier(multilabel=self.multilabel, seed=self.seed).fit(
-            plain[self.train], flipped[self.train], self.labels[self.train])
+            plain[self.train], flipped[self.train], self.labels[self.train]
+        )
         self.lda_seconds = time.perf_counter() - started
         self.report("fitting head", 1, 1)
         proba = quick.head_.predict_proba(plain[self.val], flipped[self.val])
@@ -409,19 +451,25 @@ class _Job:
                 raise
             raise _TooSlow(str(exc)) from None
         if must_fit is not None:  # a first guess from the stock network's speed, before a network is built
-            epochs = self.epochs_that_fit(self.guess_step, len(self.train), min(self.recipe.batch_size,
-                                                                                 len(self.train)))
+            epochs = self.epochs_that_fit(
+                self.guess_step, len(self.train), min(self.recipe.batch_size, len(self.train))
+            )
             if epochs < must_fit:
-                raise _TooSlow(f"about {epochs:.1f} epochs per schedule would fit (guessed from its stock speed, "
-                               f"{self.ips[spec.domain]:.0f} images/s); it is fine-tuned when {must_fit:g} fit")
+                raise _TooSlow(
+                    f"about {epochs:.1f} epochs per schedule would fit (guessed from its stock speed, "
+                    f"{self.ips[spec.domain]:.0f} images/s); it is fine-tuned when {must_fit:g} fit"
+                )
         self.details["fineTunedBackbone"] = spec.model_name
         stock = self.stocks[spec.domain]
         if spec == self.spec:
             warm_start = self.quick.head
         else:  # the linear probe on this backbone's stock features
             t = time.perf_counter()
-            warm_start = learn.QuickClassifier(multilabel=self.multilabel, seed=self.seed).fit(
-                stock[0][self.train], stock[1][self.train], self.labels[self.train]).head_
+            warm_start = (
+                learn.QuickClassifier(multilabel=self.multilabel, seed=self.seed)
+                .fit(stock[0][self.train], stock[1][self.train], self.labels[self.train])
+                .head_
+            )
             self.timed(f"linear probe on {spec.model_name}", t)
 
         previous_threads = torch.get_num_threads()
@@ -433,9 +481,14 @@ class _Job:
             net = self.network(warm_start, len(self.train))
             self.timed("preparing", t)
             self.then = self.reserve(self.score_seconds(self.guess_step))
-            log = net.train(self, self.train, self.deadline - self.reserve(self.score_seconds(self.guess_step)),
-                            self.recipe.max_epochs, validate=True,
-                            replan=lambda step, n_rows, batch_size: self.plan(step, n_rows, batch_size, must_fit))
+            log = net.train(
+                self,
+                self.train,
+                self.deadline - self.reserve(self.score_seconds(self.guess_step)),
+                self.recipe.max_epochs,
+                validate=True,
+                replan=lambda step, n_rows, batch_size: self.plan(step, n_rows, batch_size, must_fit),
+            )
             self.details["fineTuning"] = {"recipe": asdict(self.recipe), **log, "refit": None}
             t = self.timed("fine-tuning", t)
             # One temperature on the validation logits: the trained head's raw probabilities are far too sure
@@ -443,8 +496,12 @@ class _Job:
             slope = _temperature(net.best_logits, self.labels[self.val], self.multilabel)
             self.details["fineTuning"]["temperatureSlope"] = round(slope, 4)
             proba = learn.link(net.best_logits * slope, self.multilabel)
-            tuned = _Candidate("fine-tuned", _joint_head([net.linear_head()], slope), proba,
-                               _scores(proba, self.labels[self.val], self.multilabel))
+            tuned = _Candidate(
+                "fine-tuned",
+                _joint_head([net.linear_head()], slope),
+                proba,
+                _scores(proba, self.labels[self.val], self.multilabel),
+            )
             self.served = [net]
             self.tuned_wins = self.beats_quick(tuned)
             if self.refit and (self.tuned_wins or self.recipe.force_fine_tuned):
@@ -456,16 +513,20 @@ class _Job:
                 every = np.arange(len(self.labels))
                 best_epoch = log["bestStep"] * net.batch_size / len(self.train)
                 self.then = self.reserve(0.0)
-                refit_log = refit.train(self, every, self.deadline - self.reserve(0.0), log["epochs"],
-                                        validate=False, stop_epoch=best_epoch)
+                refit_log = refit.train(
+                    self, every, self.deadline - self.reserve(0.0), log["epochs"], validate=False, stop_epoch=best_epoch
+                )
                 self.details["fineTuning"]["refit"] = refit_log
                 self.timed("refit on every image", t)
                 self.served = [net, refit]
-                tuned = _Candidate("fine-tuned", _joint_head([net.linear_head(), refit.linear_head()], slope), proba,
-                                   tuned.scores)
+                tuned = _Candidate(
+                    "fine-tuned", _joint_head([net.linear_head(), refit.linear_head()], slope), proba, tuned.scores
+                )
             self.details["fineTuning"]["served"] = (
-                "the first run and its refit on every image, logits averaged" if len(self.served) == 2
-                else "the first run")
+                "the first run and its refit on every image, logits averaged"
+                if len(self.served) == 2
+                else "the first run"
+            )
             return tuned
         finally:
             torch.set_num_threads(previous_threads)
@@ -491,28 +552,38 @@ class _Job:
         differences = []
         for _ in range(200):
             rows = rng.integers(0, len(truth), len(truth))
-            differences.append(_scores(quick.val_proba[rows], truth[rows], self.multilabel)["primary"]
-                               - _scores(tuned.val_proba[rows], truth[rows], self.multilabel)["primary"])
+            differences.append(
+                _scores(quick.val_proba[rows], truth[rows], self.multilabel)["primary"]
+                - _scores(tuned.val_proba[rows], truth[rows], self.multilabel)["primary"]
+            )
         error = float(np.std(differences))
         self.details["choice"] = {"quickLead": round(lead, 6), "standardError": round(error, 6)}
         return lead <= error
 
     def network(self, warm_start: learn.LinearHead, n_rows: int, precision: str | None = None) -> _Network:
-        return _Network(backbone.build_torch_model(self.tune), warm_start, self.recipe,
-                        batch_norm=min(self.recipe.batch_size, n_rows) >= 16, precision=precision)
+        return _Network(
+            backbone.build_torch_model(self.tune),
+            warm_start,
+            self.recipe,
+            batch_norm=min(self.recipe.batch_size, n_rows) >= 16,
+            precision=precision,
+        )
 
     def epoch_seconds(self, step_seconds: float, n_rows: int, batch_size: int) -> tuple[float, float]:
         """Seconds of one epoch on the training part (scoring: ~5 % on top) and of one on every image."""
-        return (math.ceil(n_rows / batch_size) * step_seconds * 1.05,
-                math.ceil(len(self.labels) / batch_size) * step_seconds)
+        return (
+            math.ceil(n_rows / batch_size) * step_seconds * 1.05,
+            math.ceil(len(self.labels) / batch_size) * step_seconds,
+        )
 
     def epochs_that_fit(self, step_seconds: float, n_rows: int, batch_size: int) -> float:
         """Epochs of each of two schedules (the training part, then every image) that fit in what is left."""
         available = self.left() - self.reserve(self.score_seconds(step_seconds))
         return available / sum(self.epoch_seconds(step_seconds, n_rows, batch_size))
 
-    def plan(self, step_seconds: float, n_rows: int, batch_size: int,
-             must_fit: float | None = None) -> tuple[float, float]:
+    def plan(
+        self, step_seconds: float, n_rows: int, batch_size: int, must_fit: float | None = None
+    ) -> tuple[float, float]:
         """Once a step is timed: the end of the first schedule and its epochs. When two schedules of at least
         ``refit_min_epochs`` fit (the training part, then every image), the first gets its share of the time
         and ``self.refit`` is set; otherwise the first schedule has all the time. Raises :class:`_TooSlow` when
@@ -521,8 +592,10 @@ class _Job:
         after = self.reserve(self.score_seconds(step_seconds))
         fit = self.epochs_that_fit(step_seconds, n_rows, batch_size)
         if must_fit is not None and fit < must_fit:
-            raise _TooSlow(f"{fit:.1f} epochs per schedule fit at its measured {step_seconds:.2f} s per step; "
-                           f"it is fine-tuned when {must_fit:g} fit")
+            raise _TooSlow(
+                f"{fit:.1f} epochs per schedule fit at its measured {step_seconds:.2f} s per step; "
+                f"it is fine-tuned when {must_fit:g} fit"
+            )
         epoch_part, epoch_all = self.epoch_seconds(step_seconds, n_rows, batch_size)
         both = min(recipe.max_epochs, fit)
         self.refit = both >= recipe.refit_min_epochs
@@ -538,8 +611,9 @@ class _Job:
     def export(self) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "backbone.onnx"
-            backbone.export_onnx(_side_by_side([n.exportable() for n in self.served], self.served[0].split), path,
-                                 self.tune)
+            backbone.export_onnx(
+                _side_by_side([n.exportable() for n in self.served], self.served[0].split), path, self.tune
+            )
             return path.read_bytes()
 
 
@@ -586,8 +660,9 @@ def _side_by_side(models: list, split: int):  # -> torch.nn.Module
 class _Network:
     """The backbone, its trainable part, and a linear classifier on :func:`learn.features` of its pooled output."""
 
-    def __init__(self, model, head: learn.LinearHead, recipe: Recipe, batch_norm: bool,
-                 precision: str | None = None) -> None:
+    def __init__(
+        self, model, head: learn.LinearHead, recipe: Recipe, batch_norm: bool, precision: str | None = None
+    ) -> None:
         import torch
 
         self.model = model.to(memory_format=torch.channels_last)
@@ -597,7 +672,7 @@ class _Network:
         self.split = min(recipe.frozen_blocks, len(model._blocks))
         for p in model.parameters():
             p.requires_grad_(False)
-        self.trained = [*model._blocks[self.split:], model._conv_head, model._bn1]
+        self.trained = [*model._blocks[self.split :], model._conv_head, model._bn1]
         self.linear = torch.nn.Linear(head.weights.shape[0], head.weights.shape[1])
         with torch.no_grad():  # warm start: the quick head on stock features (linear probe, then fine-tune)
             self.linear.weight.copy_(torch.from_numpy(head.weights.T.copy()))
@@ -635,7 +710,7 @@ class _Network:
 
         import torch
 
-        with (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()):
+        with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext():
             pooled = self.features(x, training)
         f = torch.clamp(pooled.float(), min=1e-6) ** learn.POWER
         if training and self.recipe.dropout:
@@ -666,22 +741,25 @@ class _Network:
         out = []
         with torch.no_grad():
             for s in range(0, len(pixels), batch):
-                x = _scaled(pixels[s:s + batch])
+                x = _scaled(pixels[s : s + batch])
                 x = np.ascontiguousarray(x[..., ::-1] if mirror else x)
                 out.append(self.features(torch.from_numpy(x), False).numpy())
         return np.concatenate(out) if out else np.zeros((0, 1280), np.float32)
 
     def linear_head(self) -> learn.LinearHead:
-        return learn.LinearHead(self.linear.weight.detach().numpy().T.copy(),
-                                self.linear.bias.detach().numpy().copy(), self.multilabel)
+        return learn.LinearHead(
+            self.linear.weight.detach().numpy().T.copy(), self.linear.bias.detach().numpy().copy(), self.multilabel
+        )
 
     def validation_logits(self, job: _Job) -> np.ndarray:
         pixels = job.centres[job.tune.domain][job.val]
         return self.linear_head().decision_function(self.embed(pixels, False), self.embed(pixels, True))
 
     def state(self) -> dict:
-        return {"trained": [copy.deepcopy(m.state_dict()) for m in self.trained],
-                "linear": copy.deepcopy(self.linear.state_dict())}
+        return {
+            "trained": [copy.deepcopy(m.state_dict()) for m in self.trained],
+            "linear": copy.deepcopy(self.linear.state_dict()),
+        }
 
     def load(self, state: dict) -> None:
         for m, s in zip(self.trained, state["trained"], strict=True):
@@ -694,9 +772,17 @@ class _Network:
         self.mode(False)
         return self.model.to(memory_format=torch.contiguous_format)
 
-    def train(self, job: _Job, rows: np.ndarray, end: float, epochs: float, *, validate: bool,
-              replan: Callable[[float, int, int], tuple[float, float]] | None = None,
-              stop_epoch: float | None = None) -> dict:
+    def train(
+        self,
+        job: _Job,
+        rows: np.ndarray,
+        end: float,
+        epochs: float,
+        *,
+        validate: bool,
+        replan: Callable[[float, int, int], tuple[float, float]] | None = None,
+        stop_epoch: float | None = None,
+    ) -> dict:
         """Train on images ``rows`` until ``end`` (perf_counter) or after ``epochs``, whichever comes first.
 
         Progress, the larger of the share of time and the share of epochs used, drives the learning
@@ -718,8 +804,14 @@ class _Network:
         best_score, best_state, best_step, below = None, None, 0, 0
         steps, order, pos = 0, job.rng.permutation(n_rows), 0
         stopped = "time"
-        score_at = [recipe.scores_from + (1 - recipe.scores_from) * (k + 1) / recipe.evaluations
-                    for k in range(recipe.evaluations)][:-1] if validate else []  # the last score is at the end
+        score_at = (
+            [
+                recipe.scores_from + (1 - recipe.scores_from) * (k + 1) / recipe.evaluations
+                for k in range(recipe.evaluations)
+            ][:-1]
+            if validate
+            else []
+        )  # the last score is at the end
         probe = ["float32", "float32", "bfloat16", "bfloat16"] if self.precision is None else []
         timings: dict[str, float] = {}
 
@@ -732,8 +824,14 @@ class _Network:
             job.report("validating", steps, steps)
             logits = self.validation_logits(job)
             scores = _scores(learn.link(logits, self.multilabel), job.labels[job.val], self.multilabel)
-            history.append({"step": steps, "epoch": round(steps * batch_size / n_rows, 2),
-                            "seconds": round(now - begin, 1), **scores})
+            history.append(
+                {
+                    "step": steps,
+                    "epoch": round(steps * batch_size / n_rows, 2),
+                    "seconds": round(now - begin, 1),
+                    **scores,
+                }
+            )
             if best_score is None or scores["primary"] >= best_score:  # a later state wins a tie
                 best_score, best_state, best_step, below = scores["primary"], self.state(), steps, 0
                 self.best_logits = logits
@@ -765,13 +863,14 @@ class _Network:
             if fraction < recipe.warmup_fraction:
                 scale = (fraction + 0.02) / (recipe.warmup_fraction + 0.02)
             else:
-                scale = 0.5 * (1 + math.cos(math.pi * (fraction - recipe.warmup_fraction)
-                                            / (1 - recipe.warmup_fraction)))
+                scale = 0.5 * (
+                    1 + math.cos(math.pi * (fraction - recipe.warmup_fraction) / (1 - recipe.warmup_fraction))
+                )
             for g in opt.param_groups:
                 g["lr"] = recipe.lr * scale
             if pos + batch_size > n_rows:
                 order, pos = job.rng.permutation(n_rows), 0
-            idx = order[pos:pos + batch_size]
+            idx = order[pos : pos + batch_size]
             pos += batch_size
             x = torch.from_numpy(job.batch(rows[idx]))
             precision = probe[steps] if steps < len(probe) else self.precision
@@ -806,14 +905,21 @@ class _Network:
         if best_state is not None:
             self.load(best_state)
         self.mode(False)
-        return {"frozenBlocks": f"stem + {self.split} of {len(self.model._blocks)} blocks",
-                "augmentation": "random resized crop + flip + colour jitter, fresh every step",
-                "images": n_rows, "precision": self.precision,
-                "probedSecondsPerStep": {k: round(v, 4) for k, v in timings.items()}, "plannedEpochs": round(epochs, 2),
-                "steps": steps, "epochs": round(steps * batch_size / n_rows, 2), "stopped": stopped,
-                "bestStep": best_step if validate else steps, "trainedSeconds": round(time.perf_counter() - begin, 1),
-                "secondsPerStep": round(float(np.mean(step_times)), 4) if step_times else None,
-                "validationHistory": history}
+        return {
+            "frozenBlocks": f"stem + {self.split} of {len(self.model._blocks)} blocks",
+            "augmentation": "random resized crop + flip + colour jitter, fresh every step",
+            "images": n_rows,
+            "precision": self.precision,
+            "probedSecondsPerStep": {k: round(v, 4) for k, v in timings.items()},
+            "plannedEpochs": round(epochs, 2),
+            "steps": steps,
+            "epochs": round(steps * batch_size / n_rows, 2),
+            "stopped": stopped,
+            "bestStep": best_step if validate else steps,
+            "trainedSeconds": round(time.perf_counter() - begin, 1),
+            "secondsPerStep": round(float(np.mean(step_times)), 4) if step_times else None,
+            "validationHistory": history,
+        }
 
 
 # --------------------------------------------------------------------------- scoring, augmentation

@@ -87,9 +87,7 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def validate(
-    data: bytes, *, max_bytes: int = MAX_TRAINING_BYTES, max_side: int = MAX_SIDE
-) -> ImageFacts:
+def validate(data: bytes, *, max_bytes: int = MAX_TRAINING_BYTES, max_side: int = MAX_SIDE) -> ImageFacts:
     """Check that ``data`` is an acceptable image, decoding it fully, and describe it.
 
     JPEG data is decoded at 1/8 scale: the entropy-coded data is still read to
@@ -178,14 +176,12 @@ def _open(data: bytes, *, max_side: int) -> tuple[str, Image.Image]:
 def _check_dimensions(width: int, height: int, *, max_side: int) -> None:
     if max(width, height) > max_side:
         raise ImageError(
-            f"The image is {width} x {height} pixels; "
-            f"neither side may be longer than {max_side} pixels.",
+            f"The image is {width} x {height} pixels; neither side may be longer than {max_side} pixels.",
             code=_DIMENSIONS,
         )
     if width * height > MAX_PIXELS:
         raise ImageError(
-            f"The image has {width * height:,} pixels ({width} x {height}); "
-            f"the limit is {MAX_PIXELS:,} pixels.",
+            f"The image has {width * height:,} pixels ({width} x {height}); the limit is {MAX_PIXELS:,} pixels.",
             code=_DIMENSIONS,
         )
 
@@ -202,8 +198,7 @@ def _decoding(name: str) -> Iterator[None]:
         yield
     except Image.DecompressionBombError as exc:
         raise ImageError(
-            f"The image has more than {2 * MAX_PIXELS:,} pixels; "
-            f"the limit is {MAX_PIXELS:,} pixels.",
+            f"The image has more than {2 * MAX_PIXELS:,} pixels; the limit is {MAX_PIXELS:,} pixels.",
             code=_DIMENSIONS,
         ) from exc
     except Image.DecompressionBombWarning as exc:

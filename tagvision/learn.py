@@ -127,7 +127,7 @@ class QuickClassifier:
             for s in self.shrinkages:
                 w, b = discriminants.at(s)
                 scores = rows[held] @ w + b
-                oof_scores[s][self.folds_ == f] = (scores[: held.sum() // 2] + scores[held.sum() // 2:]) / 2
+                oof_scores[s][self.folds_ == f] = (scores[: held.sum() // 2] + scores[held.sum() // 2 :]) / 2
 
         fits = {s: _Calibration.fit(oof_scores[s], labels, self.multilabel) for s in self.shrinkages}
         self.cv_log_loss_ = {s: fits[s].log_loss for s in self.shrinkages}
@@ -168,16 +168,31 @@ class _Moments:
 
     @classmethod
     def of(cls, rows: np.ndarray, labels: np.ndarray) -> _Moments:
-        return cls(float(len(rows)), labels.sum(axis=0), labels.T @ rows.astype(np.float64),
-                   rows.sum(axis=0, dtype=np.float64), (rows.T @ rows).astype(np.float64))
+        return cls(
+            float(len(rows)),
+            labels.sum(axis=0),
+            labels.T @ rows.astype(np.float64),
+            rows.sum(axis=0, dtype=np.float64),
+            (rows.T @ rows).astype(np.float64),
+        )
 
     def __add__(self, other: _Moments) -> _Moments:
-        return _Moments(self.count + other.count, self.tag_counts + other.tag_counts,
-                        self.tag_sums + other.tag_sums, self.sums + other.sums, self.gram + other.gram)
+        return _Moments(
+            self.count + other.count,
+            self.tag_counts + other.tag_counts,
+            self.tag_sums + other.tag_sums,
+            self.sums + other.sums,
+            self.gram + other.gram,
+        )
 
     def __sub__(self, other: _Moments) -> _Moments:
-        return _Moments(self.count - other.count, self.tag_counts - other.tag_counts,
-                        self.tag_sums - other.tag_sums, self.sums - other.sums, self.gram - other.gram)
+        return _Moments(
+            self.count - other.count,
+            self.tag_counts - other.tag_counts,
+            self.tag_sums - other.tag_sums,
+            self.sums - other.sums,
+            self.gram - other.gram,
+        )
 
 
 class _Discriminants:
@@ -256,8 +271,9 @@ class _Calibration:
                 g = expit(z) - y
                 return float(value), np.array([(g * s).mean(), g.mean()])
 
-            best = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B",
-                            bounds=[(1e-4, None), (None, None)])
+            best = minimize(
+                loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(1e-4, None), (None, None)]
+            )
             slopes.append(best.x[0])
             offsets.append(best.x[1])
             losses.append(best.fun)

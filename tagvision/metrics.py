@@ -140,9 +140,7 @@ def stratified_folds(labels: np.ndarray, k_max: int = 5, seed: int = 0) -> np.nd
     counts = labels.sum(axis=0)
     smallest = int(np.argmin(counts))
     if counts[smallest] < 2:
-        raise ValueError(
-            f"tag {smallest} has {counts[smallest]} image(s); cross-validation needs at least 2 per tag"
-        )
+        raise ValueError(f"tag {smallest} has {counts[smallest]} image(s); cross-validation needs at least 2 per tag")
     k = max(2, min(k_max, int(counts[smallest])))
     if (labels.sum(axis=1) == 1).all():
         folds = np.empty(len(labels), dtype=np.int64)
@@ -155,9 +153,7 @@ def stratified_folds(labels: np.ndarray, k_max: int = 5, seed: int = 0) -> np.nd
     return _iterative_folds(labels, k, np.random.default_rng(seed))
 
 
-def evaluate(
-    probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray, threshold: float = 0.5
-) -> Performance:
+def evaluate(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray, threshold: float = 0.5) -> Performance:
     """Precision, recall and average precision, per tag and overall, with their spread.
 
     Parameters
@@ -394,9 +390,7 @@ def _check_pair(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarr
     labels = _check_labels(labels)
     probabilities = np.asarray(probabilities, dtype=float)
     if probabilities.shape != labels.shape:
-        raise ValueError(
-            f"probabilities of shape {probabilities.shape} do not match labels of shape {labels.shape}"
-        )
+        raise ValueError(f"probabilities of shape {probabilities.shape} do not match labels of shape {labels.shape}")
     if not ((probabilities >= 0) & (probabilities <= 1)).all():
         raise ValueError("probabilities must lie in [0, 1]")
     return probabilities, labels

@@ -56,9 +56,13 @@ def main() -> None:
             continue
         (probabilities,) = session.run(["probabilities"], {"data": x})
         ranked = sorted(zip(labels, probabilities[0].tolist(), strict=True), key=lambda p: -p[1])
-        ranked = ranked[:args.top] if args.top else ranked
-        print(json.dumps({"image": path, "predictions": [{"tagName": t, "probability": p} for t, p in ranked]},
-                         ensure_ascii=False))
+        ranked = ranked[: args.top] if args.top else ranked
+        print(
+            json.dumps(
+                {"image": path, "predictions": [{"tagName": t, "probability": p} for t, p in ranked]},
+                ensure_ascii=False,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def need(path: Path) -> Path:
 
 def photos(dataset: Path, split: str, tag: str, count: int, skip: int = 0) -> list[Path]:
     """The first ``count`` photos of one class folder (sorted, so tests are repeatable)."""
-    return sorted((need(dataset) / split / tag).iterdir())[skip:skip + count]
+    return sorted((need(dataset) / split / tag).iterdir())[skip : skip + count]
 
 
 @pytest.fixture(scope="session", autouse=True)

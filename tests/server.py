@@ -20,8 +20,12 @@ class Server:
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
-        self.env = {**os.environ, "TAGVISION_MODELS_DIR": str(MODELS), "TAGVISION_ALLOW_PRIVATE_URLS": "1",
-                    **(env or {})}
+        self.env = {
+            **os.environ,
+            "TAGVISION_MODELS_DIR": str(MODELS),
+            "TAGVISION_ALLOW_PRIVATE_URLS": "1",
+            **(env or {}),
+        }
         self.process: subprocess.Popen | None = None
         self.endpoint = ""
         self.training_key = ""
@@ -32,8 +36,22 @@ class Server:
         (self.data_dir / "server.json").unlink(missing_ok=True)
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 (kept open for the process)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tagvision.cli", "serve", "--port", "0", "--no-access-log",
-             "--data-dir", str(self.data_dir)], cwd=REPO, env=self.env, stdout=log, stderr=log)
+            [
+                sys.executable,
+                "-m",
+                "tagvision.cli",
+                "serve",
+                "--port",
+                "0",
+                "--no-access-log",
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

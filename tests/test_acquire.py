@@ -70,7 +70,7 @@ def test_acquisition_fills_each_tag_keeps_licences_and_resumes(svc, openverse) -
     # Asking for more: only the missing images are fetched; nothing settled is looked at again.
     more = svc.acquisitions.run(svc.acquisitions.start("shop", list(TAGS), per_tag=12).id)
     assert more.status == "Completed", more.error
-    again = image_requests(openverse)[len(fetched):]
+    again = image_requests(openverse)[len(fetched) :]
     assert not set(again) & set(fetched), "nothing fetched twice"
     by_tag = {t["tag"]: t for t in more.to_json()["tags"]}
     assert all(t["hadBefore"] == 8 and t["wanted"] == 4 and t["added"] == 4 for t in by_tag.values())
@@ -101,7 +101,7 @@ def test_interrupted_acquisition_fetches_only_what_is_missing(svc, openverse) ->
     fetched = image_requests(openverse)
     resumed = svc.acquisitions.run(svc.acquisitions.start("shop", ["hat"], per_tag=10).id)
     assert resumed.status == "Completed" and len(svc.images.list("shop")) == 10
-    assert not set(image_requests(openverse)[len(fetched):]) & set(fetched)
+    assert not set(image_requests(openverse)[len(fetched) :]) & set(fetched)
 
 
 def test_unreachable_provider_fails_fast_and_names_the_offline_way(svc, monkeypatch) -> None:
@@ -117,8 +117,13 @@ def test_cli_tags_in_images_acquired_trained_performance_out(openverse, tmp_path
     data = tmp_path / "cli"
 
     def tagvision(*args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "tagvision.cli", *args, "--data-dir", str(data)],
-                                capture_output=True, text=True, timeout=300, cwd=REPO)
+        result = subprocess.run(
+            [sys.executable, "-m", "tagvision.cli", *args, "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+        )
         assert result.returncode == 0, result.stderr
         return result
 
@@ -142,8 +147,11 @@ def test_api_runs_acquisitions_in_the_background_with_review(openverse, tmp_path
         t = httpx.Client(base_url=server.training(), headers=server.training_headers, timeout=60)
         compact = "0732100f-1a38-4e49-a514-c9b44c697ab5"
         pid = t.post("/projects", params={"name": "api", "domainId": compact}).json()["id"]
-        started = t.post(f"/projects/{pid}/acquisitions",
-                         json={"tags": ["hat", "shoes"], "perTag": 4, "review": True}).raise_for_status().json()
+        started = (
+            t.post(f"/projects/{pid}/acquisitions", json={"tags": ["hat", "shoes"], "perTag": 4, "review": True})
+            .raise_for_status()
+            .json()
+        )
         assert started["status"] == "Running" and [x["tag"] for x in started["tags"]] == ["hat", "shoes"]
         deadline = time.monotonic() + 60
         while (state := t.get(f"/projects/{pid}/acquisitions/{started['id']}").json())["status"] == "Running":
@@ -161,12 +169,15 @@ def test_api_runs_acquisitions_in_the_background_with_review(openverse, tmp_path
         assert [i["status"] for i in summary["images"]] == ["OK"] * 5
         assert t.get(f"/projects/{pid}/images/count").json() == 5
         items = t.get(f"/projects/{pid}/acquisitions/{started['id']}", params={"items": "true"}).json()["items"]
-        assert sorted(i["status"] for i in items if i["status"] in ("Added", "Rejected")) == \
-            ["Added"] * 5 + ["Rejected"] * 3
+        assert (
+            sorted(i["status"] for i in items if i["status"] in ("Added", "Rejected"))
+            == ["Added"] * 5 + ["Rejected"] * 3
+        )
         bad = t.post(f"/projects/{pid}/acquisitions", json={"tags": ["x"], "providers": ["flickr"]})
         assert bad.status_code == 400 and bad.json()["code"] == "BadRequestInvalid"
-        library = t.post(f"/projects/{pid}/acquisitions", json={"tags": ["x"], "providers": ["library"],
-                                                                 "library": "/etc"})
+        library = t.post(
+            f"/projects/{pid}/acquisitions", json={"tags": ["x"], "providers": ["library"], "library": "/etc"}
+        )
         assert library.status_code == 400 and "TAGVISION_LIBRARY_ROOTS" in library.json()["message"]
 
 
@@ -195,8 +206,11 @@ def test_library_finds_by_name_then_by_look_offline(svc, tmp_path: Path, monkeyp
     seeds = [NewImage(p.name, p.read_bytes, ("shoes",)) for p in photos(CLOTHING, "train", "shoes", 5)]
     assert svc.images.add("cat", seeds).is_batch_successful
 
-    view = svc.acquisitions.run(svc.acquisitions.start("cat", ["hat", "shoes"], per_tag=4, providers=("library",),
-                                                       library=str(library), library_anywhere=True).id)
+    view = svc.acquisitions.run(
+        svc.acquisitions.start(
+            "cat", ["hat", "shoes"], per_tag=4, providers=("library",), library=str(library), library_anywhere=True
+        ).id
+    )
     assert view.status == "Completed", view.error
     by_tag = {t.name: t for t in svc.projects.list_tags("cat")}
     assert by_tag["hat"].image_count == 4 and by_tag["shoes"].image_count == 5 + 4

@@ -34,8 +34,11 @@ def make_project(t: httpx.Client, name: str, tags: dict[str, list[Path]]) -> tup
 
 
 def upload(t: httpx.Client, pid: str, tag_id: str, paths: list[Path]) -> list[dict]:
-    response = t.post(f"/projects/{pid}/images", params={"tagIds": tag_id},
-                      files=[("imageData", (p.name, p.read_bytes())) for p in paths])
+    response = t.post(
+        f"/projects/{pid}/images",
+        params={"tagIds": tag_id},
+        files=[("imageData", (p.name, p.read_bytes())) for p in paths],
+    )
     assert response.status_code in (200, 207), response.text
     return response.json()["images"]
 
@@ -69,8 +72,9 @@ def test_eight_uploaders_while_training_and_predicting(server: Server) -> None:
     pid, tag_ids = make_project(t, "busy", seed)
     first = t.post(f"/projects/{pid}/train").raise_for_status().json()
     assert wait_trained(t, pid, first["id"])["status"] == "Completed"
-    t.post(f"/projects/{pid}/iterations/{first['id']}/publish",
-           params={"publishName": "live", "predictionId": "x"}).raise_for_status()
+    t.post(
+        f"/projects/{pid}/iterations/{first['id']}/publish", params={"publishName": "live", "predictionId": "x"}
+    ).raise_for_status()
     before = t.get(f"/projects/{pid}/images/count").json()
 
     # 8 uploaders, 12 photos each, one request per photo, all tagged; distinct from the seed photos.
@@ -83,8 +87,11 @@ def test_eight_uploaders_while_training_and_predicting(server: Server) -> None:
     def uploader(share: list[tuple[str, Path]]) -> None:
         with training_client(server) as client:
             for tag, path in share:
-                response = client.post(f"/projects/{pid}/images", params={"tagIds": tag_ids[tag]},
-                                       files=[("imageData", (path.name, path.read_bytes()))])
+                response = client.post(
+                    f"/projects/{pid}/images",
+                    params={"tagIds": tag_ids[tag]},
+                    files=[("imageData", (path.name, path.read_bytes()))],
+                )
                 with lock:
                     if response.status_code == 200:
                         accepted.extend(i["image"]["id"] for i in response.json()["images"] if i["status"] == "OK")
@@ -124,7 +131,7 @@ def test_eight_uploaders_while_training_and_predicting(server: Server) -> None:
     assert after == before + len(accepted)
     found = set()
     for start in range(0, len(accepted), 256):
-        ids = ",".join(accepted[start:start + 256])
+        ids = ",".join(accepted[start : start + 256])
         found |= {i["id"] for i in t.get(f"/projects/{pid}/images/id", params={"imageIds": ids}).json()}
     assert found == set(accepted)
     stored = t.post(f"/projects/{pid}/predictions/query", json={"maxCount": 100}).json()["results"]
@@ -144,7 +151,7 @@ def test_kill_during_uploads_then_restart(tmp_path: Path) -> None:
             for start in range(0, len(paths), 4):
                 tag = "hat" if start < 60 else "shoes"
                 try:
-                    upload(client, pid, tag_ids[tag], paths[start:start + 4])
+                    upload(client, pid, tag_ids[tag], paths[start : start + 4])
                 except (httpx.TransportError, AssertionError):
                     return  # the server died under us
                 done.append(start)
@@ -166,7 +173,7 @@ def test_kill_during_uploads_then_restart(tmp_path: Path) -> None:
     statuses = []
     for start in range(0, len(paths), 4):
         tag = "hat" if start < 60 else "shoes"
-        statuses += [i["status"] for i in upload(t, pid, tag_ids[tag], paths[start:start + 4])]
+        statuses += [i["status"] for i in upload(t, pid, tag_ids[tag], paths[start : start + 4])]
     assert statuses.count("OKDuplicate") == rows and statuses.count("OK") == len(paths) - rows
     assert t.get(f"/projects/{pid}/images/count").json() == len(paths)
     server.stop()

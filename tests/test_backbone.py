@@ -88,8 +88,12 @@ def test_a_bad_image_gets_its_error_and_the_rest_are_embedded(embedder: backbone
     def unreadable() -> bytes:
         raise OSError("gone")
 
-    sources = [lambda: jpeg((300, 300), (200, 10, 10)), lambda: b"not an image", unreadable,
-               lambda: jpeg((300, 300), (10, 200, 10))]
+    sources = [
+        lambda: jpeg((300, 300), (200, 10, 10)),
+        lambda: b"not an image",
+        unreadable,
+        lambda: jpeg((300, 300), (10, 200, 10)),
+    ]
     results = list(embedder.embed(sources))
     assert [r.index for r in results] == [0, 1, 2, 3]
     assert results[1].error is not None and results[1].error.code == "ErrorImageFormat"

@@ -18,23 +18,51 @@ from PIL import Image
 from tests.conftest import CLOTHING, photos
 
 PROJECT_KEYS = {"id", "name", "description", "settings", "created", "lastModified"}
-PERFORMANCE_KEYS = {"precision", "precisionStdDeviation", "recall", "recallStdDeviation", "averagePrecision",
-                    "perTagPerformance"}
-TAG_PERFORMANCE_KEYS = {"id", "name", "precision", "precisionStdDeviation", "recall", "recallStdDeviation",
-                        "averagePrecision"}
+PERFORMANCE_KEYS = {
+    "precision",
+    "precisionStdDeviation",
+    "recall",
+    "recallStdDeviation",
+    "averagePrecision",
+    "perTagPerformance",
+}
+TAG_PERFORMANCE_KEYS = {
+    "id",
+    "name",
+    "precision",
+    "precisionStdDeviation",
+    "recall",
+    "recallStdDeviation",
+    "averagePrecision",
+}
 
 
 def tagvision(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "tagvision.cli", *args, "--data-dir", str(data_dir)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "tagvision.cli", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
 
 
 def test_the_whole_flow_from_folders_to_predictions(data_dir: Path, class_folders: Path, tmp_path: Path) -> None:
-    project = json.loads(tagvision("project", "create", "shoes", "--type", "multiclass", "--domain",
-                                   "general-compact", "--json", data_dir=data_dir).stdout)
+    project = json.loads(
+        tagvision(
+            "project",
+            "create",
+            "shoes",
+            "--type",
+            "multiclass",
+            "--domain",
+            "general-compact",
+            "--json",
+            data_dir=data_dir,
+        ).stdout
+    )
     assert set(project) >= PROJECT_KEYS
     assert project["settings"]["classificationType"] == "Multiclass"
     tagvision("tag", "create", "shoes", "dress", "hat", "shoes", "pants", data_dir=data_dir)
@@ -42,16 +70,18 @@ def test_the_whole_flow_from_folders_to_predictions(data_dir: Path, class_folder
     added = tagvision("image", "add", "shoes", "--from-folders", str(class_folders), data_dir=data_dir)
     assert "Added 24 images, 0 already there, 0 refused." in added.stdout
     pants = photos(CLOTHING, "train", "pants", 8)
-    by_tag = json.loads(tagvision("image", "add", project["id"], "--tag", "pants", *map(str, pants), "--json",
-                                  data_dir=data_dir).stdout)
+    by_tag = json.loads(
+        tagvision("image", "add", project["id"], "--tag", "pants", *map(str, pants), "--json", data_dir=data_dir).stdout
+    )
     assert by_tag["isBatchSuccessful"] and [i["status"] for i in by_tag["images"]] == ["OK"] * 8
 
     trained = tagvision("train", "shoes", data_dir=data_dir)
     assert "Iteration 1 completed" in trained.stdout and "on 32 images" in trained.stdout
     assert "embedding images" in trained.stderr, "a progress bar is shown"
 
-    performance = json.loads(tagvision("performance", "shoes", "--threshold", "0.7", "--json",
-                                       data_dir=data_dir).stdout)
+    performance = json.loads(
+        tagvision("performance", "shoes", "--threshold", "0.7", "--json", data_dir=data_dir).stdout
+    )
     assert set(performance) >= PERFORMANCE_KEYS
     assert {t["name"] for t in performance["perTagPerformance"]} == {"dress", "hat", "shoes", "pants"}
     assert all(set(t) >= TAG_PERFORMANCE_KEYS for t in performance["perTagPerformance"])
@@ -68,16 +98,19 @@ def test_the_whole_flow_from_folders_to_predictions(data_dir: Path, class_folder
         assert probabilities == sorted(probabilities, reverse=True) and len(probabilities) == 4
         assert set(p["predictions"][0]) >= {"tagId", "tagName", "probability", "tagType"}
     top = [p["predictions"][0]["tagName"] for p in predictions]
-    assert sum(t == want for t, want in zip(top, ["dress"] * 2 + ["hat"] * 2 + ["shoes"] * 2 + ["pants"] * 2,
-                                            strict=True)) >= 7
+    assert (
+        sum(t == want for t, want in zip(top, ["dress"] * 2 + ["hat"] * 2 + ["shoes"] * 2 + ["pants"] * 2, strict=True))
+        >= 7
+    )
 
     iterations = json.loads(tagvision("iteration", "list", "shoes", "--json", data_dir=data_dir).stdout)
     assert [(i["name"], i["status"]) for i in iterations] == [("Iteration 1", "Completed")]
     again = tagvision("train", "shoes", data_dir=data_dir, check=False)
     assert again.returncode == 1 and "BadRequestTrainingNotNeeded" in again.stderr
     tagvision("train", "shoes", "--force", data_dir=data_dir)
-    chosen = json.loads(tagvision("predict", "shoes", str(unseen[0]), "--iteration", "Iteration 1", "--json",
-                                  data_dir=data_dir).stdout)
+    chosen = json.loads(
+        tagvision("predict", "shoes", str(unseen[0]), "--iteration", "Iteration 1", "--json", data_dir=data_dir).stdout
+    )
     assert chosen["predictions"] == predictions[0]["predictions"]
     projects = json.loads(tagvision("project", "list", "--json", data_dir=data_dir).stdout)
     assert [p["name"] for p in projects] == ["shoes"]
@@ -85,8 +118,9 @@ def test_the_whole_flow_from_folders_to_predictions(data_dir: Path, class_folder
 
 def test_data_dir_comes_from_the_environment(tmp_path: Path) -> None:
     env = {**os.environ, "TAGVISION_DATA_DIR": str(tmp_path / "env-data")}
-    subprocess.run([sys.executable, "-m", "tagvision.cli", "project", "create", "x"], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "tagvision.cli", "project", "create", "x"], env=env, check=True, capture_output=True
+    )
     assert (tmp_path / "env-data" / "tagvision.db").is_file()
 
 
@@ -105,12 +139,20 @@ def test_bad_images_get_their_codes_and_good_ones_land(data_dir: Path, tmp_path:
     (folder / "wide.png").write_bytes(buffer.getvalue())
     tagvision("project", "create", "p", data_dir=data_dir)
 
-    result = json.loads(tagvision("image", "add", "p", "--from-folders", str(tmp_path / "mixed"), "--json",
-                                  data_dir=data_dir).stdout)
+    result = json.loads(
+        tagvision("image", "add", "p", "--from-folders", str(tmp_path / "mixed"), "--json", data_dir=data_dir).stdout
+    )
     status = {Path(i["sourceUrl"]).name: i["status"] for i in result["images"]}
-    assert status == {good[0].name: "OK", good[1].name: "OK", good[2].name: "OK", "copy.jpg": "OKDuplicate",
-                      "truncated.jpg": "ErrorImageFormat", "notes.jpg": "ErrorImageFormat",
-                      "big.png": "ErrorImageSize", "wide.png": "ErrorImageDimensions"}
+    assert status == {
+        good[0].name: "OK",
+        good[1].name: "OK",
+        good[2].name: "OK",
+        "copy.jpg": "OKDuplicate",
+        "truncated.jpg": "ErrorImageFormat",
+        "notes.jpg": "ErrorImageFormat",
+        "big.png": "ErrorImageSize",
+        "wide.png": "ErrorImageDimensions",
+    }
     assert result["isBatchSuccessful"] is False
     listed = json.loads(tagvision("image", "list", "p", "--json", data_dir=data_dir).stdout)
     assert len(listed) == 3 and all(i["tags"][0]["tagName"] == "hat" for i in listed)
@@ -120,16 +162,25 @@ def test_bad_images_get_their_codes_and_good_ones_land(data_dir: Path, tmp_path:
     assert "Traceback" not in missing.stderr
 
 
-def test_a_kill_during_image_add_leaves_a_consistent_store_and_a_rerun_finishes(data_dir: Path,
-                                                                                tmp_path: Path) -> None:
+def test_a_kill_during_image_add_leaves_a_consistent_store_and_a_rerun_finishes(data_dir: Path, tmp_path: Path) -> None:
     source = tmp_path / "many"
     for tag in ("t-shirt", "pants", "longsleeve", "shirt"):
         (source / tag).mkdir(parents=True)
         for path in photos(CLOTHING, "train", tag, 100):
             (source / tag / path.name).symlink_to(path)
     tagvision("project", "create", "p", data_dir=data_dir)
-    command = [sys.executable, "-m", "tagvision.cli", "image", "add", "p", "--from-folders", str(source),
-               "--data-dir", str(data_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "tagvision.cli",
+        "image",
+        "add",
+        "p",
+        "--from-folders",
+        str(source),
+        "--data-dir",
+        str(data_dir),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     database = data_dir / "tagvision.db"
     count = 0

@@ -40,17 +40,33 @@ def test_good_broken_slow_redirected_and_rate_limited_links(host: FakeServer, tm
     host.photos["tiny"] = tiny
     host.photos["html"] = tmp_path / "page.html"
     (tmp_path / "page.html").write_text("<html>not an image</html>")
-    urls = {"good": host.image_url("p0"), "broken": host.image_url("p1"), "slow": host.image_url("p2"),
-            "limited": host.image_url("p3"), "moved": f"{host.url}/moved", "tiny": host.image_url("tiny"),
-            "html": host.image_url("html"), "private": "http://169.254.169.254/latest/meta-data"}
+    urls = {
+        "good": host.image_url("p0"),
+        "broken": host.image_url("p1"),
+        "slow": host.image_url("p2"),
+        "limited": host.image_url("p3"),
+        "moved": f"{host.url}/moved",
+        "tiny": host.image_url("tiny"),
+        "html": host.image_url("html"),
+        "private": "http://169.254.169.254/latest/meta-data",
+    }
     downloader = Downloader(timeout=1.0, backoff=0.1)
     started = time.monotonic()
-    results = {r.candidate.provider_id: r for r in downloader.download(
-        [candidate(url, name) for name, url in urls.items()])}
+    results = {
+        r.candidate.provider_id: r for r in downloader.download([candidate(url, name) for name, url in urls.items()])
+    }
     elapsed = time.monotonic() - started
     status = {name: results[f"c{name}"].status for name in urls}
-    assert status == {"good": "OK", "broken": "ErrorSource", "slow": "ErrorSource", "limited": "OK", "moved": "OK",
-                      "tiny": "ErrorImageTooSmall", "html": "ErrorImageFormat", "private": "ErrorSource"}
+    assert status == {
+        "good": "OK",
+        "broken": "ErrorSource",
+        "slow": "ErrorSource",
+        "limited": "OK",
+        "moved": "OK",
+        "tiny": "ErrorImageTooSmall",
+        "html": "ErrorImageFormat",
+        "private": "ErrorSource",
+    }
     assert "timed out" in results["cslow"].message
     assert results["cmoved"].data == results["cgood"].data and results["cgood"].dhash == results["cmoved"].dhash
     assert len(host.requests_to("/img/p3")) == 2 and elapsed >= 1.0  # retried after Retry-After: 1
@@ -76,8 +92,9 @@ def test_concurrency_is_bounded_overall_and_per_host(host: FakeServer) -> None:
 
     host._answer = counting
     started = time.monotonic()
-    results = list(Downloader(workers=8, per_host=3).download(
-        [candidate(host.image_url(f"p{n}"), n) for n in range(12)]))
+    results = list(
+        Downloader(workers=8, per_host=3).download([candidate(host.image_url(f"p{n}"), n) for n in range(12)])
+    )
     elapsed = time.monotonic() - started
     assert [r.status for r in results] == ["OK"] * 12
     assert peak[0] == 3  # one host: at most 3 at a time

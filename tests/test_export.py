@@ -49,8 +49,9 @@ def run(model: bytes, batch: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("labels", "multilabel"), [(MULTICLASS, False), (MULTILABEL, True)])
-def test_export_reproduces_the_server_probabilities(pairs, batch: np.ndarray, labels: list[str],
-                                                    multilabel: bool) -> None:
+def test_export_reproduces_the_server_probabilities(
+    pairs, batch: np.ndarray, labels: list[str], multilabel: bool
+) -> None:
     head = random_head(pairs, len(labels), multilabel)
     model = export.build_classifier_onnx(SPEC, MODELS, head, labels, iteration_id="it-1", project_name="Shop")
     expected = head.predict_proba(*pairs)
@@ -62,7 +63,7 @@ def test_export_reproduces_the_server_probabilities(pairs, batch: np.ndarray, la
         np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
 
     # Dynamic batch: one image at a time gives the same rows.
-    singles = np.concatenate([run(model, batch[i:i + 1]) for i in range(len(batch))])
+    singles = np.concatenate([run(model, batch[i : i + 1]) for i in range(len(batch))])
     np.testing.assert_allclose(singles, got, atol=1e-5)
 
     # The backbone's weights appear once.

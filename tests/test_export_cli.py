@@ -20,8 +20,13 @@ TAGS = ("hat", "shoes", "dress", "pants")
 
 
 def tagvision(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "tagvision.cli", *args, "--data-dir", str(data_dir)],
-                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "tagvision.cli", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     return result
 
@@ -35,9 +40,10 @@ def test_export_bundle_int8_and_the_standalone_predictor(tmp_path: Path, svc, da
     assert svc.images.add("shop", items).is_batch_successful
     svc.training.train("shop")
     unseen = [p for tag in TAGS for p in photos(CLOTHING, "test", tag, 6)]
-    served = {p.name: {t.tag_name: t.probability for t in r.predictions}
-              for p, r in zip(unseen, svc.prediction.predict("shop", [(p.name, p.read_bytes) for p in unseen]),
-                              strict=True)}
+    served = {
+        p.name: {t.tag_name: t.probability for t in r.predictions}
+        for p, r in zip(unseen, svc.prediction.predict("shop", [(p.name, p.read_bytes) for p in unseen]), strict=True)
+    }
     svc.close()
 
     tagvision("export", "shop", "--out", str(tmp_path / "shop.zip"), data_dir=data_dir)
@@ -47,8 +53,13 @@ def test_export_bundle_int8_and_the_standalone_predictor(tmp_path: Path, svc, da
         bundle.extractall(tmp_path / "bundle")
     assert sorted(labels) == sorted(TAGS)
     # The standalone predictor (onnxruntime, numpy, Pillow only) gives the server's probabilities.
-    ran = subprocess.run([sys.executable, str(tmp_path / "bundle" / "predict.py"), *map(str, unseen)],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    ran = subprocess.run(
+        [sys.executable, str(tmp_path / "bundle" / "predict.py"), *map(str, unseen)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert ran.returncode == 0, ran.stderr
     for line in ran.stdout.splitlines():
         row = json.loads(line)
@@ -57,8 +68,7 @@ def test_export_bundle_int8_and_the_standalone_predictor(tmp_path: Path, svc, da
         assert max(abs(got[t] - want[t]) for t in TAGS) < 1e-4
 
     # int8: smaller, and it agrees with fp32 on (nearly) every test photo.
-    tagvision("export", "shop", "--format", "onnx-int8", "--out", str(tmp_path / "shop-int8.onnx"),
-              data_dir=data_dir)
+    tagvision("export", "shop", "--format", "onnx-int8", "--out", str(tmp_path / "shop-int8.onnx"), data_dir=data_dir)
     fp32 = ort.InferenceSession(str(tmp_path / "bundle" / "model.onnx"), providers=["CPUExecutionProvider"])
     int8 = ort.InferenceSession(str(tmp_path / "shop-int8.onnx"), providers=["CPUExecutionProvider"])
     assert (tmp_path / "shop-int8.onnx").stat().st_size < (tmp_path / "bundle" / "model.onnx").stat().st_size / 3
@@ -85,12 +95,14 @@ def test_export_of_a_fine_tuned_iteration(tmp_path: Path, svc, data_dir: Path, m
 
     # Keep the fine-tuned network even if the quick head scores as well on a handful of validation photos; never
     # fine-tune Lite2 (whether 10 of its epochs fit 45 s depends on the machine).
-    monkeypatch.setattr(finetune, "Recipe", functools.partial(finetune.Recipe, force_fine_tuned=True,
-                                                              larger_epochs=1000.0))
+    monkeypatch.setattr(
+        finetune, "Recipe", functools.partial(finetune.Recipe, force_fine_tuned=True, larger_epochs=1000.0)
+    )
     svc.projects.create("shoes", domain="general")
     svc.projects.create_tags("shoes", list(TAGS[:3]))
-    items = [NewImage(p.name, p.read_bytes, (tag,)) for tag in TAGS[:3]
-             for p in photos(CLOTHING, "train", tag, 10, skip=20)]
+    items = [
+        NewImage(p.name, p.read_bytes, (tag,)) for tag in TAGS[:3] for p in photos(CLOTHING, "train", tag, 10, skip=20)
+    ]
     assert svc.images.add("shoes", items).is_batch_successful
     iteration = svc.training.train("shoes", training_type="Advanced", budget_minutes=0.75)
     assert iteration.status == "Completed" and iteration.fine_tuned, iteration
@@ -102,20 +114,32 @@ def test_export_of_a_fine_tuned_iteration(tmp_path: Path, svc, data_dir: Path, m
         tuning = session.get(Iteration, iteration.id).details["advanced"]["fineTuning"]
     assert tuning["served"] == "the first run and its refit on every image, logits averaged", tuning
     unseen = [p for tag in TAGS[:3] for p in photos(CLOTHING, "test", tag, 5)]
-    served = {p.name: {t.tag_name: t.probability for t in r.predictions}
-              for p, r in zip(unseen, svc.prediction.predict("shoes", [(p.name, p.read_bytes) for p in unseen],
-                                                             iteration_ref=iteration.id), strict=True)}
+    served = {
+        p.name: {t.tag_name: t.probability for t in r.predictions}
+        for p, r in zip(
+            unseen,
+            svc.prediction.predict("shoes", [(p.name, p.read_bytes) for p in unseen], iteration_ref=iteration.id),
+            strict=True,
+        )
+    }
     svc.close()
 
-    tagvision("export", "shoes", "--iteration", iteration.name, "--out", str(tmp_path / "shoes.zip"),
-              data_dir=data_dir)
+    tagvision("export", "shoes", "--iteration", iteration.name, "--out", str(tmp_path / "shoes.zip"), data_dir=data_dir)
     with zipfile.ZipFile(tmp_path / "shoes.zip") as bundle:
         bundle.extractall(tmp_path / "bundle")
-    meta = ort.InferenceSession(str(tmp_path / "bundle" / "model.onnx"),
-                                providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    meta = (
+        ort.InferenceSession(str(tmp_path / "bundle" / "model.onnx"), providers=["CPUExecutionProvider"])
+        .get_modelmeta()
+        .custom_metadata_map
+    )
     assert (meta["backbone"], meta["image_size"], meta["resize"]) == ("efficientnet-lite0", "224", "256")
-    ran = subprocess.run([sys.executable, str(tmp_path / "bundle" / "predict.py"), *map(str, unseen)],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    ran = subprocess.run(
+        [sys.executable, str(tmp_path / "bundle" / "predict.py"), *map(str, unseen)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert ran.returncode == 0, ran.stderr
     rows = [json.loads(line) for line in ran.stdout.splitlines()]
     assert len(rows) == len(unseen)
@@ -124,8 +148,17 @@ def test_export_of_a_fine_tuned_iteration(tmp_path: Path, svc, data_dir: Path, m
         want = served[Path(row["image"]).name]
         assert max(abs(got[t] - want[t]) for t in TAGS[:3]) < 1e-4
 
-    tagvision("export", "shoes", "--iteration", iteration.name, "--format", "onnx-int8",
-              "--out", str(tmp_path / "shoes-int8.onnx"), data_dir=data_dir)
+    tagvision(
+        "export",
+        "shoes",
+        "--iteration",
+        iteration.name,
+        "--format",
+        "onnx-int8",
+        "--out",
+        str(tmp_path / "shoes-int8.onnx"),
+        data_dir=data_dir,
+    )
     fp32 = ort.InferenceSession(str(tmp_path / "bundle" / "model.onnx"), providers=["CPUExecutionProvider"])
     int8 = ort.InferenceSession(str(tmp_path / "shoes-int8.onnx"), providers=["CPUExecutionProvider"])
     x = np.stack([backbone.preprocess_bytes(p.read_bytes(), backbone.BACKBONES["general-compact"]) for p in unseen])

@@ -31,10 +31,16 @@ def run(paths: list[Path], labels: np.ndarray, budget: float, **recipe) -> tuple
     """Returns the result, the seconds it took, and its progress events (stage, done, total, eta, when)."""
     events: list[tuple[str, int, int, float, float]] = []
     started = time.perf_counter()
-    result = finetune.fine_tune(SPEC, MODELS, [p.read_bytes for p in paths], labels, multilabel=False,
-                                budget_seconds=budget,
-                                progress=lambda *event: events.append((*event, time.perf_counter())),
-                                recipe=finetune.Recipe(**recipe))
+    result = finetune.fine_tune(
+        SPEC,
+        MODELS,
+        [p.read_bytes for p in paths],
+        labels,
+        multilabel=False,
+        budget_seconds=budget,
+        progress=lambda *event: events.append((*event, time.perf_counter())),
+        recipe=finetune.Recipe(**recipe),
+    )
     return result, time.perf_counter() - started, events
 
 
@@ -73,7 +79,8 @@ def test_fine_tunes_within_budget_and_serves_through_the_exported_network(photo_
         assert [h["primary"] < best["primary"] for h in history[-2:]] == [True, True], history
     else:
         assert (tuning["stopped"] == "epochs" and tuning["epochs"] >= finetune.Recipe().max_epochs - 1) or (
-            tuning["stopped"] == "time" and elapsed >= 0.75 * budget), (tuning, elapsed)
+            tuning["stopped"] == "time" and elapsed >= 0.75 * budget
+        ), (tuning, elapsed)
 
     # Progress: every stage reported, the estimated time left only goes down and ends at zero.
     stages = [e[0] for e in events]
@@ -85,7 +92,7 @@ def test_fine_tunes_within_budget_and_serves_through_the_exported_network(photo_
     # Once the steps are timed, the estimate is the time that was actually left, give or take.
     end = max(when for *_, when in events)
     tuning_events = [e for e in events if e[0] == "fine-tuning"]
-    for _, _, _, eta, when in tuning_events[len(tuning_events) // 2:]:
+    for _, _, _, eta, when in tuning_events[len(tuning_events) // 2 :]:
         assert abs(eta - (end - when)) <= 0.2 * budget, (eta, end - when)
 
     # The exported network keeps the stock contract...
@@ -148,9 +155,15 @@ def test_multilabel_fine_tuning_gives_a_sigmoid_head(photo_set) -> None:
     multi = np.concatenate([labels, (labels[:, 0] | labels[:, 1])[:, None]], axis=1)
     budget = 20.0
     started = time.perf_counter()
-    result = finetune.fine_tune(SPEC, MODELS, [p.read_bytes for p in paths], multi, multilabel=True,
-                                budget_seconds=budget, recipe=finetune.Recipe(force_fine_tuned=True,
-                                                                              refit_min_epochs=math.inf))
+    result = finetune.fine_tune(
+        SPEC,
+        MODELS,
+        [p.read_bytes for p in paths],
+        multi,
+        multilabel=True,
+        budget_seconds=budget,
+        recipe=finetune.Recipe(force_fine_tuned=True, refit_min_epochs=math.inf),
+    )
     assert time.perf_counter() - started <= 1.1 * budget
     assert result.head.multilabel and result.head.weights.shape == (1280, 4)
     probabilities, eval_labels, rows = result.evaluation
@@ -197,10 +210,16 @@ def test_a_general_project_fine_tunes_lite0_when_lite2_would_not_fit(photo_set) 
     general = backbone.BACKBONES["general"]
     budget = 30.0
     started = time.perf_counter()
-    result = finetune.fine_tune(general, MODELS, [p.read_bytes for p in paths], labels, multilabel=False,
-                                budget_seconds=budget, backbones=backbone.no_larger_than(general),
-                                recipe=finetune.Recipe(force_fine_tuned=True, refit_min_epochs=math.inf,
-                                                       larger_epochs=1000.0))
+    result = finetune.fine_tune(
+        general,
+        MODELS,
+        [p.read_bytes for p in paths],
+        labels,
+        multilabel=False,
+        budget_seconds=budget,
+        backbones=backbone.no_larger_than(general),
+        recipe=finetune.Recipe(force_fine_tuned=True, refit_min_epochs=math.inf, larger_epochs=1000.0),
+    )
     assert time.perf_counter() - started <= 1.1 * budget
     details = result.details
     assert details["backbone"] == "efficientnet-lite2" and details["fineTunedBackbone"] == "efficientnet-lite0"
@@ -224,10 +243,16 @@ def test_a_general_project_fine_tunes_lite0_when_lite2_would_not_fit(photo_set) 
 def test_a_general_project_fine_tunes_lite2_when_it_fits(photo_set) -> None:
     paths, labels = photo_set
     general = backbone.BACKBONES["general"]
-    result = finetune.fine_tune(general, MODELS, [p.read_bytes for p in paths], labels, multilabel=False,
-                                budget_seconds=30.0, backbones=backbone.no_larger_than(general),
-                                recipe=finetune.Recipe(force_fine_tuned=True, refit_min_epochs=math.inf,
-                                                       larger_epochs=0.5))
+    result = finetune.fine_tune(
+        general,
+        MODELS,
+        [p.read_bytes for p in paths],
+        labels,
+        multilabel=False,
+        budget_seconds=30.0,
+        backbones=backbone.no_larger_than(general),
+        recipe=finetune.Recipe(force_fine_tuned=True, refit_min_epochs=math.inf, larger_epochs=0.5),
+    )
     assert result.details["backboneChoice"] == ["efficientnet-lite2 fine-tuned"]
     assert result.spec == general and result.details["fineTunedBackbone"] == "efficientnet-lite2"
     with tempfile.TemporaryDirectory() as tmp:

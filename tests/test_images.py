@@ -78,12 +78,7 @@ def bilevel_png(width: int, height: int) -> bytes:
     deflate = zlib.compressobj(9)
     idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", idat)
-        + png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def with_orientation(img: Image.Image, orientation: int) -> bytes:
@@ -181,9 +176,7 @@ def test_orientation_6_swaps_sides_in_facts_and_in_open_rgb() -> None:
     assert_close(rgb.getpixel((15, 35)), BLUE)
 
 
-@pytest.mark.parametrize(
-    ("orientation", "size"), [(1, (40, 30)), (3, (40, 30)), (5, (30, 40)), (8, (30, 40))]
-)
+@pytest.mark.parametrize(("orientation", "size"), [(1, (40, 30)), (3, (40, 30)), (5, (30, 40)), (8, (30, 40))])
 def test_orientations_other_than_6(orientation: int, size: tuple[int, int]) -> None:
     data = with_orientation(Image.new("RGB", (40, 30), GREEN), orientation)
 
@@ -409,13 +402,9 @@ NOT_IMAGES: dict[str, Callable[[], bytes]] = {
 }
 
 
-@pytest.mark.parametrize(
-    "call", [validate, open_rgb, thumbnail_jpeg], ids=["validate", "open_rgb", "thumbnail"]
-)
+@pytest.mark.parametrize("call", [validate, open_rgb, thumbnail_jpeg], ids=["validate", "open_rgb", "thumbnail"])
 @pytest.mark.parametrize("kind", list(NOT_IMAGES))
-def test_not_an_image_or_broken_is_a_format_error(
-    kind: str, call: Callable[[bytes], object]
-) -> None:
+def test_not_an_image_or_broken_is_a_format_error(kind: str, call: Callable[[bytes], object]) -> None:
     error = refusal(lambda: call(NOT_IMAGES[kind]()))
 
     assert error.code == "ErrorImageFormat"
@@ -444,9 +433,7 @@ def test_truncated_jpeg_message() -> None:
         (png_with_wrong_idat_length, SyntaxError),
     ],
 )
-def test_every_pillow_exception_type_becomes_image_error(
-    make: Callable[[], bytes], cause: type[Exception]
-) -> None:
+def test_every_pillow_exception_type_becomes_image_error(make: Callable[[], bytes], cause: type[Exception]) -> None:
     error = refusal(lambda: open_rgb(make()))
 
     assert error.code == "ErrorImageFormat"
@@ -509,9 +496,7 @@ def test_side_over_the_limit(width: int, height: int, call: Callable[[bytes], ob
     error = refusal(lambda: call(bilevel_png(width, height)))
 
     assert error.code == "ErrorImageDimensions"
-    assert error.message == (
-        f"The image is {width} x {height} pixels; neither side may be longer than 10240 pixels."
-    )
+    assert error.message == (f"The image is {width} x {height} pixels; neither side may be longer than 10240 pixels.")
 
 
 def test_max_side_parameter_is_inclusive() -> None:
@@ -520,9 +505,7 @@ def test_max_side_parameter_is_inclusive() -> None:
     assert validate(data, max_side=40).width == 40
     error = refusal(lambda: validate(data, max_side=39))
     assert error.code == "ErrorImageDimensions"
-    assert error.message == (
-        "The image is 40 x 30 pixels; neither side may be longer than 39 pixels."
-    )
+    assert error.message == ("The image is 40 x 30 pixels; neither side may be longer than 39 pixels.")
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -580,9 +563,7 @@ def test_draft_keeps_the_shorter_side_at_least_min_side(
     assert min(rgb.size) >= (min_side or 0)
 
 
-def test_validate_decodes_jpeg_at_one_eighth_scale(
-    monkeypatch: pytest.MonkeyPatch, big_jpeg: bytes
-) -> None:
+def test_validate_decodes_jpeg_at_one_eighth_scale(monkeypatch: pytest.MonkeyPatch, big_jpeg: bytes) -> None:
     loaded: list[tuple[int, int]] = []
     load = JpegImagePlugin.JpegImageFile.load
 

@@ -85,8 +85,9 @@ def test_test_time_flip_averages_features_of_both_views() -> None:
     plain, flipped, labels = blobs(20, 3)
     head = QuickClassifier().fit(plain, flipped, labels).head_
     mean_features = (features(plain) + features(flipped)) / 2
-    np.testing.assert_allclose(head.decision_function(plain, flipped),
-                               mean_features @ head.weights + head.bias, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        head.decision_function(plain, flipped), mean_features @ head.weights + head.bias, rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("bad", ["one tag", "two tags on a multiclass image", "shape mismatch"])

@@ -39,14 +39,16 @@ def fold_counts(labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
 # Fold 0 (images 0-2) is perfect. Fold 1 (images 3-5):
 #   A: precision 0/1, recall 0/1, AP 1/3; B: precision 2/3, recall 2/2, AP 7/12;
 #   overall precision 2/4, recall 2/3, AP (1/3 + 7/12) / 2 = 11/24.
-MC_PROBABILITIES = np.array([
-    [0.9, 0.1],
-    [0.6, 0.4],
-    [0.3, 0.7],
-    [0.4, 0.6],
-    [0.45, 0.55],
-    [0.5, 0.5],
-])
+MC_PROBABILITIES = np.array(
+    [
+        [0.9, 0.1],
+        [0.6, 0.4],
+        [0.3, 0.7],
+        [0.4, 0.6],
+        [0.45, 0.55],
+        [0.5, 0.5],
+    ]
+)
 MC_LABELS = one_hot([A, A, B, A, B, B], 2)
 MC_FOLDS = np.array([0, 0, 0, 1, 1, 1])
 
@@ -146,18 +148,22 @@ def test_threshold_moves_precision_and_recall() -> None:
 # Fold 0 (images 0, 1): perfect; C neither present nor predicted (undefined there).
 # Fold 1 (images 2, 3): A precision 1/2; B not predicted (precision undefined),
 #   recall 0, AP 1/2; overall precision 3/4, recall 3/4, AP (1 + 1/2 + 1)/3 = 5/6.
-ML_LABELS = np.array([
-    [True, True, False],
-    [False, True, False],
-    [True, False, True],
-    [False, True, True],
-])
-ML_PROBABILITIES = np.array([
-    [0.8, 0.6, 0.2],
-    [0.1, 0.9, 0.4],
-    [0.7, 0.3, 0.5],
-    [0.6, 0.2, 0.9],
-])
+ML_LABELS = np.array(
+    [
+        [True, True, False],
+        [False, True, False],
+        [True, False, True],
+        [False, True, True],
+    ]
+)
+ML_PROBABILITIES = np.array(
+    [
+        [0.8, 0.6, 0.2],
+        [0.1, 0.9, 0.4],
+        [0.7, 0.3, 0.5],
+        [0.6, 0.2, 0.9],
+    ]
+)
 ML_FOLDS = np.array([0, 0, 1, 1])
 
 
@@ -175,7 +181,10 @@ def test_multilabel_figures_by_hand() -> None:
     assert (tag_a.precision, tag_a.recall, tag_a.average_precision) == (pytest.approx(2 / 3), 1.0, 1.0)
     assert (tag_a.precision_std, tag_a.recall_std, tag_a.average_precision_std) == (0.25, 0.0, 0.0)
     assert (tag_b.precision, tag_b.recall, tag_b.average_precision) == (
-        1.0, pytest.approx(2 / 3), pytest.approx(11 / 12))
+        1.0,
+        pytest.approx(2 / 3),
+        pytest.approx(11 / 12),
+    )
     # B's precision is defined in fold 0 only, so it has no spread.
     assert (tag_b.precision_std, tag_b.recall_std, tag_b.average_precision_std) == (0.0, 0.5, 0.25)
     assert (tag_c.precision, tag_c.recall, tag_c.average_precision) == (1.0, 1.0, 1.0)
@@ -240,14 +249,16 @@ def test_perfect_predictions_score_one_with_no_spread(multilabel: bool) -> None:
 
 def test_confusion_matrix_counts_true_against_argmax() -> None:
     labels = one_hot([A, A, A, B, B, C], 3)
-    probabilities = np.array([
-        [0.7, 0.2, 0.1],  # A -> A
-        [0.6, 0.3, 0.1],  # A -> A
-        [0.2, 0.5, 0.3],  # A -> B
-        [0.1, 0.8, 0.1],  # B -> B
-        [0.1, 0.2, 0.7],  # B -> C
-        [0.3, 0.3, 0.4],  # C -> C
-    ])
+    probabilities = np.array(
+        [
+            [0.7, 0.2, 0.1],  # A -> A
+            [0.6, 0.3, 0.1],  # A -> A
+            [0.2, 0.5, 0.3],  # A -> B
+            [0.1, 0.8, 0.1],  # B -> B
+            [0.1, 0.2, 0.7],  # B -> C
+            [0.3, 0.3, 0.4],  # C -> C
+        ]
+    )
     matrix = confusion_matrix(probabilities, labels)
     np.testing.assert_array_equal(matrix, [[2, 1, 0], [0, 1, 1], [0, 0, 1]])
     assert matrix.shape == (3, 3)
@@ -385,6 +396,10 @@ def test_plotting_helpers_reject_bad_input() -> None:
 
 def test_module_exports_its_public_api() -> None:
     assert set(metrics.__all__) == {
-        "Performance", "TagPerformance", "confusion_matrix", "evaluate",
-        "precision_recall_curve", "stratified_folds",
+        "Performance",
+        "TagPerformance",
+        "confusion_matrix",
+        "evaluate",
+        "precision_recall_curve",
+        "stratified_folds",
     }

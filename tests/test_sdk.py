@@ -68,8 +68,9 @@ def trainer_for(server, key: str | None = None, endpoint: str | None = None) -> 
 
 
 def predictor_for(server, key: str | None = None) -> CustomVisionPredictionClient:
-    return CustomVisionPredictionClient(server.endpoint,
-                                        ApiKeyCredentials(in_headers={"Prediction-key": key or server.prediction_key}))
+    return CustomVisionPredictionClient(
+        server.endpoint, ApiKeyCredentials(in_headers={"Prediction-key": key or server.prediction_key})
+    )
 
 
 def wait_trained(trainer: CustomVisionTrainingClient, project_id: str, iteration_id: str):
@@ -154,8 +155,7 @@ def photo_host(tmp_path_factory):
             folder.mkdir(parents=True)
             for path in photos(CLOTHING, split, tag, count):
                 (folder / path.name).write_bytes(path.read_bytes())
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(_QuietHandler, directory=str(root)))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -206,28 +206,43 @@ def trained(live, photo_host) -> Trained:
     trainer = trainer_for(live)
     project = trainer.create_project("SDK clothing", domain_id=COMPACT, classification_type="Multiclass")
     tags = {name: trainer.create_tag(project.id, name) for name in TAGS}
-    entries = [ImageFileCreateEntry(name=path.name, contents=path.read_bytes(), tag_ids=[tags[name].id])
-               for name in TAGS for path in photos(CLOTHING, "train", name, 10)]
+    entries = [
+        ImageFileCreateEntry(name=path.name, contents=path.read_bytes(), tag_ids=[tags[name].id])
+        for name in TAGS
+        for path in photos(CLOTHING, "train", name, 10)
+    ]
     state = Trained(project, tags, trainer.create_images_from_files(project.id, ImageFileCreateBatch(images=entries)))
     for name in TAGS[:2]:  # one photo as bytes (a part without filename), one as an open file (with filename)
         path = photos(CLOTHING, "train", name, 1, skip=10)[0]
-        state.data_results.append(("bytes", trainer.create_images_from_data(project.id, path.read_bytes(),
-                                                                           tag_ids=[tags[name].id])))
+        state.data_results.append(
+            ("bytes", trainer.create_images_from_data(project.id, path.read_bytes(), tag_ids=[tags[name].id]))
+        )
     for name in TAGS[2:]:
         path = photos(CLOTHING, "train", name, 1, skip=10)[0]
         with open(path, "rb") as stream:
-            state.data_results.append(("file", trainer.create_images_from_data(project.id, stream,
-                                                                              tag_ids=[tags[name].id])))
-    state.urls_result = trainer.create_images_from_urls(project.id, ImageUrlCreateBatch(images=[
-        ImageUrlCreateEntry(url=url_of(photo_host, photos(CLOTHING, "train", name, 1, skip=11)[0]),
-                            tag_ids=[tags[name].id]) for name in TAGS]))
+            state.data_results.append(
+                ("file", trainer.create_images_from_data(project.id, stream, tag_ids=[tags[name].id]))
+            )
+    state.urls_result = trainer.create_images_from_urls(
+        project.id,
+        ImageUrlCreateBatch(
+            images=[
+                ImageUrlCreateEntry(
+                    url=url_of(photo_host, photos(CLOTHING, "train", name, 1, skip=11)[0]), tag_ids=[tags[name].id]
+                )
+                for name in TAGS
+            ]
+        ),
+    )
     first = state.files_result.images[0].image
     state.downloads = {"thumbnail": fetch(first.thumbnail_uri), "original": fetch(first.original_image_uri)}
     untagged = photos(CLOTHING, "train", "shorts", 1)[0]
     state.untagged_result = trainer.create_images_from_data(project.id, untagged.read_bytes())
-    state.counts = {"all": trainer.get_image_count(project.id),
-                    "tagged": trainer.get_tagged_image_count(project.id),
-                    "untagged": trainer.get_untagged_image_count(project.id)}
+    state.counts = {
+        "all": trainer.get_image_count(project.id),
+        "tagged": trainer.get_tagged_image_count(project.id),
+        "untagged": trainer.get_untagged_image_count(project.id),
+    }
     state.tag_counts = {t.name: t.image_count for t in trainer.get_tags(project.id)}
 
     state.started = trainer.train_project(project.id)
@@ -272,17 +287,24 @@ def test_domains_keys_paths_and_errors(live, trained) -> None:
 
     # The endpoint with a trailing slash, and the capitalised paths of Microsoft's samples.
     assert trained.project_id in {p.id for p in trainer_for(live, endpoint=live.endpoint + "/").get_projects()}
-    response = httpx.get(f"{live.endpoint}/customvision/v3.4-preview/Training/projects",
-                         headers={"Training-key": live.training_key}, timeout=30)
+    response = httpx.get(
+        f"{live.endpoint}/customvision/v3.4-preview/Training/projects",
+        headers={"Training-key": live.training_key},
+        timeout=30,
+    )
     assert response.status_code == 200 and trained.project_id in {p["id"] for p in response.json()}
-    response = httpx.post(f"{live.endpoint}/customvision/v3.1/Prediction/{trained.project_id.upper()}/Classify/"
-                          f"iterations/{PUBLISHED}/image/nostore",
-                          headers={"Prediction-key": live.prediction_key, "Content-Type": "application/octet-stream"},
-                          content=photo, timeout=60)
+    response = httpx.post(
+        f"{live.endpoint}/customvision/v3.1/Prediction/{trained.project_id.upper()}/Classify/"
+        f"iterations/{PUBLISHED}/image/nostore",
+        headers={"Prediction-key": live.prediction_key, "Content-Type": "application/octet-stream"},
+        content=photo,
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["tagName"] == "hat"
-    response = httpx.get(f"{live.endpoint}/customvision/v3.4-preview/Training/projects",
-                         headers={"Training-key": "wrong"}, timeout=30)
+    response = httpx.get(
+        f"{live.endpoint}/customvision/v3.4-preview/Training/projects", headers={"Training-key": "wrong"}, timeout=30
+    )
     assert response.status_code == 401 and response.json()["code"] == "Unauthorized"
 
 
@@ -308,8 +330,11 @@ def test_projects_and_tags(live, trained) -> None:
     tag = trainer.get_tag(trained.project_id, trained.tag_id("hat"))
     tag.description = "anything worn on the head"
     updated_tag = trainer.update_tag(trained.project_id, tag.id, tag)
-    assert (updated_tag.name, updated_tag.description, updated_tag.type) == ("hat", "anything worn on the head",
-                                                                             "Regular")
+    assert (updated_tag.name, updated_tag.description, updated_tag.type) == (
+        "hat",
+        "anything worn on the head",
+        "Regular",
+    )
     listed = {t.name: t for t in trainer.get_tags(trained.project_id)}
     assert set(listed) == set(TAGS)
     assert listed["hat"].description == "anything worn on the head"
@@ -349,13 +374,22 @@ def test_uploads(live, trained, photo_host) -> None:
     assert untagged.is_batch_successful is True and untagged.images[0].image.tags in (None, [])
 
     # The quickstart's check: a photo already in the project makes the batch unsuccessful.
-    again = trainer.create_images_from_files(trained.project_id, ImageFileCreateBatch(images=[
-        ImageFileCreateEntry(name=first[0].name, contents=first[0].read_bytes(), tag_ids=[trained.tag_id("dress")])]))
+    again = trainer.create_images_from_files(
+        trained.project_id,
+        ImageFileCreateBatch(
+            images=[
+                ImageFileCreateEntry(
+                    name=first[0].name, contents=first[0].read_bytes(), tag_ids=[trained.tag_id("dress")]
+                )
+            ]
+        ),
+    )
     assert again.is_batch_successful is False
     assert [r.status for r in again.images] == ["OKDuplicate"]
     assert again.images[0].image.id == batch.images[0].image.id
-    again = trainer.create_images_from_data(trained.project_id, first[1].read_bytes(),
-                                            tag_ids=[trained.tag_id("dress")])
+    again = trainer.create_images_from_data(
+        trained.project_id, first[1].read_bytes(), tag_ids=[trained.tag_id("dress")]
+    )
     assert again.is_batch_successful is False and again.images[0].status == "OKDuplicate"
     assert trained.counts == {"all": len(TAGS) * PER_TAG + 1, "tagged": len(TAGS) * PER_TAG, "untagged": 1}
     assert trainer.get_untagged_image_count(trained.project_id) == 1
@@ -375,8 +409,11 @@ def test_listing_tagging_and_metadata(live, trained) -> None:
     assert len(page1) == len(page2) == 5 and not {i.id for i in page1} & {i.id for i in page2}
     assert [i.id for i in page1 + page2] == [i.id for i in dresses[:10]]  # newest first, stable paging
     both = trainer.get_tagged_images(pid, tag_ids=[dress, hat], take=256)
-    assert len(both) == trainer.get_tagged_image_count(pid, tag_ids=[dress, hat]) == \
-        len(dresses) + trainer.get_tagged_image_count(pid, tag_ids=[hat])
+    assert (
+        len(both)
+        == trainer.get_tagged_image_count(pid, tag_ids=[dress, hat])
+        == len(dresses) + trainer.get_tagged_image_count(pid, tag_ids=[hat])
+    )
     oldest = trainer.get_tagged_images(pid, tag_ids=[dress], order_by="Oldest", take=256)
     assert [i.id for i in oldest] == [i.id for i in reversed(dresses)]
 
@@ -410,7 +447,11 @@ def test_training_and_performance(live, trained) -> None:
     assert trained.started.status == "Training" and trained.started.name == "Iteration 1"
     done = trained.before_publish
     assert (done.name, done.status, done.classification_type, done.domain_id) == (
-        "Iteration 1", "Completed", "Multiclass", COMPACT)
+        "Iteration 1",
+        "Completed",
+        "Multiclass",
+        COMPACT,
+    )
     assert done.publish_name == "" and done.trained_at is not None and done.project_id == pid
     assert trained.published is True
     now = trainer.get_iteration(pid, iid)
@@ -500,12 +541,14 @@ def test_prediction_and_stored_predictions(live, trained, photo_host) -> None:
     assert suggested[0].predictions[0].probability <= suggested[-1].predictions[0].probability
 
     dress = trained.tag_id("dress")
-    likely = query(trainer, pid, application=app, tags=[PredictionQueryTag(id=dress, min_threshold=0.5,
-                                                                           max_threshold=1.0)])
+    likely = query(
+        trainer, pid, application=app, tags=[PredictionQueryTag(id=dress, min_threshold=0.5, max_threshold=1.0)]
+    )
     expected = {r.id for r in stored if probabilities(r)["dress"] >= 0.5}
     assert {r.id for r in likely} == expected and len(expected) >= 2
-    unlikely = query(trainer, pid, application=app, tags=[PredictionQueryTag(id=dress, min_threshold=0.0,
-                                                                             max_threshold=0.1)])
+    unlikely = query(
+        trainer, pid, application=app, tags=[PredictionQueryTag(id=dress, min_threshold=0.0, max_threshold=0.1)]
+    )
     assert {r.id for r in unlikely} == {r.id for r in stored if probabilities(r)["dress"] <= 0.1}
     page = trainer.query_predictions(pid, PredictionQueryToken(application=app, max_count=5, order_by="Oldest"))
     assert [r.id for r in page.results] == [r.id for r in oldest[:5]] and page.token.continuation
@@ -522,8 +565,7 @@ def test_prediction_and_stored_predictions(live, trained, photo_host) -> None:
     quick_quiet = trainer.quick_test_image(pid, pants.read_bytes(), iteration_id=trained.iteration_id, store=False)
     dress_url = url_of(photo_host, photos(CLOTHING, "test", "dress", 1, skip=3)[0])
     quick_url = trainer.quick_test_image_url(pid, url=dress_url, iteration_id=trained.iteration_id)
-    quick_url_quiet = trainer.quick_test_image_url(pid, url=dress_url, iteration_id=trained.iteration_id,
-                                                   store=False)
+    quick_url_quiet = trainer.quick_test_image_url(pid, url=dress_url, iteration_id=trained.iteration_id, store=False)
     assert top(quick) == top(quick_quiet) == "pants" and top(quick_url) == top(quick_url_quiet) == "dress"
     assert_ranked(quick, TAGS)
     everything = {r.id for r in query(trainer, pid, iteration_id=trained.iteration_id)}
@@ -540,8 +582,9 @@ def test_retrain_from_predictions_and_snapshots(live, trained, photo_host) -> No
     tagged_before = trainer.get_tagged_image_count(pid)
     iterations_before = len(trainer.get_iterations(pid))
 
-    summary = trainer.create_images_from_predictions(pid, ImageIdCreateBatch(images=[
-        ImageIdCreateEntry(id=prediction.id, tag_ids=[hat])]))
+    summary = trainer.create_images_from_predictions(
+        pid, ImageIdCreateBatch(images=[ImageIdCreateEntry(id=prediction.id, tag_ids=[hat])])
+    )
     assert summary.is_batch_successful is True and summary.images[0].status == "OK"
     new_image = summary.images[0].image
     assert [t.tag_name for t in new_image.tags] == ["hat"]
@@ -632,16 +675,21 @@ def test_multilabel_project_lifecycle(live, photo_host) -> None:
     trainer, predictor = trainer_for(live), predictor_for(live)
     names = ("hat", "shoes", "t-shirt")
     # No domain_id: the default domain, General (EfficientNet-Lite2 here).
-    project = trainer.create_project("SDK multilabel", description="several tags per photo",
-                                     classification_type="Multilabel")
+    project = trainer.create_project(
+        "SDK multilabel", description="several tags per photo", classification_type="Multilabel"
+    )
     assert project.description == "several tags per photo"
     assert (project.settings.domain_id, project.settings.classification_type) == (GENERAL, "Multilabel")
     pid = project.id
     tags = {name: trainer.create_tag(pid, name) for name in names}
     for name in names:  # batch-level tag ids this time
-        batch = ImageFileCreateBatch(images=[ImageFileCreateEntry(name=p.name, contents=p.read_bytes())
-                                             for p in photos(CLOTHING, "train", name, PER_TAG)],
-                                     tag_ids=[tags[name].id])
+        batch = ImageFileCreateBatch(
+            images=[
+                ImageFileCreateEntry(name=p.name, contents=p.read_bytes())
+                for p in photos(CLOTHING, "train", name, PER_TAG)
+            ],
+            tag_ids=[tags[name].id],
+        )
         result = trainer.create_images_from_files(pid, batch)
         assert result.is_batch_successful and all(r.image.tags[0].tag_name == name for r in result.images)
     assert {t.name: t.image_count for t in trainer.get_tags(pid)} == {name: PER_TAG for name in names}
@@ -663,8 +711,7 @@ def test_multilabel_project_lifecycle(live, photo_host) -> None:
     iteration = trainer.train_project(pid)
     assert iteration.status == "Training" and iteration.name == "Iteration 1"
     iteration = wait_trained(trainer, pid, iteration.id)
-    assert (iteration.classification_type, iteration.domain_id, iteration.publish_name) == (
-        "Multilabel", GENERAL, "")
+    assert (iteration.classification_type, iteration.domain_id, iteration.publish_name) == ("Multilabel", GENERAL, "")
     perf = trainer.get_iteration_performance(pid, iteration.id, threshold=0.5)
     assert sorted(t.name for t in perf.per_tag_performance) == sorted(names)
     assert perf.precision > 0.7

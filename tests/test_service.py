@@ -17,8 +17,9 @@ def new(path, *tags: str) -> NewImage:
     return NewImage(path.name, path.read_bytes, tags)
 
 
-@pytest.mark.parametrize("name", ["shoes 👟", "Robert'); DROP TABLE projects;--", "<script>alert(1)</script>",
-                                  "ünïcödé", "a" * 255])
+@pytest.mark.parametrize(
+    "name", ["shoes 👟", "Robert'); DROP TABLE projects;--", "<script>alert(1)</script>", "ünïcödé", "a" * 255]
+)
 def test_project_names_are_stored_verbatim(svc, name: str) -> None:
     project = svc.projects.create(name)
     assert svc.projects.get(name).id == project.id
@@ -64,14 +65,29 @@ def test_add_reports_each_bad_image_and_keeps_the_good_ones(svc, tmp_path) -> No
     def unreadable() -> bytes:
         raise PermissionError("denied")
 
-    items = [new(good[0], "hat"), NewImage("half.jpg", lambda: half, ("hat",)),
-             NewImage("text.jpg", lambda: b"hello, world", ("hat",)),
-             NewImage("wide.png", buffer.getvalue, ("hat",)), NewImage("huge.jpg", lambda: huge, ("hat",)),
-             NewImage("gone.jpg", unreadable, ("hat",)), new(good[1], "hat"), new(good[0], "hat"), new(good[2])]
+    items = [
+        new(good[0], "hat"),
+        NewImage("half.jpg", lambda: half, ("hat",)),
+        NewImage("text.jpg", lambda: b"hello, world", ("hat",)),
+        NewImage("wide.png", buffer.getvalue, ("hat",)),
+        NewImage("huge.jpg", lambda: huge, ("hat",)),
+        NewImage("gone.jpg", unreadable, ("hat",)),
+        new(good[1], "hat"),
+        new(good[0], "hat"),
+        new(good[2]),
+    ]
     summary = svc.images.add("p", items)
     assert [r.status for r in summary.results] == [
-        "OK", "ErrorImageFormat", "ErrorImageFormat", "ErrorImageDimensions", "ErrorImageSize", "ErrorSource",
-        "OK", "OKDuplicate", "OK"]
+        "OK",
+        "ErrorImageFormat",
+        "ErrorImageFormat",
+        "ErrorImageDimensions",
+        "ErrorImageSize",
+        "ErrorSource",
+        "OK",
+        "OKDuplicate",
+        "OK",
+    ]
     assert summary.results[7].image_id == summary.results[0].image_id
     assert not summary.is_batch_successful
     listed = svc.images.list("p")
@@ -135,8 +151,9 @@ def test_train_performance_predict_and_embedding_cache(svc) -> None:
         assert probabilities == sorted(probabilities, reverse=True)
         assert abs(sum(probabilities) - 1) < 1e-5
     assert results[9].error_code == "ErrorImageFormat" and results[9].predictions == []
-    assert svc.prediction.predict("p", [(unseen[0].name, unseen[0].read_bytes)], "Iteration 1")[0].iteration_id \
-        == first.id
+    assert (
+        svc.prediction.predict("p", [(unseen[0].name, unseen[0].read_bytes)], "Iteration 1")[0].iteration_id == first.id
+    )
 
 
 def test_performance_is_recomputed_at_any_threshold(svc) -> None:
@@ -160,9 +177,11 @@ def test_performance_is_recomputed_at_any_threshold(svc) -> None:
 def test_multilabel_project_trains_independent_sigmoids(svc) -> None:
     svc.projects.create("m", classification="multilabel")
     svc.projects.create_tags("m", ["top", "bottom", "tee"])
-    items = ([new(p, "top", "tee") for p in photos(CLOTHING, "train", "t-shirt", 10)]
-             + [new(p, "top") for p in photos(CLOTHING, "train", "longsleeve", 10)]
-             + [new(p, "bottom") for p in photos(CLOTHING, "train", "pants", 10)])
+    items = (
+        [new(p, "top", "tee") for p in photos(CLOTHING, "train", "t-shirt", 10)]
+        + [new(p, "top") for p in photos(CLOTHING, "train", "longsleeve", 10)]
+        + [new(p, "bottom") for p in photos(CLOTHING, "train", "pants", 10)]
+    )
     assert svc.images.add("m", items).is_batch_successful
     iteration = svc.training.train("m")
     assert iteration.classification_type == "Multilabel"
@@ -190,7 +209,9 @@ def test_metadata_filter_reads_custom_vision_syntax() -> None:
     from tagvision.service.images import MetadataCondition, parse_metadata_filter
 
     assert parse_metadata_filter("metadata=shop eq 'north' and aisle ne 'it''s 4'") == [
-        MetadataCondition("shop", True, "north"), MetadataCondition("aisle", False, "it's 4")]
+        MetadataCondition("shop", True, "north"),
+        MetadataCondition("aisle", False, "it's 4"),
+    ]
     assert parse_metadata_filter("camera EQ 'x'") == [MetadataCondition("camera", True, "x")]
     for bad in ("shop = 'north'", "shop eq north", "metadata=", "shop eq 'a' or b eq 'c'"):
         with pytest.raises(InvalidInput) as caught:

@@ -51,12 +51,29 @@ class Spec:
 
 
 SPECS = [
-    Spec("pexels", make_pexels, PexelsProvider, "/v1/search", 80, "PEXELS", "Pexels License",
-         "Photo by {name} on Pexels"),
-    Spec("unsplash", make_unsplash, UnsplashProvider, "/search/photos", 30, "UNSPLASH", "Unsplash License",
-         "Photo by {name} on Unsplash"),
-    Spec("pixabay", make_pixabay, PixabayProvider, "/api/", 200, "PIXABAY", "Pixabay Content License",
-         "Image by {name} from Pixabay"),
+    Spec(
+        "pexels", make_pexels, PexelsProvider, "/v1/search", 80, "PEXELS", "Pexels License", "Photo by {name} on Pexels"
+    ),
+    Spec(
+        "unsplash",
+        make_unsplash,
+        UnsplashProvider,
+        "/search/photos",
+        30,
+        "UNSPLASH",
+        "Unsplash License",
+        "Photo by {name} on Unsplash",
+    ),
+    Spec(
+        "pixabay",
+        make_pixabay,
+        PixabayProvider,
+        "/api/",
+        200,
+        "PIXABAY",
+        "Pixabay Content License",
+        "Image by {name} from Pixabay",
+    ),
 ]
 BY_NAME = {spec.name: spec for spec in SPECS}
 each = pytest.mark.parametrize("spec", SPECS, ids=[spec.name for spec in SPECS])
@@ -286,8 +303,7 @@ def test_pixabay_request_shape_and_small_limits(serve) -> None:
     provider = PixabayProvider(KEY, fake.url)
     assert len(list(provider.search("hat", 1))) == 1
     query = fake.requests_to("/api/")[0].query
-    assert query == {"key": KEY, "q": "hat", "image_type": "photo", "per_page": "3", "page": "1",
-                     "safesearch": "true"}
+    assert query == {"key": KEY, "q": "hat", "image_type": "photo", "per_page": "3", "page": "1", "safesearch": "true"}
     provider.close()
 
 

@@ -19,9 +19,11 @@ from tagvision.sources.base import ProviderError
 from tagvision.sources.library import LibraryProvider
 from tests.conftest import CLOTHING, MODELS, photos
 
-XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-       '<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:subject><rdf:Bag>{}</rdf:Bag>'
-       '</dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>')
+XMP = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    '<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:subject><rdf:Bag>{}</rdf:Bag>'
+    "</dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>"
+)
 ANON = {"hat": 8, "dress": 8, "shoes": 8, "pants": 8}  # per class, photos 12.. of train, named by hash
 
 
@@ -33,8 +35,15 @@ def with_iptc(jpeg: bytes, keywords: list[str]) -> bytes:
     return jpeg[:2] + b"\xff\xed" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
 
 
-def save_with(source: Path, target: Path, *, xp: str | None = None, description: str | None = None,
-              xmp: list[str] | None = None, iptc: list[str] | None = None) -> None:
+def save_with(
+    source: Path,
+    target: Path,
+    *,
+    xp: str | None = None,
+    description: str | None = None,
+    xmp: list[str] | None = None,
+    iptc: list[str] | None = None,
+) -> None:
     exif = Image.Exif()
     if xp is not None:
         exif[0x9C9E] = xp.encode("utf-16-le") + b"\0\0"
@@ -53,8 +62,13 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     """A library under nested folders, keyword files, anonymised files and traps; (root, hashed name -> class)."""
     base = tmp_path_factory.mktemp("library")
     root = base / "photos"
-    for folder, tag in (("catalog/2024/Hats", "hat"), ("catalog/2024/Dresses", "dress"),
-                        ("catalog/T-Shirts", "t-shirt"), ("catalog/Shirt", "shirt"), ("Long Sleeve", "longsleeve")):
+    for folder, tag in (
+        ("catalog/2024/Hats", "hat"),
+        ("catalog/2024/Dresses", "dress"),
+        ("catalog/T-Shirts", "t-shirt"),
+        ("catalog/Shirt", "shirt"),
+        ("Long Sleeve", "longsleeve"),
+    ):
         (root / folder).mkdir(parents=True)
         for path in photos(CLOTHING, "train", tag, 3):
             shutil.copy(path, root / folder / path.name)
@@ -98,8 +112,9 @@ def test_name_matching_plural_case_and_ranking(library: tuple[Path, dict[str, st
     keyword_then_name = ["_inbox/a3.jpg", "_inbox/0-hat-photo.jpg"]
     assert ids(provider, "hat") == [f"catalog/2024/Hats/{n}" for n in hats] + keyword_then_name
     assert ids(provider, "HATS") == ids(provider, "hat")
-    assert ids(provider, "dresses")[:3] == [f"catalog/2024/Dresses/{p.name}" for p in
-                                           sorted((root / "catalog/2024/Dresses").iterdir())]
+    assert ids(provider, "dresses")[:3] == [
+        f"catalog/2024/Dresses/{p.name}" for p in sorted((root / "catalog/2024/Dresses").iterdir())
+    ]
     assert ids(provider, "dresses")[3:] == ["_inbox/a2.jpg"]  # EXIF ImageDescription
     assert ids(provider, "2024 Dresses") == ids(provider, "dresses")[:3]  # words spread over the folders
     assert ids(provider, "shoe") == ["_inbox/a1.jpg"]  # EXIF XPKeywords "Shoes"
@@ -160,8 +175,12 @@ class Counting:
 def test_more_like_these_ranks_by_look_and_caches(library: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     root, anon = library
     embedder = Counting(backbone.Embedder(backbone.spec_for("general-compact"), MODELS, threads=2, batch_size=8))
-    seeds = np.stack([(r.plain + r.flipped) / 2 for r in embedder.embedder.embed(
-        [p.read_bytes for p in photos(CLOTHING, "train", "shoes", 3)])])
+    seeds = np.stack(
+        [
+            (r.plain + r.flipped) / 2
+            for r in embedder.embedder.embed([p.read_bytes for p in photos(CLOTHING, "train", "shoes", 3)])
+        ]
+    )
     provider = LibraryProvider(root, seeds={"shoes": seeds}, embedder=embedder, cache_dir=tmp_path)
     found = ids(provider, "shoes")
     assert found[0] == "_inbox/a1.jpg"  # the keyword match first, then every other file by look

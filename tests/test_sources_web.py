@@ -40,12 +40,16 @@ class Setup:
 
 
 SETUPS = {
-    "openverse": Setup(make_openverse, lambda url, size: OpenverseProvider(url, page_size=size, min_interval=0),
-                       "/v1/images/", "page"),
-    "wikimedia": Setup(make_wikimedia, lambda url, size: WikimediaProvider(f"{url}/w/api.php", page_size=size),
-                       "/w/api.php", "gsroffset"),
-    "bing": Setup(make_bing, lambda url, size: BingProvider(url, KEY, page_size=size), "/v7.0/images/search",
-                  "offset"),
+    "openverse": Setup(
+        make_openverse, lambda url, size: OpenverseProvider(url, page_size=size, min_interval=0), "/v1/images/", "page"
+    ),
+    "wikimedia": Setup(
+        make_wikimedia,
+        lambda url, size: WikimediaProvider(f"{url}/w/api.php", page_size=size),
+        "/w/api.php",
+        "gsroffset",
+    ),
+    "bing": Setup(make_bing, lambda url, size: BingProvider(url, KEY, page_size=size), "/v7.0/images/search", "offset"),
 }
 providers = pytest.mark.parametrize("name", sorted(SETUPS))
 
@@ -140,9 +144,14 @@ def test_unreachable_provider_fails_fast_naming_the_offline_way(name):
     assert "--provider library" in str(err.value)
 
 
-@pytest.mark.parametrize(("name", "answer"), [("openverse", {"detail": "Internal server error."}),
-                                            ("bing", {"_type": "ErrorResponse"}),
-                                            ("wikimedia", {"error": {"code": "internal_api_error", "info": "boom"}})])
+@pytest.mark.parametrize(
+    ("name", "answer"),
+    [
+        ("openverse", {"detail": "Internal server error."}),
+        ("bing", {"_type": "ErrorResponse"}),
+        ("wikimedia", {"error": {"code": "internal_api_error", "info": "boom"}}),
+    ],
+)
 def test_nonsense_answer_is_a_provider_error(serve, name, answer):
     fake = serve(name)
     fake.routes[SETUPS[name].path] = lambda _request: json_response(answer)
@@ -156,8 +165,16 @@ def test_nonsense_answer_is_a_provider_error(serve, name, answer):
 
 def test_openverse_composes_attribution_when_the_api_has_none():
     provider = OpenverseProvider("http://no-such-host.invalid")
-    item = {"id": "abc", "url": "http://127.0.0.1:9/img/abc.jpg", "title": "Red dress", "creator": "Ana",
-            "license": "by-nc-sa", "license_version": "3.0", "source": "flickr", "filetype": "jpg"}
+    item = {
+        "id": "abc",
+        "url": "http://127.0.0.1:9/img/abc.jpg",
+        "title": "Red dress",
+        "creator": "Ana",
+        "license": "by-nc-sa",
+        "license_version": "3.0",
+        "source": "flickr",
+        "filetype": "jpg",
+    }
     candidate = provider._candidate(item)
     assert candidate is not None and candidate.licence == "CC BY-NC-SA 3.0"
     assert candidate.attribution == '"Red dress" by Ana is licensed under CC BY-NC-SA 3.0 (via flickr).'
@@ -169,17 +186,23 @@ def test_openverse_composes_attribution_when_the_api_has_none():
 
 def test_openverse_maps_licence_and_attribution_anonymously(serve):
     fake = serve("openverse")
-    found = list(OpenverseProvider(fake.url, page_size=50, min_interval=0, license_type="commercial")
-                 .search("dress", 25))
+    found = list(
+        OpenverseProvider(fake.url, page_size=50, min_interval=0, license_type="commercial").search("dress", 25)
+    )
     pages = [r for r in fake.log if r.path == "/v1/images/"]
     assert [p.query["page_size"] for p in pages] == ["20", "20"]  # anonymous pages are at most 20
     assert all("authorization" not in p.headers and p.query["license_type"] == "commercial" for p in pages)
     assert [c.licence for c in found[:3]] == ["CC BY 2.0", "CC BY-SA 4.0", "CC0 1.0"]
     first = found[0]
-    assert first.attribution == ('"Dress photo 0" by Photographer 0 is licensed under CC BY 2.0. To view a copy '
-                                 "of this license, visit https://creativecommons.org/licenses/by/2.0/.")
-    assert (first.creator, first.creator_url, first.title) == ("Photographer 0", f"{fake.url}/people/0",
-                                                               "Dress photo 0")
+    assert first.attribution == (
+        '"Dress photo 0" by Photographer 0 is licensed under CC BY 2.0. To view a copy '
+        "of this license, visit https://creativecommons.org/licenses/by/2.0/."
+    )
+    assert (first.creator, first.creator_url, first.title) == (
+        "Photographer 0",
+        f"{fake.url}/people/0",
+        "Dress photo 0",
+    )
     assert first.licence_url == "https://creativecommons.org/licenses/by/2.0/"
     assert first.landing_page == f"{fake.url}/photos/{first.provider_id}"
     assert first.source()["licence"] == "CC BY 2.0"
@@ -187,8 +210,9 @@ def test_openverse_maps_licence_and_attribution_anonymously(serve):
 
 def test_openverse_client_credentials_get_a_bearer_token_and_larger_pages(serve):
     fake = serve("openverse", client_id="tv-client", client_secret="tv-secret")
-    provider = OpenverseProvider(fake.url, client_id="tv-client", client_secret="tv-secret", page_size=50,
-                                 min_interval=0)
+    provider = OpenverseProvider(
+        fake.url, client_id="tv-client", client_secret="tv-secret", page_size=50, min_interval=0
+    )
     assert len(list(provider.search("shoes", 25))) == 25
     token, search = fake.log
     assert (token.method, token.path) == ("POST", "/v1/auth_tokens/token/")
@@ -204,12 +228,20 @@ def test_openverse_client_credentials_get_a_bearer_token_and_larger_pages(serve)
 
 
 def test_providers_from_settings(serve, monkeypatch):
-    fakes = {name: serve(name, client_id="id", client_secret="secret") if name == "openverse" else serve(name)
-             for name in SETUPS}
-    for name, value in {"OPENVERSE_URL": fakes["openverse"].url, "OPENVERSE_CLIENT_ID": "id",
-                        "OPENVERSE_CLIENT_SECRET": "secret", "OPENVERSE_LICENSE_TYPE": "modification",
-                        "WIKIMEDIA_URL": f"{fakes['wikimedia'].url}/w/api.php", "BING_ENDPOINT": fakes["bing"].url,
-                        "BING_KEY": KEY, "BING_MARKET": "en-GB"}.items():
+    fakes = {
+        name: serve(name, client_id="id", client_secret="secret") if name == "openverse" else serve(name)
+        for name in SETUPS
+    }
+    for name, value in {
+        "OPENVERSE_URL": fakes["openverse"].url,
+        "OPENVERSE_CLIENT_ID": "id",
+        "OPENVERSE_CLIENT_SECRET": "secret",
+        "OPENVERSE_LICENSE_TYPE": "modification",
+        "WIKIMEDIA_URL": f"{fakes['wikimedia'].url}/w/api.php",
+        "BING_ENDPOINT": fakes["bing"].url,
+        "BING_KEY": KEY,
+        "BING_MARKET": "en-GB",
+    }.items():
         monkeypatch.setenv(f"TAGVISION_{name}", value)
     for kind in (OpenverseProvider, WikimediaProvider, BingProvider):
         provider = kind.from_settings()

@@ -36,9 +36,13 @@ def test_reopening_a_store_keeps_its_data_and_does_not_migrate_twice(tmp_path: P
     url = f"sqlite:///{tmp_path / 'x.db'}"
     db = Database(url)
     with db.session() as session:
-        session.execute(text("insert into projects (id, name, description, classification_type, domain, created, "
-                             "last_modified) values ('p', 'n', '', 'Multiclass', 'general', '2026-01-01', "
-                             "'2026-01-01')"))
+        session.execute(
+            text(
+                "insert into projects (id, name, description, classification_type, domain, created, "
+                "last_modified) values ('p', 'n', '', 'Multiclass', 'general', '2026-01-01', "
+                "'2026-01-01')"
+            )
+        )
     db.close()
     with Database(url).session() as session:
         assert session.execute(text("select name from projects")).scalar() == "n"

@@ -29,15 +29,23 @@ from tests.server import Server
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SHOTS = REPO / "tagvision-data" / "screenshots"
 TAGS = ("dress", "hat", "shoes")
 PER_TAG = 8
 TRAINING_TIMEOUT_MS = 180_000
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
-                               "(pip install -e '.[test]')")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright for Python is not installed (pip install -e '.[test]')"
+)
 expect = sync_api.expect
 
 
@@ -87,8 +95,11 @@ def hold(fake, tag: str, free: int) -> threading.Event:
 def server(tmp_path_factory, openverse):
     root = tmp_path_factory.mktemp("web")
     (root / "library").mkdir()
-    env = {"TAGVISION_OPENVERSE_URL": openverse.url, "TAGVISION_WIKIMEDIA_URL": "http://no-such-host.invalid",
-           "TAGVISION_LIBRARY_ROOTS": str(root / "library")}
+    env = {
+        "TAGVISION_OPENVERSE_URL": openverse.url,
+        "TAGVISION_WIKIMEDIA_URL": "http://no-such-host.invalid",
+        "TAGVISION_LIBRARY_ROOTS": str(root / "library"),
+    }
     with Server(root / "data", env=env) as running:
         yield running
 
@@ -135,14 +146,17 @@ def upload_files(page, paths: list[Path], tag: str | None) -> None:
 def drop_files(page, paths: list[Path]) -> None:
     """Drag and drop onto the drop zone: a DataTransfer holding the photos, dispatched as a drop event."""
     files = [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()} for p in paths]
-    transfer = page.evaluate_handle("""files => {
+    transfer = page.evaluate_handle(
+        """files => {
         const dt = new DataTransfer();
         for (const f of files) {
             const bytes = Uint8Array.from(atob(f.data), c => c.charCodeAt(0));
             dt.items.add(new File([bytes], f.name, {type: "image/jpeg"}));
         }
         return dt;
-    }""", files)
+    }""",
+        files,
+    )
     page.dispatch_event("[data-dropzone]", "drop", {"dataTransfer": transfer})
     page.get_by_role("button", name=f"Upload {len(paths)} files").click()
     expect(page.locator("[data-upload-status]")).to_contain_text(f"Done: {len(paths)} images added", timeout=60_000)
@@ -186,9 +200,11 @@ def test_whole_workflow_in_the_browser(page, server, tmp_path):
     page.get_by_label("Image files").set_input_files([str(broken), str(photos(CLOTHING, "train", "dress", 1)[0])])
     page.get_by_role("button", name="Upload 2 files").click()  # per-file outcomes, as sentences
     expect(page.locator("[data-upload-status]")).to_have_text(
-        "Done: 0 images added, 1 already in the project, 1 not added (see below).")
+        "Done: 0 images added, 1 already in the project, 1 not added (see below)."
+    )
     expect(page.locator("[data-upload-errors] li")).to_have_text(
-        ["broken.jpg: The file is not a JPEG, PNG, BMP, GIF or WebP image."])
+        ["broken.jpg: The file is not a JPEG, PNG, BMP, GIF or WebP image."]
+    )
     upload_files(page, photos(CLOTHING, "train", "hat", PER_TAG), None)  # file picker, tagged below
     expect(page.locator("[data-upload-errors]")).to_be_hidden()
     drop_files(page, photos(CLOTHING, "train", "shoes", PER_TAG))  # drop zone, tagged below
@@ -263,8 +279,12 @@ def test_whole_workflow_in_the_browser(page, server, tmp_path):
     expect(copy).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == image_url
     probe = photos(CLOTHING, "test", "shoes", 1)[0]
-    answer = httpx.post(image_url + "/nostore", headers={**server.prediction_headers,
-                        "Content-Type": "application/octet-stream"}, content=probe.read_bytes(), timeout=60)
+    answer = httpx.post(
+        image_url + "/nostore",
+        headers={**server.prediction_headers, "Content-Type": "application/octet-stream"},
+        content=probe.read_bytes(),
+        timeout=60,
+    )
     assert answer.status_code == 200 and answer.json()["predictions"][0]["tagName"] == "shoes", answer.text
     shot(page, "05-prediction-url")
 
@@ -284,8 +304,7 @@ def test_whole_workflow_in_the_browser(page, server, tmp_path):
     cards = page.locator(".prediction-card")
     expect(cards).to_have_count(1)
     expect(cards.first.locator(".bar-label").first).to_have_text(top)
-    expect(cards.first.get_by_label("Tag of this image")).to_have_value(
-        re.compile(".+"))  # the top tag, preselected
+    expect(cards.first.get_by_label("Tag of this image")).to_have_value(re.compile(".+"))  # the top tag, preselected
     shot(page, "07-predictions")
     cards.first.get_by_label("Tag of this image").select_option(label="hat")  # confirm or correct: it is a hat
     cards.first.get_by_role("button", name="Add to training images").click()
@@ -300,15 +319,25 @@ def test_whole_workflow_in_the_browser(page, server, tmp_path):
     compared = page.locator("table").last.locator("tbody tr")
     expect(compared).to_have_count(2)
     expect(compared.first.locator("th")).to_have_text("Iteration 2")
-    expect(compared.first.locator("td")).to_have_text(["Completed", "cross-validation", str(3 * PER_TAG + 1),
-                                                       re.compile(r"%$"),
-                                                       re.compile(r"%$"), re.compile(r"%$"), "–"])
+    expect(compared.first.locator("td")).to_have_text(
+        [
+            "Completed",
+            "cross-validation",
+            str(3 * PER_TAG + 1),
+            re.compile(r"%$"),
+            re.compile(r"%$"),
+            re.compile(r"%$"),
+            "–",
+        ]
+    )
     expect(compared.last.locator("td").last).to_have_text("clothes")
     shot(page, "08-performance-iteration-2")
 
     page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen
-    for path, name in ((f"/projects/{project_id}/images", "09-narrow-training-images"),
-                       (f"/projects/{project_id}/performance", "10-narrow-performance")):
+    for path, name in (
+        (f"/projects/{project_id}/images", "09-narrow-training-images"),
+        (f"/projects/{project_id}/performance", "10-narrow-performance"),
+    ):
         page.goto(path)
         shot(page, name)
         wide = page.evaluate("""() => Array.from(document.querySelectorAll('body *'))
@@ -422,8 +451,10 @@ def test_login_cookie_csrf_and_errors(page, server, browser):
     assert refused.status == 403 and "security token" in refused.text() and "Traceback" not in refused.text()
     forged = page.request.post("/projects", form={"name": "forged", "csrf": "guess"}, max_redirects=0)
     assert forged.status == 403
-    upload = page.request.post("/projects/x/images/upload", multipart={"file": {
-        "name": "a.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff"}})
+    upload = page.request.post(
+        "/projects/x/images/upload",
+        multipart={"file": {"name": "a.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff"}},
+    )
     assert upload.status == 403 and json.loads(upload.text())["code"] == "Forbidden"
     page.goto("/")
     expect(page.get_by_text("forged")).to_have_count(0)
@@ -497,13 +528,15 @@ def test_search_images_for_tags_review_and_add(page, server, openverse):
         expect(hat.locator("[data-tag-text]")).to_have_text("hat: searching… 2 of 4 candidates.")
         assert hat.locator("[data-tag-bar]").evaluate("b => [b.value, b.max]") == [2, 4]
         expect(page.get_by_role("region", name="shoes", exact=True).locator("[data-tag-text]")).to_have_text(
-            "shoes: waiting for the tags before it.")
+            "shoes: waiting for the tags before it."
+        )
         expect(page.get_by_role("button", name="Add 2 ticked images")).to_be_disabled()  # until it finishes
         shot(page, "15-search-in-progress")
     finally:
         held.set()
-    expect(message).to_have_text("Search finished: 8 candidates. Untick the ones that do not fit their tag, "
-                                 "then add the rest.")
+    expect(message).to_have_text(
+        "Search finished: 8 candidates. Untick the ones that do not fit their tag, then add the rest."
+    )
     expect(page.locator("[data-search-announce]")).to_contain_text("Search finished")
     for tag in ("hat", "shoes"):
         group = page.get_by_role("region", name=tag, exact=True)
@@ -516,15 +549,23 @@ def test_search_images_for_tags_review_and_add(page, server, openverse):
     expect(first.locator(".credit").first).to_have_text(f"{licence} · by Photographer {n}")
     expect(first.locator(".attribution")).to_contain_text(f'"Hat photo {n}" by Photographer {n} is licensed under')
     assert first.get_attribute("title").startswith(f'"Hat photo {n}" by Photographer {n}')
-    assert first.get_by_role("link", name=f"Source page of Hat photo {n}").get_attribute("href").startswith(
-        f"{openverse.url}/photos/")
+    assert (
+        first.get_by_role("link", name=f"Source page of Hat photo {n}")
+        .get_attribute("href")
+        .startswith(f"{openverse.url}/photos/")
+    )
     thumb = first.locator("img")
     expect(thumb).to_have_js_property("complete", True)
     assert thumb.evaluate("i => i.naturalWidth") > 0
 
     expect(page.locator("[data-review-count]")).to_have_text("8 of 8 ticked")
-    titles = {tag: [c.removeprefix("Keep ").removesuffix(f" for {tag}") for c in page.get_by_role(
-        "list", name=f"Candidates for {tag}").locator(".caption").all_text_contents()] for tag in ("hat", "shoes")}
+    titles = {
+        tag: [
+            c.removeprefix("Keep ").removesuffix(f" for {tag}")
+            for c in page.get_by_role("list", name=f"Candidates for {tag}").locator(".caption").all_text_contents()
+        ]
+        for tag in ("hat", "shoes")
+    }
     dropped = (titles["hat"][1], titles["shoes"][2])
     page.get_by_role("checkbox", name=f"Keep {dropped[0]} for hat").uncheck()  # labelled for keyboard and reader
     page.get_by_role("checkbox", name=f"Keep {dropped[1]} for shoes").uncheck()
@@ -549,8 +590,9 @@ def test_search_images_for_tags_review_and_add(page, server, openverse):
     try:
         added = service.images.list(project_id, take=50)
         kept = sorted((v.source["title"], [name for _, name, _ in v.tags]) for v in added)
-        assert kept == sorted((title, [tag]) for tag, names in titles.items() for title in names
-                              if title not in dropped), (kept, titles, dropped)
+        assert kept == sorted(
+            (title, [tag]) for tag, names in titles.items() for title in names if title not in dropped
+        ), (kept, titles, dropped)
         assert all(v.source["licence"] and v.source["creator"] and v.source["attribution"] for v in added)
     finally:
         service.close()
@@ -566,8 +608,9 @@ def test_search_images_for_tags_review_and_add(page, server, openverse):
         expect(message).to_have_text("Searching openverse for dress: 2 candidates so far.")
         page.get_by_role("button", name="Stop searching").click()
         expect(page.locator(".flash.ok")).to_have_text("Search stopped. The candidates found so far are below.")
-        expect(message).to_have_text("Search stopped: 2 candidates. Untick the ones that do not fit their tag, "
-                                     "then add the rest.")
+        expect(message).to_have_text(
+            "Search stopped: 2 candidates. Untick the ones that do not fit their tag, then add the rest."
+        )
         expect(page.locator("[data-tag-text]")).to_have_text("dress: stopped at 2 of 5 candidates.")
         expect(page.get_by_role("button", name="Stop searching")).to_have_count(0)
         page.get_by_role("button", name="Add 2 ticked images").click()
@@ -587,7 +630,8 @@ def test_search_images_for_tags_review_and_add(page, server, openverse):
     expect(message).to_contain_text("--provider library")
     expect(message).to_contain_text("In the portal, choose “Library (a folder on the server)”")
     expect(page.locator("[data-tag-text]")).to_have_text(
-        "scarf: the search failed before finishing this tag (0 of 2 candidates).")
+        "scarf: the search failed before finishing this tag (0 of 2 candidates)."
+    )
     expect(page.locator("[data-review]")).to_be_hidden()
     shot(page, "19-search-failed")
     expect(page.locator("body")).not_to_contain_text("Traceback")
@@ -621,15 +665,22 @@ def test_advanced_training_from_the_train_page(page, server):
     expect(page.locator(".flash.ok")).to_have_text(f"Iteration 1 is training (advanced, within {BUDGET_TEXT}).")
     iterations = httpx.get(server.training(f"/projects/{project_id}/iterations"), headers=server.training_headers)
     assert [(i["trainingType"], i["budgetSeconds"]) for i in iterations.json()] == [
-        ("Advanced", ADVANCED_BUDGET_MINUTES * 60)]
+        ("Advanced", ADVANCED_BUDGET_MINUTES * 60)
+    ]
     status = page.locator("[data-poll-text]")
-    expect(status).to_have_text(re.compile(rf"^Iteration 1: (Training \(advanced, budget {BUDGET_TEXT}\)… .+ so far"
-                                           r"(, about \d+ s left)?\.|Failed\. [A-Z].+|Completed in .+)$"))
+    expect(status).to_have_text(
+        re.compile(
+            rf"^Iteration 1: (Training \(advanced, budget {BUDGET_TEXT}\)… .+ so far"
+            r"(, about \d+ s left)?\.|Failed\. [A-Z].+|Completed in .+)$"
+        )
+    )
     expect(page.locator("#iteration-table tbody tr").first.locator("td").first).to_have_text(
-        f"advanced, budget {BUDGET_TEXT}")
+        f"advanced, budget {BUDGET_TEXT}"
+    )
     if status.inner_text().startswith("Iteration 1: Training"):  # the bar fills with the time used of the budget
-        page.wait_for_function("() => { const bar = document.querySelector('[data-poll-bar]'); "
-                               "return !bar || bar.value > 0; }")
+        page.wait_for_function(
+            "() => { const bar = document.querySelector('[data-poll-bar]'); return !bar || bar.value > 0; }"
+        )
         shot(page, "20-train-advanced-progress")
     expect(status).to_contain_text("Iteration 1: Completed", timeout=ADVANCED_BUDGET_MINUTES * 60_000 + 90_000)
     expect(status).to_contain_text(f"(advanced, budget {BUDGET_TEXT})")
@@ -637,17 +688,22 @@ def test_advanced_training_from_the_train_page(page, server):
     view = httpx.get(server.training(f"/projects/{project_id}/iterations"), headers=server.training_headers).json()[0]
     assert view["status"] == "Completed" and view["trainingType"] == "Advanced" and view["metricsFrom"], view
     expect(page.locator("[data-metrics-from]")).to_have_text(f"Figures from: {view['metricsFrom']}.")
-    served = (f"{view['backbone']} fine-tuned" if view["fineTuned"]
-              else f"{view['backbone']}'s stock features and a linear head (fine-tuning did not beat them)")
+    served = (
+        f"{view['backbone']} fine-tuned"
+        if view["fineTuned"]
+        else f"{view['backbone']}'s stock features and a linear head (fine-tuning did not beat them)"
+    )
     assert view["backbone"] in ("efficientnet-lite0", "efficientnet-lite2"), view
     expect(page.locator("[data-backbone]")).to_have_text(served)
     # Fine-tuned: figures from the held-out validation split; else it is a quick training, cross-validated.
     evaluated_on = "the validation split" if view["fineTuned"] else "cross-validation"
-    expect(page.locator("[data-metrics-from]")).to_contain_text("validation split" if view["fineTuned"]
-                                                                else "fold cross-validation")
+    expect(page.locator("[data-metrics-from]")).to_contain_text(
+        "validation split" if view["fineTuned"] else "fold cross-validation"
+    )
     expect(page.get_by_role("heading", name=re.compile(f"^Misclassified in {evaluated_on}"))).to_be_visible()
     shot(page, "21-performance-advanced")
     tab(page, "Train").click()  # the form offers the same kind of training again
     expect(page.get_by_label("Advanced training (fine-tunes the backbone within a time budget)")).to_be_checked()
     expect(page.get_by_label("Time budget for advanced training (minutes)")).to_have_value(
-        f"{ADVANCED_BUDGET_MINUTES:g}")
+        f"{ADVANCED_BUDGET_MINUTES:g}"
+    )

@@ -16,8 +16,11 @@ from tagvision.api.auth import require_training_key, version_gate
 from tagvision.api.training import VERSIONS, ProjectId, Svc
 from tagvision.service.acquisitions import AcquisitionView
 
-router = APIRouter(prefix="/customvision/{version}/training", tags=["Image acquisition (tagvision)"],
-                   dependencies=[Depends(version_gate("Training API", VERSIONS)), Depends(require_training_key)])
+router = APIRouter(
+    prefix="/customvision/{version}/training",
+    tags=["Image acquisition (tagvision)"],
+    dependencies=[Depends(version_gate("Training API", VERSIONS)), Depends(require_training_key)],
+)
 AcquisitionId = Annotated[str, Path(alias="acquisitionId")]
 
 
@@ -29,35 +32,67 @@ def _json(request: Request, view: AcquisitionView) -> dict[str, Any]:
     return body
 
 
-@router.post("/projects/{projectId}/acquisitions", response_model=schemas.Acquisition,
-             summary="Gather images for tags from providers or a library (runs in the background)")
+@router.post(
+    "/projects/{projectId}/acquisitions",
+    response_model=schemas.Acquisition,
+    summary="Gather images for tags from providers or a library (runs in the background)",
+)
 def start_acquisition(request: Request, service: Svc, project_id: ProjectId, body: schemas.AcquisitionRequest) -> dict:
-    view = service.jobs.acquire(project_id, body.tags, per_tag=body.perTag, providers=tuple(body.providers),
-                                library=body.library, review=body.review, min_side=body.minSide)
+    view = service.jobs.acquire(
+        project_id,
+        body.tags,
+        per_tag=body.perTag,
+        providers=tuple(body.providers),
+        library=body.library,
+        review=body.review,
+        min_side=body.minSide,
+    )
     return _json(request, view)
 
 
-@router.get("/projects/{projectId}/acquisitions", response_model=list[schemas.Acquisition],
-            summary="List the project's acquisitions")
+@router.get(
+    "/projects/{projectId}/acquisitions",
+    response_model=list[schemas.Acquisition],
+    summary="List the project's acquisitions",
+)
 def list_acquisitions(request: Request, service: Svc, project_id: ProjectId) -> list[dict]:
     return [_json(request, v) for v in service.acquisitions.list(project_id)]
 
 
-@router.get("/projects/{projectId}/acquisitions/{acquisitionId}", response_model=schemas.Acquisition,
-            summary="An acquisition's status and progress per tag (items: every candidate and what became of it)")
-def get_acquisition(request: Request, service: Svc, project_id: ProjectId, acquisition_id: AcquisitionId,
-                    items: Annotated[bool, Query()] = False) -> dict:
+@router.get(
+    "/projects/{projectId}/acquisitions/{acquisitionId}",
+    response_model=schemas.Acquisition,
+    summary="An acquisition's status and progress per tag (items: every candidate and what became of it)",
+)
+def get_acquisition(
+    request: Request,
+    service: Svc,
+    project_id: ProjectId,
+    acquisition_id: AcquisitionId,
+    items: Annotated[bool, Query()] = False,
+) -> dict:
     return _json(request, service.acquisitions.get(project_id, acquisition_id, with_items=items))
 
 
-@router.post("/projects/{projectId}/acquisitions/{acquisitionId}/cancel", response_model=schemas.Acquisition,
-             summary="Stop an acquisition; what it added stays")
+@router.post(
+    "/projects/{projectId}/acquisitions/{acquisitionId}/cancel",
+    response_model=schemas.Acquisition,
+    summary="Stop an acquisition; what it added stays",
+)
 def cancel_acquisition(request: Request, service: Svc, project_id: ProjectId, acquisition_id: AcquisitionId) -> dict:
     return _json(request, service.acquisitions.cancel(project_id, acquisition_id))
 
 
-@router.post("/projects/{projectId}/acquisitions/{acquisitionId}/commit", response_model=schemas.ImageCreateSummary,
-             summary="Review mode: add the chosen candidates as training images (the rest are rejected)")
-def commit_acquisition(request: Request, service: Svc, project_id: ProjectId, acquisition_id: AcquisitionId,
-                       body: schemas.AcquisitionCommit) -> dict:
+@router.post(
+    "/projects/{projectId}/acquisitions/{acquisitionId}/commit",
+    response_model=schemas.ImageCreateSummary,
+    summary="Review mode: add the chosen candidates as training images (the rest are rejected)",
+)
+def commit_acquisition(
+    request: Request,
+    service: Svc,
+    project_id: ProjectId,
+    acquisition_id: AcquisitionId,
+    body: schemas.AcquisitionCommit,
+) -> dict:
     return render.create_summary(request, service.acquisitions.commit(project_id, acquisition_id, body.itemIds))

@@ -49,9 +49,14 @@ def create_app(service: Service) -> FastAPI:
         app.include_router(router)
     web.install(app)  # the portal at / (server-rendered pages: tagvision/web)
     # From the routers themselves: FastAPI >= 0.163 lists an included router as one lazy entry in app.routes.
-    literals = {segment for router in routers
-                for route in router.routes if isinstance(route, APIRoute)
-                for segment in route.path.split("/") if segment and not re.fullmatch(r"\{.*\}", segment)}
+    literals = {
+        segment
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for segment in route.path.split("/")
+        if segment and not re.fullmatch(r"\{.*\}", segment)
+    }
     app.add_middleware(BodyLimit)
     app.add_middleware(CaseInsensitivePaths, literals=literals | set(training.VERSIONS) | set(prediction.VERSIONS))
     return app

@@ -16,10 +16,12 @@ from fastapi import Path, Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException
 
-training_header = APIKeyHeader(name="Training-Key", auto_error=False, description="The training key "
-                               "(`tagvision keys`).")
-prediction_header = APIKeyHeader(name="Prediction-Key", auto_error=False, description="The prediction key "
-                                 "(`tagvision keys`).")
+training_header = APIKeyHeader(
+    name="Training-Key", auto_error=False, description="The training key (`tagvision keys`)."
+)
+prediction_header = APIKeyHeader(
+    name="Prediction-Key", auto_error=False, description="The prediction key (`tagvision keys`)."
+)
 
 
 def matches(given: str | None, expected: str) -> bool:
@@ -28,8 +30,13 @@ def matches(given: str | None, expected: str) -> bool:
 
 def _refuse(header: str, given: str | None) -> HTTPException:
     what = "is missing" if not given else "is not valid"
-    return HTTPException(401, detail={"code": "Unauthorized", "message": f"Access denied: the {header} header "
-                                      f"{what}. `tagvision keys` shows the keys of this server."})
+    return HTTPException(
+        401,
+        detail={
+            "code": "Unauthorized",
+            "message": f"Access denied: the {header} header {what}. `tagvision keys` shows the keys of this server.",
+        },
+    )
 
 
 def require_training_key(request: Request, key: str | None = Security(training_header)) -> None:
@@ -47,9 +54,16 @@ VersionPath = Annotated[str, Path(description="Training API: v3.0 to v3.4-previe
 
 def version_gate(api: str, versions: tuple[str, ...]) -> Callable[[str], str]:
     """A dependency that answers 404 ``NotFound`` for a version of ``api`` this server does not speak."""
+
     def api_version(version: VersionPath) -> str:
         if version not in versions:
-            raise HTTPException(404, detail={"code": "NotFound", "message": f"Unknown {api} version {version!r}; "
-                                             f"this server speaks {', '.join(versions)}."})
+            raise HTTPException(
+                404,
+                detail={
+                    "code": "NotFound",
+                    "message": f"Unknown {api} version {version!r}; this server speaks {', '.join(versions)}.",
+                },
+            )
         return version
+
     return api_version

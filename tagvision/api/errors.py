@@ -18,8 +18,14 @@ from tagvision.errors import TagvisionError
 
 log = logging.getLogger("tagvision.api")
 
-STATUS_CODES = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "BadRequestNotSupported",
-                413: "BadRequestExceededBatchSize", 415: "UnsupportedMediaType"}
+STATUS_CODES = {
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "BadRequestNotSupported",
+    413: "BadRequestExceededBatchSize",
+    415: "UnsupportedMediaType",
+}
 JSON_TYPES = ("application/json", "text/json")
 
 
@@ -37,9 +43,11 @@ def install(app: FastAPI) -> None:
         if isinstance(exc.detail, dict):  # raised with an explicit code
             return error_response(exc.status_code, exc.detail["code"], exc.detail["message"], exc.headers)
         code = STATUS_CODES.get(exc.status_code, "BadRequest" if exc.status_code < 500 else "ErrorUnknown")
-        message = {404: "No such route. The Custom Vision API lives under /customvision/v3.x/training and "
-                        "/customvision/v3.x/prediction; see /docs.",
-                   405: "This route does not take that method; see /docs."}.get(exc.status_code, str(exc.detail))
+        message = {
+            404: "No such route. The Custom Vision API lives under /customvision/v3.x/training and "
+            "/customvision/v3.x/prediction; see /docs.",
+            405: "This route does not take that method; see /docs.",
+        }.get(exc.status_code, str(exc.detail))
         return error_response(exc.status_code, code, message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -48,8 +56,9 @@ def install(app: FastAPI) -> None:
         errors = exc.errors()
         in_body = any(e.get("loc", ("",))[0] == "body" for e in errors)
         if in_body and content_type and content_type not in JSON_TYPES and not content_type.endswith("+json"):
-            return error_response(415, "UnsupportedMediaType",
-                                  f"This route takes a JSON body (application/json), not {content_type}.")
+            return error_response(
+                415, "UnsupportedMediaType", f"This route takes a JSON body (application/json), not {content_type}."
+            )
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "BadRequestInvalid", "The request body is not valid JSON.")
         parts = []
@@ -57,11 +66,15 @@ def install(app: FastAPI) -> None:
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
             parts.append(f"{where}: {e.get('msg', 'invalid')}")
         missing = all(e.get("type") == "missing" for e in errors)
-        return error_response(400, "BadRequestRequiredParamIsNull" if missing else "BadRequestInvalid",
-                              "Invalid request: " + "; ".join(parts) + ".")
+        return error_response(
+            400,
+            "BadRequestRequiredParamIsNull" if missing else "BadRequestInvalid",
+            "Invalid request: " + "; ".join(parts) + ".",
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return error_response(500, "ErrorUnknown", f"Internal error ({type(exc).__name__}); the server log has "
-                                                   "the details.")
+        return error_response(
+            500, "ErrorUnknown", f"Internal error ({type(exc).__name__}); the server log has the details."
+        )

@@ -22,17 +22,32 @@ MAX_BATCH = 64
 MULTIPART_SLACK = 64 * 1024
 LIMITS: tuple[tuple[re.Pattern, int, str], ...] = (
     # (path pattern, byte limit, code): the first match wins.
-    (re.compile(r"/prediction/[^/]+/classify/iterations/[^/]+/image(/nostore)?$"),
-     MAX_PREDICTION_BYTES + MULTIPART_SLACK, "BadRequestImageSizeBytes"),
-    (re.compile(r"/training/projects/[^/]+/quicktest/image$"),
-     MAX_TRAINING_BYTES + MULTIPART_SLACK, "BadRequestImageSizeBytes"),
-    (re.compile(r"/training/projects/[^/]+/images$"),
-     MAX_BATCH * (MAX_TRAINING_BYTES + MULTIPART_SLACK), "BadRequestExceededBatchSize"),
-    (re.compile(r"/training/projects/[^/]+/images/files$"),
-     MAX_BATCH * MAX_TRAINING_BYTES * 4 // 3 + 1024 * 1024, "BadRequestExceededBatchSize"),
+    (
+        re.compile(r"/prediction/[^/]+/classify/iterations/[^/]+/image(/nostore)?$"),
+        MAX_PREDICTION_BYTES + MULTIPART_SLACK,
+        "BadRequestImageSizeBytes",
+    ),
+    (
+        re.compile(r"/training/projects/[^/]+/quicktest/image$"),
+        MAX_TRAINING_BYTES + MULTIPART_SLACK,
+        "BadRequestImageSizeBytes",
+    ),
+    (
+        re.compile(r"/training/projects/[^/]+/images$"),
+        MAX_BATCH * (MAX_TRAINING_BYTES + MULTIPART_SLACK),
+        "BadRequestExceededBatchSize",
+    ),
+    (
+        re.compile(r"/training/projects/[^/]+/images/files$"),
+        MAX_BATCH * MAX_TRAINING_BYTES * 4 // 3 + 1024 * 1024,
+        "BadRequestExceededBatchSize",
+    ),
     # The web portal's uploads (small batches of files) and quick test (tagvision/web).
-    (re.compile(r"^/projects/[^/]+/images/upload$"), 16 * (MAX_TRAINING_BYTES + MULTIPART_SLACK),
-     "BadRequestExceededBatchSize"),
+    (
+        re.compile(r"^/projects/[^/]+/images/upload$"),
+        16 * (MAX_TRAINING_BYTES + MULTIPART_SLACK),
+        "BadRequestExceededBatchSize",
+    ),
     (re.compile(r"^/projects/[^/]+/quicktest$"), MAX_TRAINING_BYTES + MULTIPART_SLACK, "BadRequestImageSizeBytes"),
 )
 DEFAULT_LIMIT = 1024 * 1024
@@ -106,9 +121,18 @@ class BodyLimit:
 
 
 async def _refuse(send: Send, limit: int, code: str) -> None:
-    body = json.dumps({"code": code, "message": f"The request body is larger than this route's limit of "
-                                               f"{limit // 1024} KiB."}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    body = json.dumps(
+        {"code": code, "message": f"The request body is larger than this route's limit of {limit // 1024} KiB."}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

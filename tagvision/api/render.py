@@ -20,8 +20,12 @@ def _with_links(request: Request, body: dict[str, Any], sha256: str, kind: str =
     """``body`` with signed links to the original (also standing for the resized image) and its thumbnail."""
     links = request.app.state.links
     original = links.url(request, kind, sha256)
-    return {**body, "originalImageUri": original, "resizedImageUri": original,
-            "thumbnailUri": links.url(request, f"{kind}-thumbnail" if kind != "image" else "thumbnail", sha256)}
+    return {
+        **body,
+        "originalImageUri": original,
+        "resizedImageUri": original,
+        "thumbnailUri": links.url(request, f"{kind}-thumbnail" if kind != "image" else "thumbnail", sha256),
+    }
 
 
 def image(request: Request, view: ImageView) -> dict[str, Any]:

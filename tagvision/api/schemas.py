@@ -350,10 +350,13 @@ class SuggestedTagAndRegionQuery(Wire):
 class AcquisitionRequest(Body):
     tags: list[str] = Field(description="Tag names; tags that do not exist yet are created.")
     perTag: int = Field(50, description="Images wanted per tag (1 to 1000).")
-    providers: list[str] = Field(["openverse"], description="openverse, wikimedia, pexels, unsplash, pixabay, "
-                                                           "bing, library (tried in this order per tag).")
-    library: str | None = Field(None, description="For the library provider: a folder under one of the "
-                                                  "operator's TAGVISION_LIBRARY_ROOTS.")
+    providers: list[str] = Field(
+        ["openverse"],
+        description="openverse, wikimedia, pexels, unsplash, pixabay, bing, library (tried in this order per tag).",
+    )
+    library: str | None = Field(
+        None, description="For the library provider: a folder under one of the operator's TAGVISION_LIBRARY_ROOTS."
+    )
     review: bool = Field(False, description="Keep candidates pending until committed (to deselect bad ones).")
     minSide: int = Field(224, description="Refuse images whose shorter side is under this many pixels.")
 

@@ -17,8 +17,12 @@ from tagvision.errors import InvalidInput, TagvisionError
 
 IMAGE_BODY = {
     "content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "imageData": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"imageData": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            }
+        },
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     },
     "required": True,
@@ -44,8 +48,10 @@ async def image_parts(request: Request) -> list[Part]:
     if kind.startswith("multipart/"):
         parts = _parse_multipart(content_type, body)
         if not parts:
-            raise InvalidInput("The multipart body has no parts; send the image as a part named imageData.",
-                               code="BadRequestImageBatch")
+            raise InvalidInput(
+                "The multipart body has no parts; send the image as a part named imageData.",
+                code="BadRequestImageBatch",
+            )
         return parts
     if kind in ("application/json", "text/json", "application/x-www-form-urlencoded") or kind.startswith("text/"):
         raise UnsupportedMediaType(f"Send the image as multipart/form-data or application/octet-stream, not {kind}.")
@@ -92,9 +98,17 @@ def _parse_multipart(content_type: str, body: bytes) -> list[Part]:
         filename = options.get(b"filename")
         parts.append(Part(filename.decode("utf-8", "replace") if filename else None, bytes(current["data"])))
 
-    parser = MultipartParser(boundary, callbacks={
-        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_header_end": on_header_end, "on_part_end": on_part_end})
+    parser = MultipartParser(
+        boundary,
+        callbacks={
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_end": on_part_end,
+        },
+    )
     try:
         parser.write(body)
         parser.finalize()

@@ -37,9 +37,17 @@ from tagvision.store.models import Acquisition, AcquisitionItem, Image, ImageTag
 
 log = logging.getLogger("tagvision.acquisitions")
 # Candidate fields -> their names in Candidate.source(), to rebuild a candidate from a stored item.
-SOURCE_FIELDS = {"provider": "provider", "url": "url", "landing_page": "landingPage", "title": "title",
-                 "creator": "creator", "creator_url": "creatorUrl", "licence": "licence",
-                 "licence_url": "licenceUrl", "attribution": "attribution"}
+SOURCE_FIELDS = {
+    "provider": "provider",
+    "url": "url",
+    "landing_page": "landingPage",
+    "title": "title",
+    "creator": "creator",
+    "creator_url": "creatorUrl",
+    "licence": "licence",
+    "licence_url": "licenceUrl",
+    "attribution": "attribution",
+}
 
 MAX_PER_TAG = 1000
 MAX_TAGS = 50
@@ -66,12 +74,21 @@ class AcquisitionView:
     items: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "projectId": self.project_id, "status": self.status, "review": self.review,
-                "providers": self.request.get("providers", []), "perTag": self.request.get("perTag"),
-                "tags": [self.progress.get(t["id"], {"tagId": t["id"], "tag": t["name"]})
-                         for t in self.request.get("tags", [])],
-                "error": self.error, "created": iso_time(self.created), "lastModified": iso_time(self.last_modified),
-                "items": self.items}
+        return {
+            "id": self.id,
+            "projectId": self.project_id,
+            "status": self.status,
+            "review": self.review,
+            "providers": self.request.get("providers", []),
+            "perTag": self.request.get("perTag"),
+            "tags": [
+                self.progress.get(t["id"], {"tagId": t["id"], "tag": t["name"]}) for t in self.request.get("tags", [])
+            ],
+            "error": self.error,
+            "created": iso_time(self.created),
+            "lastModified": iso_time(self.last_modified),
+            "items": self.items,
+        }
 
 
 class Acquisitions:
@@ -86,9 +103,18 @@ class Acquisitions:
 
     # ------------------------------------------------------------------ requests
 
-    def start(self, ref: str, tags: list[str], *, per_tag: int = 50, providers: tuple[str, ...] = ("openverse",),
-              library: str | None = None, review: bool = False, min_side: int = 224,
-              library_anywhere: bool = False) -> AcquisitionView:
+    def start(
+        self,
+        ref: str,
+        tags: list[str],
+        *,
+        per_tag: int = 50,
+        providers: tuple[str, ...] = ("openverse",),
+        library: str | None = None,
+        review: bool = False,
+        min_side: int = 224,
+        library_anywhere: bool = False,
+    ) -> AcquisitionView:
         """Record an acquisition (status Running); tags that do not exist yet are created.
 
         Each tag is filled until it has ``per_tag`` acquired images (those from earlier
@@ -120,10 +146,18 @@ class Acquisitions:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             had = _acquired_counts(session, project.id)
-            row = Acquisition(project_id=project.id, review=review, request={
-                "tags": tag_list, "perTag": per_tag, "providers": list(chosen),
-                "library": str(folder) if folder else None, "minSide": min_side},
-                progress={t["id"]: _empty_progress(t, per_tag, had.get(t["id"], 0)) for t in tag_list})
+            row = Acquisition(
+                project_id=project.id,
+                review=review,
+                request={
+                    "tags": tag_list,
+                    "perTag": per_tag,
+                    "providers": list(chosen),
+                    "library": str(folder) if folder else None,
+                    "minSide": min_side,
+                },
+                progress={t["id"]: _empty_progress(t, per_tag, had.get(t["id"], 0)) for t in tag_list},
+            )
             session.add(row)
             session.flush()
             return _view(row)
@@ -133,9 +167,14 @@ class Acquisitions:
             row = _get(session, ref, acquisition_id)
             items = []
             if with_items:
-                items = [_item_json(i) for i in session.scalars(
-                    select(AcquisitionItem).where(AcquisitionItem.acquisition_id == row.id)
-                    .order_by(AcquisitionItem.created))]
+                items = [
+                    _item_json(i)
+                    for i in session.scalars(
+                        select(AcquisitionItem)
+                        .where(AcquisitionItem.acquisition_id == row.id)
+                        .order_by(AcquisitionItem.created)
+                    )
+                ]
             return _view(row, items)
 
     def get_any(self, acquisition_id: str) -> AcquisitionView:
@@ -148,8 +187,12 @@ class Acquisitions:
     def list(self, ref: str) -> list[AcquisitionView]:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
-            return [_view(r) for r in session.scalars(select(Acquisition).where(Acquisition.project_id == project.id)
-                                                       .order_by(Acquisition.created))]
+            return [
+                _view(r)
+                for r in session.scalars(
+                    select(Acquisition).where(Acquisition.project_id == project.id).order_by(Acquisition.created)
+                )
+            ]
 
     def cancel(self, ref: str, acquisition_id: str) -> AcquisitionView:
         with self.ctx.db.session() as session:
@@ -166,22 +209,33 @@ class Acquisitions:
         """Review mode: add the chosen pending candidates as training images; the other pending ones are rejected."""
         with self.ctx.db.session() as session:
             row = _get(session, ref, acquisition_id)
-            pending = {i.id: i for i in session.scalars(select(AcquisitionItem).where(
-                AcquisitionItem.acquisition_id == row.id, AcquisitionItem.status == "Pending"))}
+            pending = {
+                i.id: i
+                for i in session.scalars(
+                    select(AcquisitionItem).where(
+                        AcquisitionItem.acquisition_id == row.id, AcquisitionItem.status == "Pending"
+                    )
+                )
+            }
             unknown = [i for i in item_ids if i not in pending]
             if unknown:
                 raise NotFound(f"No pending candidate {unknown[0]!r} in this acquisition.", code="NotFound")
             chosen = [(i.id, i.sha256, i.tag_id, i.source) for i in pending.values() if i.id in item_ids]
-        items = [NewImage(source.get("url", item_id), lambda sha=sha: self.ctx.blobs.get(sha), (tag_id,), source)
-                 for item_id, sha, tag_id, source in chosen]
+        items = [
+            NewImage(source.get("url", item_id), lambda sha=sha: self.ctx.blobs.get(sha), (tag_id,), source)
+            for item_id, sha, tag_id, source in chosen
+        ]
         summary = self.images.add(ref, items)
         with self.ctx.db.session() as session:
             for (item_id, *_), result in zip(chosen, summary.results, strict=True):
                 item = session.get(AcquisitionItem, item_id)
                 item.status = "Added" if result.status == "OK" else "Duplicate"
                 item.image_id = result.image_id
-            for item in session.scalars(select(AcquisitionItem).where(
-                    AcquisitionItem.acquisition_id == acquisition_id, AcquisitionItem.status == "Pending")):
+            for item in session.scalars(
+                select(AcquisitionItem).where(
+                    AcquisitionItem.acquisition_id == acquisition_id, AcquisitionItem.status == "Pending"
+                )
+            ):
                 item.status = "Rejected"
         return summary
 
@@ -233,10 +287,18 @@ class Acquisitions:
                 return
             request, review, project_id = dict(row.request), row.review, row.project_id
             counts = {t: dict(p) for t, p in row.progress.items()}
-            settled = set(session.scalars(select(AcquisitionItem.key).where(
-                AcquisitionItem.project_id == project_id, AcquisitionItem.status.in_(SETTLED))))
-            settled |= {k for k in session.scalars(select(Image.source["key"].as_string()).where(
-                Image.project_id == project_id)) if k}
+            settled = set(
+                session.scalars(
+                    select(AcquisitionItem.key).where(
+                        AcquisitionItem.project_id == project_id, AcquisitionItem.status.in_(SETTLED)
+                    )
+                )
+            )
+            settled |= {
+                k
+                for k in session.scalars(select(Image.source["key"].as_string()).where(Image.project_id == project_id))
+                if k
+            }
             domain = get_project(session, project_id).domain
         hashes = self._project_hashes(project_id)
         downloader = Downloader(min_side=request.get("minSide", 224))
@@ -253,8 +315,17 @@ class Acquisitions:
                     # _fresh stops at the target; downloads already in flight still finish (kept as Spare).
                     window = lambda state=state: state["wanted"] - state["added"] + SLACK  # noqa: E731
                     for done in downloader.download(self._fresh(provider, tag["name"], state, settled), stop, window):
-                        self._settle(acquisition_id, project_id, tag, done, review, hashes, provider, state,
-                                     stopped=stop.is_set())
+                        self._settle(
+                            acquisition_id,
+                            project_id,
+                            tag,
+                            done,
+                            review,
+                            hashes,
+                            provider,
+                            state,
+                            stopped=stop.is_set(),
+                        )
                         progress(tag["name"], state["added"], state["wanted"])
                         self._save_progress(acquisition_id, tag["id"], state)
                 state["done"] = True
@@ -276,12 +347,28 @@ class Acquisitions:
             settled.add(candidate.key)
             yield candidate
 
-    def _settle(self, acquisition_id: str, project_id: str, tag: dict, done: Downloaded, review: bool,
-                hashes: list[int], provider, state: dict, stopped: bool = False) -> None:
+    def _settle(
+        self,
+        acquisition_id: str,
+        project_id: str,
+        tag: dict,
+        done: Downloaded,
+        review: bool,
+        hashes: list[int],
+        provider,
+        state: dict,
+        stopped: bool = False,
+    ) -> None:
         """Record one downloaded candidate: refused, duplicate, pending review, or added."""
         candidate = done.candidate
-        item = AcquisitionItem(acquisition_id=acquisition_id, project_id=project_id, tag_id=tag["id"],
-                               key=candidate.key, source=candidate.source(), message=done.message or None)
+        item = AcquisitionItem(
+            acquisition_id=acquisition_id,
+            project_id=project_id,
+            tag_id=tag["id"],
+            key=candidate.key,
+            source=candidate.source(),
+            message=done.message or None,
+        )
         if done.status != "OK":
             item.status = "Refused"
             state["refused"] += 1
@@ -301,9 +388,17 @@ class Acquisitions:
                 item.status = "Pending"
                 state["added"] += 1  # counted toward the target; the user picks among them
             else:
-                result = self.images.add(project_id, [NewImage(candidate.url, lambda: done.data, (tag["id"],),
-                                                               {**candidate.source(), "dhash": f"{done.dhash:016x}"})
-                                                      ]).results[0]
+                result = self.images.add(
+                    project_id,
+                    [
+                        NewImage(
+                            candidate.url,
+                            lambda: done.data,
+                            (tag["id"],),
+                            {**candidate.source(), "dhash": f"{done.dhash:016x}"},
+                        )
+                    ],
+                ).results[0]
                 item.status = "Added" if result.status == "OK" else "Duplicate"
                 item.image_id = result.image_id
                 state["added" if result.status == "OK" else "duplicates"] += 1
@@ -313,23 +408,34 @@ class Acquisitions:
         with self.ctx.db.session() as session:
             session.add(item)
 
-    def _use_spares(self, acquisition_id: str, project_id: str, tag: dict, review: bool, hashes: list[int],
-                    state: dict) -> None:
+    def _use_spares(
+        self, acquisition_id: str, project_id: str, tag: dict, review: bool, hashes: list[int], state: dict
+    ) -> None:
         """Images an earlier run downloaded beyond its target: used before asking any provider again."""
         with self.ctx.db.session() as session:
-            spares = list(session.scalars(select(AcquisitionItem).where(
-                AcquisitionItem.project_id == project_id, AcquisitionItem.tag_id == tag["id"],
-                AcquisitionItem.status == "Spare").order_by(AcquisitionItem.created)))
+            spares = list(
+                session.scalars(
+                    select(AcquisitionItem)
+                    .where(
+                        AcquisitionItem.project_id == project_id,
+                        AcquisitionItem.tag_id == tag["id"],
+                        AcquisitionItem.status == "Spare",
+                    )
+                    .order_by(AcquisitionItem.created)
+                )
+            )
             for spare in spares:
                 session.expunge(spare)
         for spare in spares:
             if state["added"] >= state["wanted"]:
                 return
             data = self.ctx.blobs.get(spare.sha256)
-            candidate = Candidate(**{k: spare.source.get(v) for k, v in SOURCE_FIELDS.items()},
-                                  provider_id=spare.key.split(":", 1)[1])
-            done = Downloaded(candidate, "OK", data=data, facts=images.validate(data),
-                              dhash=int(spare.source["dhash"], 16))
+            candidate = Candidate(
+                **{k: spare.source.get(v) for k, v in SOURCE_FIELDS.items()}, provider_id=spare.key.split(":", 1)[1]
+            )
+            done = Downloaded(
+                candidate, "OK", data=data, facts=images.validate(data), dhash=int(spare.source["dhash"], 16)
+            )
             with self.ctx.db.session() as session:
                 session.get(AcquisitionItem, spare.id).status = "Used"
             self._settle(acquisition_id, project_id, tag, done, review, hashes, None, state)
@@ -361,10 +467,15 @@ class Acquisitions:
         made = []
         for name in request["providers"]:
             if name == "library":
-                made.append(sources.make("library", library=Path(request["library"]),
-                                         seeds=self._seeds(project_id, domain, request["tags"]),
-                                         embedder=self.ctx.embedder(domain),
-                                         cache_dir=self.ctx.settings.data_dir / "library-cache"))
+                made.append(
+                    sources.make(
+                        "library",
+                        library=Path(request["library"]),
+                        seeds=self._seeds(project_id, domain, request["tags"]),
+                        embedder=self.ctx.embedder(domain),
+                        cache_dir=self.ctx.settings.data_dir / "library-cache",
+                    )
+                )
             else:
                 made.append(sources.make(name))
         return made
@@ -372,8 +483,11 @@ class Acquisitions:
     def _seeds(self, project_id: str, domain: str, tags: list[dict]) -> dict[str, np.ndarray]:
         """Embeddings of each tag's images in the project: "more like these" for the library."""
         with self.ctx.db.session() as session:
-            rows = session.execute(select(Image.sha256, ImageTag.tag_id).join(ImageTag, ImageTag.image_id == Image.id)
-                                   .where(Image.project_id == project_id)).all()
+            rows = session.execute(
+                select(Image.sha256, ImageTag.tag_id)
+                .join(ImageTag, ImageTag.image_id == Image.id)
+                .where(Image.project_id == project_id)
+            ).all()
         seeds = {}
         for tag in tags:
             hashes = [sha for sha, tag_id in rows if tag_id == tag["id"]]
@@ -388,14 +502,28 @@ class Acquisitions:
 
 def _empty_progress(tag: dict, per_tag: int, had: int) -> dict[str, Any]:
     """``per_tag`` is what a tag should end with: images acquired before count toward it."""
-    return {"tagId": tag["id"], "tag": tag["name"], "wanted": max(0, per_tag - had), "hadBefore": had, "found": 0,
-            "skipped": 0, "downloaded": 0, "added": 0, "duplicates": 0, "refused": 0, "done": False}
+    return {
+        "tagId": tag["id"],
+        "tag": tag["name"],
+        "wanted": max(0, per_tag - had),
+        "hadBefore": had,
+        "found": 0,
+        "skipped": 0,
+        "downloaded": 0,
+        "added": 0,
+        "duplicates": 0,
+        "refused": 0,
+        "done": False,
+    }
 
 
 def _acquired_counts(session, project_id: str) -> dict[str, int]:
     """Per tag id, how many of the project's images came from an acquisition."""
-    rows = session.execute(select(ImageTag.tag_id, Image.source["key"].as_string())
-                           .join(Image, Image.id == ImageTag.image_id).where(Image.project_id == project_id)).all()
+    rows = session.execute(
+        select(ImageTag.tag_id, Image.source["key"].as_string())
+        .join(Image, Image.id == ImageTag.image_id)
+        .where(Image.project_id == project_id)
+    ).all()
     counts: dict[str, int] = {}
     for tag_id, key in rows:
         if key:
@@ -411,8 +539,11 @@ def _library_folder(library: str | None, anywhere: bool) -> Path:
         return folder
     roots = [Path(r).expanduser().resolve() for r in os.environ.get(LIBRARY_ROOTS_ENV, "").split(os.pathsep) if r]
     if not any(folder == root or root in folder.parents for root in roots):
-        raise InvalidInput(f"The server reads libraries only under the folders its operator lists in "
-                           f"{LIBRARY_ROOTS_ENV}; {library!r} is not under one.", code="BadRequestInvalid")
+        raise InvalidInput(
+            f"The server reads libraries only under the folders its operator lists in "
+            f"{LIBRARY_ROOTS_ENV}; {library!r} is not under one.",
+            code="BadRequestInvalid",
+        )
     return folder
 
 
@@ -429,10 +560,27 @@ def _get(session, ref: str, acquisition_id: str) -> Acquisition:
 
 
 def _item_json(item: AcquisitionItem) -> dict[str, Any]:
-    return {"id": item.id, "tagId": item.tag_id, "status": item.status, "source": item.source,
-            "message": item.message, "imageId": item.image_id, "sha256": item.sha256}
+    return {
+        "id": item.id,
+        "tagId": item.tag_id,
+        "status": item.status,
+        "source": item.source,
+        "message": item.message,
+        "imageId": item.image_id,
+        "sha256": item.sha256,
+    }
 
 
 def _view(row: Acquisition, items: list[dict[str, Any]] | None = None) -> AcquisitionView:
-    return AcquisitionView(row.id, row.project_id, row.status, row.review, dict(row.request), dict(row.progress),
-                           row.error, row.created, row.last_modified, items or [])
+    return AcquisitionView(
+        row.id,
+        row.project_id,
+        row.status,
+        row.review,
+        dict(row.request),
+        dict(row.progress),
+        row.error,
+        row.created,
+        row.last_modified,
+        items or [],
+    )

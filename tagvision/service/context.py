@@ -48,8 +48,9 @@ class Context:
         spec = self.spec(domain, tuned)
         with self._lock:
             if key not in self._embedders:
-                self._embedders[key] = backbone.Embedder(spec, self.settings.models_dir,
-                                                         onnx_file=self.blobs.path(tuned) if tuned else None)
+                self._embedders[key] = backbone.Embedder(
+                    spec, self.settings.models_dir, onnx_file=self.blobs.path(tuned) if tuned else None
+                )
             return self._embedders[key]
 
     def spec(self, domain: str, tuned: str | None = None) -> backbone.BackboneSpec:
@@ -87,8 +88,7 @@ def get_tag(session: Session, project: Project, ref: str) -> Tag:
     tag = queries.tag_by_ref(session, project.id, ref)
     if tag is None:
         known = ", ".join(t.name for t in project.tags) or "none yet"
-        raise NotFound(f"Project {project.name!r} has no tag {ref!r} (tags: {known}).",
-                       code="NotFoundTag")
+        raise NotFound(f"Project {project.name!r} has no tag {ref!r} (tags: {known}).", code="NotFoundTag")
     return tag
 
 
@@ -97,8 +97,9 @@ def get_iteration(session: Session, project: Project, ref: str | None) -> Iterat
     if ref is None:
         iteration = queries.newest_completed_iteration(session, project.id)
         if iteration is None:
-            raise NotFound(f"Project {project.name!r} has no trained iteration yet; train it first.",
-                           code="NotFoundIteration")
+            raise NotFound(
+                f"Project {project.name!r} has no trained iteration yet; train it first.", code="NotFoundIteration"
+            )
         return iteration
     iteration = queries.iteration_by_ref(session, project.id, ref)
     if iteration is None:

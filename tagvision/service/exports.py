@@ -35,18 +35,25 @@ class Exports:
     def start(self, ref: str, iteration_ref: str, platform: str, flavor: str | None = None) -> ExportView:
         """Queue an export of a completed iteration (status Exporting); an existing one is returned as is."""
         if platform not in PLATFORMS:
-            raise InvalidInput(f"tagvision exports to {', '.join(PLATFORMS)}; {platform!r} is not available.",
-                               code="BadRequestProjectUnsupportedExportPlatform")
+            raise InvalidInput(
+                f"tagvision exports to {', '.join(PLATFORMS)}; {platform!r} is not available.",
+                code="BadRequestProjectUnsupportedExportPlatform",
+            )
         if flavor not in ONNX_FLAVORS:
-            raise InvalidInput(f"Unknown ONNX flavor {flavor!r}; leave it out or use ONNX10, ONNX12 or {INT8}.",
-                               code="BadRequestExportValidationFailed")
+            raise InvalidInput(
+                f"Unknown ONNX flavor {flavor!r}; leave it out or use ONNX10, ONNX12 or {INT8}.",
+                code="BadRequestExportValidationFailed",
+            )
         with self.ctx.db.session() as session:
             iteration = get_iteration(session, get_project(session, ref), iteration_ref)
             if iteration.status != "Completed":
-                raise TrainingError(f"{iteration.name} is {iteration.status}; only a completed iteration exports.",
-                                    code="BadRequestIterationIsNotTrained")
-            for row in session.scalars(select(Export).where(Export.iteration_id == iteration.id,
-                                                            Export.platform == platform)):
+                raise TrainingError(
+                    f"{iteration.name} is {iteration.status}; only a completed iteration exports.",
+                    code="BadRequestIterationIsNotTrained",
+                )
+            for row in session.scalars(
+                select(Export).where(Export.iteration_id == iteration.id, Export.platform == platform)
+            ):
                 if row.flavor == flavor and row.status in ("Exporting", "Done"):
                     return _view(row)
                 if row.flavor == flavor:  # Failed: try again
@@ -62,8 +69,10 @@ class Exports:
             project = get_project(session, ref)
             iteration = get_iteration(session, project, iteration_ref)
             if iteration.status != "Completed" or iteration.head_blob is None:
-                raise TrainingError(f"{iteration.name} is {iteration.status}; only a completed iteration exports.",
-                                    code="BadRequestIterationIsNotTrained")
+                raise TrainingError(
+                    f"{iteration.name} is {iteration.status}; only a completed iteration exports.",
+                    code="BadRequestIterationIsNotTrained",
+                )
             head_key, domain, iteration_id = iteration.head_blob, iteration.domain, iteration.id
             backbone_key = iteration.backbone_blob
             labels = [name for _, name in iteration.details["tags"]]
@@ -72,15 +81,24 @@ class Exports:
             hashes = list(session.scalars(select(Image.sha256).where(Image.id.in_(calibration_ids))))
         spec = self.ctx.spec(domain, backbone_key)
         head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))
-        model = export.build_classifier_onnx(spec, self.ctx.settings.models_dir, head, labels,
-                                             iteration_id=iteration_id, project_name=name,
-                                             backbone_path=self.ctx.blobs.path(backbone_key) if backbone_key else None)
+        model = export.build_classifier_onnx(
+            spec,
+            self.ctx.settings.models_dir,
+            head,
+            labels,
+            iteration_id=iteration_id,
+            project_name=name,
+            backbone_path=self.ctx.blobs.path(backbone_key) if backbone_key else None,
+        )
         if int8:
             if not hashes:
-                raise TrainingError("The iteration's training images are gone; int8 calibration needs some.",
-                                    code="BadRequestExportValidationFailed")
-            model = export.quantize_int8(model, np.stack([backbone.preprocess_bytes(self.ctx.blobs.get(h), spec)
-                                                          for h in hashes]))
+                raise TrainingError(
+                    "The iteration's training images are gone; int8 calibration needs some.",
+                    code="BadRequestExportValidationFailed",
+                )
+            model = export.quantize_int8(
+                model, np.stack([backbone.preprocess_bytes(self.ctx.blobs.get(h), spec) for h in hashes])
+            )
         return ExportedModel(model, labels, name)
 
     def run(self, export_id: str) -> ExportView:
@@ -110,8 +128,12 @@ class Exports:
     def list(self, ref: str, iteration_ref: str) -> list[ExportView]:
         with self.ctx.db.session() as session:
             iteration = get_iteration(session, get_project(session, ref), iteration_ref)
-            return [_view(r) for r in session.scalars(select(Export).where(Export.iteration_id == iteration.id)
-                                                       .order_by(Export.created))]
+            return [
+                _view(r)
+                for r in session.scalars(
+                    select(Export).where(Export.iteration_id == iteration.id).order_by(Export.created)
+                )
+            ]
 
     def file(self, export_id: str) -> tuple[str, bytes]:
         """(file name, bytes) of a finished export."""

@@ -46,8 +46,13 @@ class Images:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def add(self, ref: str, items: Iterable[NewImage], progress: Progress = no_progress,
-            max_bytes: int = images.MAX_TRAINING_BYTES) -> ImageCreateSummary:
+    def add(
+        self,
+        ref: str,
+        items: Iterable[NewImage],
+        progress: Progress = no_progress,
+        max_bytes: int = images.MAX_TRAINING_BYTES,
+    ) -> ImageCreateSummary:
         """Validate and store images with their tags; one result per image, in order.
 
         Bad images are refused with their code while the good ones in the same call land.
@@ -62,15 +67,16 @@ class Images:
             tag_ids = {r: get_tag(session, project, r).id for r in {r for item in todo for r in item.tags}}
         for item in todo:
             if multiclass and len({tag_ids[r] for r in item.tags}) > 1:
-                raise InvalidInput(f"{item.name}: a multiclass project allows one tag per image.",
-                                   code="BadRequestImageTags")
+                raise InvalidInput(
+                    f"{item.name}: a multiclass project allows one tag per image.", code="BadRequestImageTags"
+                )
 
         results: list[ImageCreateResult] = []
         seen: dict[str, str] = {}  # sha256 -> image id, across the whole call
         progress("adding images", 0, len(todo))
         for start in range(0, len(todo), BATCH):
             checked: list[_Checked | ImageCreateResult] = [
-                self._check(item, max_bytes, tag_ids) for item in todo[start:start + BATCH]
+                self._check(item, max_bytes, tag_ids) for item in todo[start : start + BATCH]
             ]
             results.extend(self._store_batch(project_id, checked, seen))
             progress("adding images", min(start + BATCH, len(todo)), len(todo))
@@ -91,8 +97,9 @@ class Images:
             return ImageCreateResult(item.name, exc.code, message=exc.message)
         return _Checked(item, data, facts, tuple(dict.fromkeys(tag_ids[r] for r in item.tags)))
 
-    def _store_batch(self, project_id: str, checked: list[_Checked | ImageCreateResult],
-                     seen: dict[str, str]) -> list[ImageCreateResult]:
+    def _store_batch(
+        self, project_id: str, checked: list[_Checked | ImageCreateResult], seen: dict[str, str]
+    ) -> list[ImageCreateResult]:
         fresh = [c for c in checked if isinstance(c, _Checked)]
         for c in fresh:
             self.ctx.blobs.put(c.data)  # blob before row
@@ -104,22 +111,38 @@ class Images:
                     out.append(c)
                     continue
                 if c.facts.sha256 in seen:
-                    out.append(ImageCreateResult(c.item.name, "OKDuplicate", seen[c.facts.sha256],
-                                                 "The same image is already in the project."))
+                    out.append(
+                        ImageCreateResult(
+                            c.item.name,
+                            "OKDuplicate",
+                            seen[c.facts.sha256],
+                            "The same image is already in the project.",
+                        )
+                    )
                     continue
-                row = Image(project_id=project_id, sha256=c.facts.sha256, format=c.facts.format,
-                            content_type=c.facts.content_type, width=c.facts.width, height=c.facts.height,
-                            size_bytes=c.facts.size_bytes, source={"name": c.item.name, **c.item.source},
-                            image_metadata=dict(c.item.metadata), tags=[ImageTag(tag_id=t) for t in c.tag_ids])
+                row = Image(
+                    project_id=project_id,
+                    sha256=c.facts.sha256,
+                    format=c.facts.format,
+                    content_type=c.facts.content_type,
+                    width=c.facts.width,
+                    height=c.facts.height,
+                    size_bytes=c.facts.size_bytes,
+                    source={"name": c.item.name, **c.item.source},
+                    image_metadata=dict(c.item.metadata),
+                    tags=[ImageTag(tag_id=t) for t in c.tag_ids],
+                )
                 session.add(row)
                 session.flush()
                 seen[c.facts.sha256] = row.id
                 out.append(ImageCreateResult(c.item.name, "OK", row.id))
         return out
 
-    def add_urls(self, ref: str, entries: list[tuple[str, tuple[str, ...]]],
-                 metadata: dict[str, str] | None = None) -> ImageCreateSummary:
+    def add_urls(
+        self, ref: str, entries: list[tuple[str, tuple[str, ...]]], metadata: dict[str, str] | None = None
+    ) -> ImageCreateSummary:
         """Download (url, tags) entries concurrently through the SSRF guard, then add them like uploads."""
+
         def download(url: str) -> bytes | TagvisionError:
             try:
                 return fetch.fetch(url, max_bytes=images.MAX_TRAINING_BYTES).data
@@ -128,13 +151,26 @@ class Images:
 
         with ThreadPoolExecutor(max_workers=URL_FETCHERS, thread_name_prefix="fetch") as pool:
             fetched = list(pool.map(download, [url for url, _ in entries]))
-        items = [NewImage(url, _reader(result), tags, {"url": url}, metadata or {})
-                 for (url, tags), result in zip(entries, fetched, strict=True)]
+        items = [
+            NewImage(url, _reader(result), tags, {"url": url}, metadata or {})
+            for (url, tags), result in zip(entries, fetched, strict=True)
+        ]
         return self.add(ref, items)
 
-    def list(self, ref: str, *, tag: str | None = None, tag_ids: list[str] | None = None, untagged: bool = False,
-             tagged: bool = False, iteration: str | None = None, metadata: list[MetadataCondition] | None = None,
-             newest_first: bool = True, skip: int = 0, take: int | None = None) -> list[ImageView]:
+    def list(
+        self,
+        ref: str,
+        *,
+        tag: str | None = None,
+        tag_ids: list[str] | None = None,
+        untagged: bool = False,
+        tagged: bool = False,
+        iteration: str | None = None,
+        metadata: list[MetadataCondition] | None = None,
+        newest_first: bool = True,
+        skip: int = 0,
+        take: int | None = None,
+    ) -> list[ImageView]:
         """Images of a project, newest first; filtered by tag(s), tagging status, iteration or metadata."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
@@ -148,8 +184,16 @@ class Images:
             end = None if take is None else skip + take
             return [image_view(img, names) for img in rows[skip:end]]
 
-    def count(self, ref: str, *, tag_ids: list[str] | None = None, untagged: bool = False, tagged: bool = False,
-              iteration: str | None = None, metadata: list[MetadataCondition] | None = None) -> int:
+    def count(
+        self,
+        ref: str,
+        *,
+        tag_ids: list[str] | None = None,
+        untagged: bool = False,
+        tagged: bool = False,
+        iteration: str | None = None,
+        metadata: list[MetadataCondition] | None = None,
+    ) -> int:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             query = self._filtered(session, project, None, tag_ids, untagged, tagged, iteration)
@@ -176,8 +220,10 @@ class Images:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             names = {t.id: t.name for t in project.tags}
-            found = {img.id: img for img in session.scalars(
-                select(Image).where(Image.project_id == project.id, Image.id.in_(image_ids)))}
+            found = {
+                img.id: img
+                for img in session.scalars(select(Image).where(Image.project_id == project.id, Image.id.in_(image_ids)))
+            }
             return [image_view(found[i], names) for i in dict.fromkeys(image_ids) if i in found]
 
     def data(self, ref: str, image_id: str) -> bytes:
@@ -197,8 +243,12 @@ class Images:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             tags = {t.id: t for t in project.tags}
-            rows = {img.id: img for img in session.scalars(select(Image).where(
-                Image.project_id == project.id, Image.id.in_({i for i, _ in pairs})))}
+            rows = {
+                img.id: img
+                for img in session.scalars(
+                    select(Image).where(Image.project_id == project.id, Image.id.in_({i for i, _ in pairs}))
+                )
+            }
             for image_id, tag_id in dict.fromkeys(pairs):
                 if image_id not in rows:
                     raise NotFound(f"Project has no image {image_id!r}.", code="NotFoundImage")
@@ -212,8 +262,10 @@ class Images:
                 else:
                     kinds = {tags[t].type == "Negative" for t in current} | {tags[tag_id].type == "Negative"}
                     if len(kinds) > 1:
-                        raise InvalidInput(f"Image {image_id} cannot carry the Negative tag and a regular tag.",
-                                           code="BadRequestNegativeAndRegularTagOnSameImage")
+                        raise InvalidInput(
+                            f"Image {image_id} cannot carry the Negative tag and a regular tag.",
+                            code="BadRequestNegativeAndRegularTagOnSameImage",
+                        )
                     rows[image_id].tags.append(ImageTag(tag_id=tag_id))
                     created.append((image_id, tag_id))
             if created:
@@ -225,26 +277,35 @@ class Images:
             project = get_project(session, ref)
             for tag_id in tag_ids:
                 get_tag(session, project, tag_id)
-            session.execute(delete(ImageTag).where(
-                ImageTag.tag_id.in_(tag_ids),
-                ImageTag.image_id.in_(select(Image.id).where(Image.project_id == project.id,
-                                                             Image.id.in_(image_ids)))))
+            session.execute(
+                delete(ImageTag).where(
+                    ImageTag.tag_id.in_(tag_ids),
+                    ImageTag.image_id.in_(
+                        select(Image.id).where(Image.project_id == project.id, Image.id.in_(image_ids))
+                    ),
+                )
+            )
             project.last_modified = utcnow()
 
     def set_metadata(self, ref: str, image_ids: list[str], metadata: dict[str, str]) -> list[tuple[str, str, dict]]:
         """Merge ``metadata`` into each image's; -> (image id, status, metadata) per id."""
         for key, value in metadata.items():
             if not key or len(key) > MAX_METADATA_KEY:
-                raise InvalidInput(f"Metadata keys are 1 to {MAX_METADATA_KEY} characters.",
-                                   code="BadRequestImageMetadataKey")
+                raise InvalidInput(
+                    f"Metadata keys are 1 to {MAX_METADATA_KEY} characters.", code="BadRequestImageMetadataKey"
+                )
             if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
-                raise InvalidInput(f"Metadata values are strings of at most {MAX_METADATA_VALUE} characters.",
-                                   code="BadRequestImageMetadataValue")
+                raise InvalidInput(
+                    f"Metadata values are strings of at most {MAX_METADATA_VALUE} characters.",
+                    code="BadRequestImageMetadataValue",
+                )
         out = []
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
-            rows = {img.id: img for img in session.scalars(select(Image).where(
-                Image.project_id == project.id, Image.id.in_(image_ids)))}
+            rows = {
+                img.id: img
+                for img in session.scalars(select(Image).where(Image.project_id == project.id, Image.id.in_(image_ids)))
+            }
             for image_id in image_ids:
                 row = rows.get(image_id)
                 if row is None:
@@ -270,7 +331,7 @@ class Images:
                 query = query.where(Image.id.in_(image_ids or []))
             ids = list(session.scalars(query))
             for start in range(0, len(ids), 500):
-                session.execute(delete(Image).where(Image.id.in_(ids[start:start + 500])))
+                session.execute(delete(Image).where(Image.id.in_(ids[start : start + 500])))
             project.last_modified = utcnow()
             return len(ids)
 
@@ -286,13 +347,15 @@ def parse_metadata_filter(text: str) -> list[MetadataCondition]:
     """Custom Vision's ``$filter``: ``metadata=k1 eq 'v1' and k2 ne 'v2'`` (the ``metadata=`` is optional)."""
     body = text.strip()
     if body.lower().startswith("metadata="):
-        body = body[len("metadata="):]
+        body = body[len("metadata=") :]
     conditions = []
     for part in re.split(r"\s+and\s+", body.strip(), flags=re.IGNORECASE):
         match = re.fullmatch(r"\s*([^\s']+)\s+(eq|ne)\s+'((?:[^']|'')*)'\s*", part, flags=re.IGNORECASE)
         if match is None:
-            raise InvalidInput(f"Cannot read the filter {text!r}; write it as metadata=key eq 'value' and key2 ne "
-                               "'value2'.", code="BadRequestInvalid")
+            raise InvalidInput(
+                f"Cannot read the filter {text!r}; write it as metadata=key eq 'value' and key2 ne 'value2'.",
+                code="BadRequestInvalid",
+            )
         key, op, value = match.groups()
         conditions.append(MetadataCondition(key, op.lower() == "eq", value.replace("''", "'")))
     return conditions
@@ -308,11 +371,19 @@ def _reader(result: bytes | TagvisionError) -> Callable[[], bytes]:
         if isinstance(result, TagvisionError):
             raise result
         return result
+
     return read
 
 
 def image_view(img: Image, tag_names: dict[str, str]) -> ImageView:
-    return ImageView(img.id, img.created, img.width, img.height, img.content_type, img.sha256,
-                     [(t.tag_id, tag_names[t.tag_id], t.created) for t in img.tags], img.source,
-                     dict(img.image_metadata or {}))
-
+    return ImageView(
+        img.id,
+        img.created,
+        img.width,
+        img.height,
+        img.content_type,
+        img.sha256,
+        [(t.tag_id, tag_names[t.tag_id], t.created) for t in img.tags],
+        img.source,
+        dict(img.image_metadata or {}),
+    )

@@ -33,8 +33,9 @@ class Jobs:
     def train(self, ref: str, **options) -> IterationView:
         """Start a training (checks run now) and finish it in the background."""
         view = self.training.start(ref, **options)
-        self._submit(f"train {view.id}", lambda: self.training.run(view.project_id, view.id,
-                                                                   self.training.recorder(view.id)))
+        self._submit(
+            f"train {view.id}", lambda: self.training.run(view.project_id, view.id, self.training.recorder(view.id))
+        )
         return view
 
     def export(self, ref: str, iteration_ref: str, platform: str, flavor: str | None = None) -> ExportView:
@@ -54,8 +55,10 @@ class Jobs:
         interrupted = self.training.interrupted()
         for project_id, iteration_id in interrupted:
             log.info("resuming training %s", iteration_id)
-            self._submit(f"train {iteration_id}",
-                         lambda p=project_id, i=iteration_id: self.training.run(p, i, self.training.recorder(i)))
+            self._submit(
+                f"train {iteration_id}",
+                lambda p=project_id, i=iteration_id: self.training.run(p, i, self.training.recorder(i)),
+            )
         exports = self.exports.interrupted()
         for export_id in exports:
             self._submit(f"export {export_id}", lambda e=export_id: self.exports.run(e))

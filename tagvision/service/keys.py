@@ -44,8 +44,10 @@ class KeyStore:
                 stored = json.loads(self.path.read_text())
                 self._cached = (mtime, Keys(stored["trainingKey"], stored["predictionKey"]))
             keys = self._cached[1]
-        return Keys(os.environ.get("TAGVISION_TRAINING_KEY") or keys.training,
-                    os.environ.get("TAGVISION_PREDICTION_KEY") or keys.prediction)
+        return Keys(
+            os.environ.get("TAGVISION_TRAINING_KEY") or keys.training,
+            os.environ.get("TAGVISION_PREDICTION_KEY") or keys.prediction,
+        )
 
     def regenerate(self, kind: str) -> Keys:
         if kind not in KINDS:

@@ -100,13 +100,17 @@ class Prediction:
             if published is not None:
                 iteration = queries.published_iteration(session, project.id, published)
                 if iteration is None:
-                    raise NotFound(f"Project {project.name!r} has no iteration published as {published!r}.",
-                                   code="NotFoundIteration")
+                    raise NotFound(
+                        f"Project {project.name!r} has no iteration published as {published!r}.",
+                        code="NotFoundIteration",
+                    )
             else:
                 iteration = get_iteration(session, project, iteration_ref)
             if iteration.status != "Completed" or iteration.head_blob is None:
-                raise TrainingError(f"{iteration.name} is {iteration.status}; only a completed iteration predicts.",
-                                    code="BadRequestIterationIsNotTrained")
+                raise TrainingError(
+                    f"{iteration.name} is {iteration.status}; only a completed iteration predicts.",
+                    code="BadRequestIterationIsNotTrained",
+                )
             iteration_id, domain, tuned = iteration.id, iteration.domain, iteration.backbone_blob
             head_key, tags = iteration.head_blob, [tuple(t) for t in iteration.details["tags"]]
             project_id, types = project.id, {t.id: t.type for t in project.tags}
@@ -120,31 +124,44 @@ class Prediction:
             self._models.move_to_end(iteration_id)
             return cached, types
 
-    def predict(self, ref: str, items: list[tuple[str, Callable[[], bytes]]],
-                iteration_ref: str | None = None) -> list[ImagePrediction]:
+    def predict(
+        self, ref: str, items: list[tuple[str, Callable[[], bytes]]], iteration_ref: str | None = None
+    ) -> list[ImagePrediction]:
         """Probabilities for each (name, read) image, highest first; refused images carry their error."""
         model = self.model(ref, iteration_ref)
         results = list(self.ctx.embedder(model.domain, model.tuned).embed([read for _, read in items]))
         good = [r for r in results if r.error is None]
         probabilities = (
             model.head.predict_proba(np.stack([r.plain for r in good]), np.stack([r.flipped for r in good]))
-            if good else np.zeros((0, len(model.tags))))
+            if good
+            else np.zeros((0, len(model.tags)))
+        )
         by_index = {r.index: p for r, p in zip(good, probabilities, strict=True)}
         out = []
         for result in results:
             name = items[result.index][0]
             if result.error is not None:
-                out.append(ImagePrediction(name, model.iteration_id, error=result.error.message,
-                                           error_code=result.error.code))
+                out.append(
+                    ImagePrediction(name, model.iteration_id, error=result.error.message, error_code=result.error.code)
+                )
                 continue
             out.append(ImagePrediction(name, model.iteration_id, _ranked(model.tags, by_index[result.index])))
         return out
 
     # ------------------------------------------------------------------ one image, as the API classifies
 
-    def classify(self, ref: str, data: bytes, *, iteration_ref: str | None = None, published: str | None = None,
-                 store: bool = True, application: str | None = None, source: str | None = None,
-                 max_bytes: int = images.MAX_PREDICTION_BYTES) -> PredictionView:
+    def classify(
+        self,
+        ref: str,
+        data: bytes,
+        *,
+        iteration_ref: str | None = None,
+        published: str | None = None,
+        store: bool = True,
+        application: str | None = None,
+        source: str | None = None,
+        max_bytes: int = images.MAX_PREDICTION_BYTES,
+    ) -> PredictionView:
         """Classify one encoded image; stored (for review and re-training) unless ``store`` is False.
 
         Bad images raise :class:`ImageError` with Custom Vision's ``BadRequestImage*`` codes.
@@ -168,18 +185,37 @@ class Prediction:
             self.ctx.blobs.put(data)
             with self.ctx.db.session() as session:
                 stored = StoredPrediction(
-                    id=prediction_id, project_id=model.project_id, iteration_id=model.iteration_id, sha256=facts.sha256,
-                    content_type=facts.content_type, width=facts.width, height=facts.height, domain=model.domain,
-                    application=application, source={"url": source} if source else {},
-                    uncertainty=uncertainty(row, model.head.multilabel), created=created,
-                    tags=[PredictionTag(tag_id=t, probability=float(p)) for (t, _), p in zip(model.tags, row,
-                                                                                               strict=True)])
+                    id=prediction_id,
+                    project_id=model.project_id,
+                    iteration_id=model.iteration_id,
+                    sha256=facts.sha256,
+                    content_type=facts.content_type,
+                    width=facts.width,
+                    height=facts.height,
+                    domain=model.domain,
+                    application=application,
+                    source={"url": source} if source else {},
+                    uncertainty=uncertainty(row, model.head.multilabel),
+                    created=created,
+                    tags=[
+                        PredictionTag(tag_id=t, probability=float(p)) for (t, _), p in zip(model.tags, row, strict=True)
+                    ],
+                )
                 session.add(stored)
-        return PredictionView(prediction_id, model.project_id, model.iteration_id, created, ranked,
-                              domain=model.domain, width=facts.width, height=facts.height)
+        return PredictionView(
+            prediction_id,
+            model.project_id,
+            model.iteration_id,
+            created,
+            ranked,
+            domain=model.domain,
+            width=facts.width,
+            height=facts.height,
+        )
 
-    def classify_url(self, ref: str, url: str, *, max_bytes: int = images.MAX_PREDICTION_BYTES,
-                     **options) -> PredictionView:
+    def classify_url(
+        self, ref: str, url: str, *, max_bytes: int = images.MAX_PREDICTION_BYTES, **options
+    ) -> PredictionView:
         """Download an image through the SSRF guard and classify it (see :meth:`classify`)."""
         self.model(ref, options.get("iteration_ref"), published=options.get("published"))  # 404 before fetching
         try:
@@ -193,25 +229,30 @@ class Prediction:
     def query(self, ref: str, query: PredictionQuery) -> tuple[list[PredictionView], str | None]:
         """Stored predictions matching ``query``; -> (page, continuation token or None at the end)."""
         if len(query.tags) > MAX_QUERY_TAGS:
-            raise InvalidInput(f"A prediction query combines at most {MAX_QUERY_TAGS} tags.",
-                               code="BadRequestPredictionTagsExceededCount")
+            raise InvalidInput(
+                f"A prediction query combines at most {MAX_QUERY_TAGS} tags.",
+                code="BadRequestPredictionTagsExceededCount",
+            )
         if query.order_by not in ("Newest", "Oldest", "Suggested"):
-            raise InvalidInput(f"Unknown orderBy {query.order_by!r}; use Newest, Oldest or Suggested.",
-                               code="BadRequestPredictionInvalidQueryParameters")
+            raise InvalidInput(
+                f"Unknown orderBy {query.order_by!r}; use Newest, Oldest or Suggested.",
+                code="BadRequestPredictionInvalidQueryParameters",
+            )
         try:
             offset = int(query.continuation or 0)
             if not 0 <= offset < 2**31:  # a token we gave out; SQLite overflows past 2**63
                 raise ValueError(offset)
         except ValueError:
-            raise InvalidInput("The continuation token is not one this server gave out.",
-                               code="BadRequestPredictionInvalidQueryParameters") from None
+            raise InvalidInput(
+                "The continuation token is not one this server gave out.",
+                code="BadRequestPredictionInvalidQueryParameters",
+            ) from None
         count = max(1, min(query.max_count or 50, MAX_QUERY_RESULTS))
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             sql = select(StoredPrediction).where(StoredPrediction.project_id == project.id)
             if query.iteration_id:
-                sql = sql.where(StoredPrediction.iteration_id == get_iteration(session, project,
-                                                                               query.iteration_id).id)
+                sql = sql.where(StoredPrediction.iteration_id == get_iteration(session, project, query.iteration_id).id)
             if query.application:
                 sql = sql.where(StoredPrediction.application == query.application)
             if query.start_time:
@@ -219,13 +260,24 @@ class Prediction:
             if query.end_time:
                 sql = sql.where(StoredPrediction.created <= query.end_time)
             for tag in query.tags:
-                sql = sql.where(StoredPrediction.tags.any(and_(
-                    PredictionTag.tag_id == tag.tag_id, PredictionTag.probability >= tag.min_threshold,
-                    PredictionTag.probability <= tag.max_threshold)))
-            order = {"Newest": (StoredPrediction.created.desc(), StoredPrediction.id),
-                     "Oldest": (StoredPrediction.created, StoredPrediction.id),
-                     "Suggested": (StoredPrediction.uncertainty.desc(), StoredPrediction.created.desc(),
-                                   StoredPrediction.id)}[query.order_by]
+                sql = sql.where(
+                    StoredPrediction.tags.any(
+                        and_(
+                            PredictionTag.tag_id == tag.tag_id,
+                            PredictionTag.probability >= tag.min_threshold,
+                            PredictionTag.probability <= tag.max_threshold,
+                        )
+                    )
+                )
+            order = {
+                "Newest": (StoredPrediction.created.desc(), StoredPrediction.id),
+                "Oldest": (StoredPrediction.created, StoredPrediction.id),
+                "Suggested": (
+                    StoredPrediction.uncertainty.desc(),
+                    StoredPrediction.created.desc(),
+                    StoredPrediction.id,
+                ),
+            }[query.order_by]
             rows = list(session.scalars(sql.order_by(*order).offset(offset).limit(count + 1)))
             names = {t.id: (t.name, t.type) for t in project.tags}
             page = [_stored_view(row, names) for row in rows[:count]]
@@ -247,20 +299,31 @@ class Prediction:
             raise InvalidInput("Name the predictions to delete.", code="BadRequestPredictionIdsMissing")
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
-            rows = list(session.scalars(select(StoredPrediction).where(
-                StoredPrediction.project_id == project.id, StoredPrediction.id.in_(prediction_ids))))
+            rows = list(
+                session.scalars(
+                    select(StoredPrediction).where(
+                        StoredPrediction.project_id == project.id, StoredPrediction.id.in_(prediction_ids)
+                    )
+                )
+            )
             for row in rows:
                 session.delete(row)
             return len(rows)
 
-    def to_training_images(self, ref: str, entries: list[tuple[str, tuple[str, ...]]],
-                           metadata: dict[str, str] | None = None) -> ImageCreateSummary:
+    def to_training_images(
+        self, ref: str, entries: list[tuple[str, tuple[str, ...]]], metadata: dict[str, str] | None = None
+    ) -> ImageCreateSummary:
         """Turn stored predictions (prediction id, tag ids) into tagged training images."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
-            rows = {r.id: r for r in session.scalars(select(StoredPrediction).where(
-                StoredPrediction.project_id == project.id,
-                StoredPrediction.id.in_([pid for pid, _ in entries])))}
+            rows = {
+                r.id: r
+                for r in session.scalars(
+                    select(StoredPrediction).where(
+                        StoredPrediction.project_id == project.id, StoredPrediction.id.in_([pid for pid, _ in entries])
+                    )
+                )
+            }
         items = []
         for prediction_id, tags in entries:
             row = rows.get(prediction_id)
@@ -271,8 +334,15 @@ class Prediction:
 
     # ------------------------------------------------------------------ suggestions for untagged images
 
-    def suggest(self, ref: str, iteration_ref: str, image_ids: list[str] | None = None, *,
-                tag_ids: list[str] | None = None, threshold: float = 0.0) -> list[SuggestionView]:
+    def suggest(
+        self,
+        ref: str,
+        iteration_ref: str,
+        image_ids: list[str] | None = None,
+        *,
+        tag_ids: list[str] | None = None,
+        threshold: float = 0.0,
+    ) -> list[SuggestionView]:
         """Predictions for the project's images (the named ones, else the untagged ones), not stored.
 
         With ``tag_ids``, only images where one of those tags reaches ``threshold`` are kept.
@@ -291,23 +361,31 @@ class Prediction:
         hashes = [v.sha256 for v in views]
         self.training.cache_embeddings(model.domain, hashes, tuned=model.tuned)
         with self.ctx.db.session() as session:
-            plain, flipped = queries.load_embeddings(session, self.ctx.backbone_key(model.domain, model.tuned),
-                                                     hashes)
+            plain, flipped = queries.load_embeddings(session, self.ctx.backbone_key(model.domain, model.tuned), hashes)
         probabilities = model.head.predict_proba(plain, flipped)
         columns = [j for j, (tag_id, _) in enumerate(model.tags) if not tag_ids or tag_id in tag_ids]
         out = []
         for view, row in zip(views, probabilities, strict=True):
             if tag_ids and not any(row[j] >= threshold for j in columns):
                 continue
-            out.append(SuggestionView(view, model.project_id, model.iteration_id,
-                                      _ranked(model.tags, row, types), uncertainty(row, model.head.multilabel)))
+            out.append(
+                SuggestionView(
+                    view,
+                    model.project_id,
+                    model.iteration_id,
+                    _ranked(model.tags, row, types),
+                    uncertainty(row, model.head.multilabel),
+                )
+            )
         return out
 
 
 def _ranked(tags: list[tuple[str, str]], row: np.ndarray, types: dict[str, str] | None = None) -> list[TagProbability]:
     types = types or {}
-    return [TagProbability(tags[j][0], tags[j][1], float(row[j]), types.get(tags[j][0], "Regular"))
-            for j in np.argsort(-row, kind="stable")]
+    return [
+        TagProbability(tags[j][0], tags[j][1], float(row[j]), types.get(tags[j][0], "Regular"))
+        for j in np.argsort(-row, kind="stable")
+    ]
 
 
 def _stored_view(row: StoredPrediction, names: dict[str, tuple[str, str]]) -> PredictionView:
@@ -316,18 +394,34 @@ def _stored_view(row: StoredPrediction, names: dict[str, tuple[str, str]]) -> Pr
     for t in sorted(row.tags, key=lambda t: -t.probability):
         name, kind = names.get(t.tag_id, ("", "Regular"))
         ranked.append(TagProbability(t.tag_id, name, t.probability, kind))
-    return PredictionView(row.id, row.project_id, row.iteration_id, row.created, ranked, domain=row.domain,
-                          width=row.width, height=row.height, sha256=row.sha256, uncertainty=row.uncertainty,
-                          source=row.source.get("url"), application=row.application)
+    return PredictionView(
+        row.id,
+        row.project_id,
+        row.iteration_id,
+        row.created,
+        ranked,
+        domain=row.domain,
+        width=row.width,
+        height=row.height,
+        sha256=row.sha256,
+        uncertainty=row.uncertainty,
+        source=row.source.get("url"),
+        application=row.application,
+    )
 
 
 def _bad_request_code(code: str) -> str:
     """ImageCreateStatus codes (``ErrorImageSize``) -> the request-level codes (``BadRequestImageSizeBytes``)."""
-    return {"ErrorImageSize": "BadRequestImageSizeBytes", "ErrorImageFormat": "BadRequestImageFormat",
-            "ErrorImageDimensions": "BadRequestImageDimensions", "ErrorSource": "BadRequestImageUrl"}.get(code, code)
+    return {
+        "ErrorImageSize": "BadRequestImageSizeBytes",
+        "ErrorImageFormat": "BadRequestImageFormat",
+        "ErrorImageDimensions": "BadRequestImageDimensions",
+        "ErrorSource": "BadRequestImageUrl",
+    }.get(code, code)
 
 
 def _missing(prediction_id: str) -> Callable[[], bytes]:
     def read() -> bytes:
         raise NotFound(f"No stored prediction {prediction_id!r}.", code="ErrorSource")
+
     return read

@@ -35,24 +35,28 @@ def classification_type(value: str) -> str:
     for known in CLASSIFICATION_TYPES:
         if value.lower() == known.lower():
             return known
-    raise InvalidInput(f"Unknown classification type {value!r}; choose multiclass or multilabel.",
-                       code="BadRequestProjectUnknownClassification")
+    raise InvalidInput(
+        f"Unknown classification type {value!r}; choose multiclass or multilabel.",
+        code="BadRequestProjectUnknownClassification",
+    )
 
 
 class Projects:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def create(self, name: str, *, classification: str = "Multiclass", domain: str = "general-compact",
-               description: str = "") -> ProjectView:
+    def create(
+        self, name: str, *, classification: str = "Multiclass", domain: str = "general-compact", description: str = ""
+    ) -> ProjectView:
         name = clean_name(name, "project")
         kind = classification_type(classification)
         domain_id = domains.resolve(domain).id
         with self.ctx.db.session() as session:
             if session.scalar(select(Project.id).where(Project.name == name)):
                 raise Conflict(f"A project named {name!r} already exists.", code="BadRequestProjectNameNotUnique")
-            project = Project(name=name, classification_type=kind, domain=domain_id,
-                              description=_description(description, "Project"))
+            project = Project(
+                name=name, classification_type=kind, domain=domain_id, description=_description(description, "Project")
+            )
             session.add(project)
             session.flush()
             return _project_view(session, project)
@@ -65,8 +69,15 @@ class Projects:
         with self.ctx.db.session() as session:
             return _project_view(session, get_project(session, ref))
 
-    def update(self, ref: str, *, name: str | None = None, description: str | None = None,
-               domain: str | None = None, classification: str | None = None) -> ProjectView:
+    def update(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        domain: str | None = None,
+        classification: str | None = None,
+    ) -> ProjectView:
         """Rename, describe, or change the domain or classification type (the next training uses them)."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
@@ -83,8 +94,11 @@ class Projects:
             if classification is not None:
                 kind = classification_type(classification)
                 if kind == "Multiclass" and queries.multi_tagged_image_count(session, project.id):
-                    raise InvalidInput("Some images carry more than one tag; a multiclass project allows one tag "
-                                       "per image. Remove the extra tags first.", code="BadRequestImageTags")
+                    raise InvalidInput(
+                        "Some images carry more than one tag; a multiclass project allows one tag "
+                        "per image. Remove the extra tags first.",
+                        code="BadRequestImageTags",
+                    )
                 project.classification_type = kind
             project.last_modified = utcnow()
             session.flush()
@@ -95,8 +109,10 @@ class Projects:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             if any(i.status == "Training" for i in project.iterations):
-                raise Conflict(f"Project {project.name!r} is training; delete it when the training has ended.",
-                               code="BadRequestTrainingAlreadyInProgress")
+                raise Conflict(
+                    f"Project {project.name!r} is training; delete it when the training has ended.",
+                    code="BadRequestTrainingAlreadyInProgress",
+                )
             session.delete(project)
 
     # ------------------------------------------------------------------ tags
@@ -116,8 +132,9 @@ class Projects:
             seen: set[str] = set()
             for name in cleaned:
                 if name.casefold() in taken or name.casefold() in seen:
-                    raise Conflict(f"Project {project.name!r} already has a tag named {name!r}.",
-                                   code="BadRequestTagNameNotUnique")
+                    raise Conflict(
+                        f"Project {project.name!r} already has a tag named {name!r}.", code="BadRequestTagNameNotUnique"
+                    )
                 seen.add(name.casefold())
             tags = [Tag(project_id=project.id, name=name, description=description, type=kind) for name in cleaned]
             session.add_all(tags)
@@ -134,26 +151,36 @@ class Projects:
                 return [TagView(t.id, t.name, t.description, t.type, counts.get(t.id, 0)) for t in project.tags]
             iteration = get_iteration(session, project, iteration_ref)
             trained = dict((tag_id, n) for tag_id, _, n in _trained_tags(iteration))
-            return [TagView(t.id, t.name, t.description, t.type, trained[t.id]) for t in project.tags
-                    if t.id in trained]
+            return [
+                TagView(t.id, t.name, t.description, t.type, trained[t.id]) for t in project.tags if t.id in trained
+            ]
 
     def get_tag(self, ref: str, tag_ref: str, iteration_ref: str | None = None) -> TagView:
         for tag in self.list_tags(ref, iteration_ref):
             if tag_ref in (tag.id, tag.name):
                 return tag
-        raise NotFound(f"No tag {tag_ref!r} in this project" + (" and iteration." if iteration_ref else "."),
-                       code="NotFoundTag")
+        raise NotFound(
+            f"No tag {tag_ref!r} in this project" + (" and iteration." if iteration_ref else "."), code="NotFoundTag"
+        )
 
-    def update_tag(self, ref: str, tag_ref: str, *, name: str | None = None, description: str | None = None,
-                   type_: str | None = None) -> TagView:
+    def update_tag(
+        self,
+        ref: str,
+        tag_ref: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        type_: str | None = None,
+    ) -> TagView:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             tag = get_tag(session, project, tag_ref)
             if name is not None:
                 name = clean_name(name, "tag")
                 if any(t.name.casefold() == name.casefold() and t.id != tag.id for t in project.tags):
-                    raise Conflict(f"Project {project.name!r} already has a tag named {name!r}.",
-                                   code="BadRequestTagNameNotUnique")
+                    raise Conflict(
+                        f"Project {project.name!r} already has a tag named {name!r}.", code="BadRequestTagNameNotUnique"
+                    )
                 tag.name = name
             if description is not None:
                 tag.description = _description(description, "Tag")
@@ -183,8 +210,10 @@ def tag_type(value: str) -> str:
 
 def _description(value: str, what: str) -> str:
     if len(value) > MAX_DESCRIPTION:
-        raise InvalidInput(f"The description has {len(value)} characters; at most {MAX_DESCRIPTION} are allowed.",
-                           code=f"BadRequest{what}Description")
+        raise InvalidInput(
+            f"The description has {len(value)} characters; at most {MAX_DESCRIPTION} are allowed.",
+            code=f"BadRequest{what}Description",
+        )
     return value
 
 
@@ -196,6 +225,14 @@ def _trained_tags(iteration) -> list[tuple[str, str, int]]:
 
 
 def _project_view(session, project: Project) -> ProjectView:
-    return ProjectView(project.id, project.name, project.description, project.classification_type,
-                       project.domain, project.created, project.last_modified,
-                       queries.image_count(session, project.id), len(project.tags))
+    return ProjectView(
+        project.id,
+        project.name,
+        project.description,
+        project.classification_type,
+        project.domain,
+        project.created,
+        project.last_modified,
+        queries.image_count(session, project.id),
+        len(project.tags),
+    )

@@ -59,8 +59,13 @@ class Evaluation:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, probabilities=self.probabilities.astype(np.float32), labels=self.labels,
-                            folds=self.folds, image_ids=self.image_ids.astype(str))
+        np.savez_compressed(
+            buffer,
+            probabilities=self.probabilities.astype(np.float32),
+            labels=self.labels,
+            folds=self.folds,
+            image_ids=self.image_ids.astype(str),
+        )
         return buffer.getvalue()
 
     @classmethod
@@ -75,9 +80,16 @@ class Training:
 
     # ------------------------------------------------------------------ training
 
-    def start(self, ref: str, *, force: bool = False, training_type: str = "Regular",
-              selected_tags: list[str] | None = None, reserved_budget_hours: int = 0,
-              budget_minutes: float | None = None) -> IterationView:
+    def start(
+        self,
+        ref: str,
+        *,
+        force: bool = False,
+        training_type: str = "Regular",
+        selected_tags: list[str] | None = None,
+        reserved_budget_hours: int = 0,
+        budget_minutes: float | None = None,
+    ) -> IterationView:
         """Check the project can be trained and create its next iteration (status Training).
 
         ``selected_tags`` (ids or names) trains on those tags only. Refused while another
@@ -85,39 +97,62 @@ class Training:
         completed iteration (unless ``force``).
         """
         if training_type not in ("Regular", "Advanced"):
-            raise TrainingError(f"Unknown training type {training_type!r}; use Regular (quick) or Advanced.",
-                                code="BadRequestInvalid")
+            raise TrainingError(
+                f"Unknown training type {training_type!r}; use Regular (quick) or Advanced.", code="BadRequestInvalid"
+            )
         if reserved_budget_hours < 0 or (budget_minutes is not None and budget_minutes <= 0):
             raise InvalidInput("A training budget must be positive.", code="BadRequestInvalid")
-        budget_seconds = (budget_minutes * 60 if budget_minutes is not None
-                          else reserved_budget_hours * 3600 or DEFAULT_BUDGET_MINUTES * 60)
+        budget_seconds = (
+            budget_minutes * 60
+            if budget_minutes is not None
+            else reserved_budget_hours * 3600 or DEFAULT_BUDGET_MINUTES * 60
+        )
         if training_type == "Advanced" and budget_seconds < MIN_BUDGET_SECONDS:
-            raise TrainingError(f"Advanced training needs a budget of at least {MIN_BUDGET_SECONDS} seconds.",
-                                code="BadRequestReservedBudgetInHoursNotEnoughForAdvancedTraining")
+            raise TrainingError(
+                f"Advanced training needs a budget of at least {MIN_BUDGET_SECONDS} seconds.",
+                code="BadRequestReservedBudgetInHoursNotEnoughForAdvancedTraining",
+            )
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             if any(i.status == "Training" for i in project.iterations):
-                raise TrainingError(f"Project {project.name!r} is already training; wait for that iteration.",
-                                    code="BadRequestTrainingAlreadyInProgress")
+                raise TrainingError(
+                    f"Project {project.name!r} is already training; wait for that iteration.",
+                    code="BadRequestTrainingAlreadyInProgress",
+                )
             if len(project.iterations) >= MAX_ITERATIONS:
-                raise TrainingError(f"A project keeps at most {MAX_ITERATIONS} iterations; delete an old one "
-                                    "first.", code="BadRequestExceedIterationPerProjectLimit")
+                raise TrainingError(
+                    f"A project keeps at most {MAX_ITERATIONS} iterations; delete an old one first.",
+                    code="BadRequestExceedIterationPerProjectLimit",
+                )
             selected = sorted({get_tag(session, project, t).id for t in selected_tags}) if selected_tags else None
             snapshot = _training_set(session, project, selected)
             _check_trainable(snapshot)
             newest = queries.newest_completed_iteration(session, project.id)
-            if (not force and newest is not None and newest.domain == project.domain
-                    and newest.classification_type == project.classification_type
-                    and newest.training_type == training_type
-                    and newest.details.get("fingerprint") == snapshot.fingerprint):
-                raise TrainingError("Nothing changed since the last iteration; add or re-tag images first "
-                                    "(or force the training).", code="BadRequestTrainingNotNeeded")
-            iteration = Iteration(project_id=project.id, name=_next_name(project),
-                                  classification_type=project.classification_type, domain=project.domain,
-                                  reserved_budget_hours=reserved_budget_hours, training_type=training_type,
-                                  details={"fingerprint": snapshot.fingerprint, "selectedTags": selected,
-                                           **({"budgetSeconds": budget_seconds} if training_type == "Advanced"
-                                              else {})})
+            if (
+                not force
+                and newest is not None
+                and newest.domain == project.domain
+                and newest.classification_type == project.classification_type
+                and newest.training_type == training_type
+                and newest.details.get("fingerprint") == snapshot.fingerprint
+            ):
+                raise TrainingError(
+                    "Nothing changed since the last iteration; add or re-tag images first (or force the training).",
+                    code="BadRequestTrainingNotNeeded",
+                )
+            iteration = Iteration(
+                project_id=project.id,
+                name=_next_name(project),
+                classification_type=project.classification_type,
+                domain=project.domain,
+                reserved_budget_hours=reserved_budget_hours,
+                training_type=training_type,
+                details={
+                    "fingerprint": snapshot.fingerprint,
+                    "selectedTags": selected,
+                    **({"budgetSeconds": budget_seconds} if training_type == "Advanced" else {}),
+                },
+            )
             session.add(iteration)
             session.flush()
             return iteration_view(iteration)
@@ -125,8 +160,12 @@ class Training:
     def interrupted(self) -> list[tuple[str, str]]:
         """(project id, iteration id) of iterations left ``Training`` by a stopped process."""
         with self.ctx.db.session() as session:
-            return [(i.project_id, i.id) for i in session.scalars(
-                select(Iteration).where(Iteration.status == "Training").order_by(Iteration.created))]
+            return [
+                (i.project_id, i.id)
+                for i in session.scalars(
+                    select(Iteration).where(Iteration.status == "Training").order_by(Iteration.created)
+                )
+            ]
 
     def run(self, ref: str, iteration_id: str, progress: Progress = no_progress) -> IterationView:
         """Train a started iteration to Completed (or Failed, with the reason, and re-raise)."""
@@ -140,8 +179,7 @@ class Training:
                     iteration.status, iteration.error, iteration.last_modified = "Failed", reason, utcnow()
             raise
 
-    def train(self, ref: str, *, force: bool = False, progress: Progress = no_progress,
-              **options) -> IterationView:
+    def train(self, ref: str, *, force: bool = False, progress: Progress = no_progress, **options) -> IterationView:
         """Training start to finish (quick, or ``training_type="Advanced"`` within ``budget_minutes``)."""
         return self.run(ref, self.start(ref, force=force, **options).id, progress)
 
@@ -151,17 +189,22 @@ class Training:
             project = get_project(session, ref)
             iteration = get_iteration(session, project, iteration_id)
             if iteration.status != "Training":
-                raise TrainingError(f"{iteration.name} is {iteration.status}, not waiting to train.",
-                                    code="BadRequestIterationValidationFailed")
+                raise TrainingError(
+                    f"{iteration.name} is {iteration.status}, not waiting to train.",
+                    code="BadRequestIterationValidationFailed",
+                )
             snapshot = _training_set(session, project, iteration.details.get("selectedTags"))
             domain, multilabel = iteration.domain, iteration.classification_type == "Multilabel"
             advanced = iteration.training_type == "Advanced"
             budget = float(iteration.details.get("budgetSeconds") or 0)
         _check_trainable(snapshot)
         if advanced:
-            return self._finish(iteration_id, snapshot, started, *self._fine_tune(domain, snapshot, multilabel,
-                                                                                 budget - (time.perf_counter()
-                                                                                           - started), progress))
+            return self._finish(
+                iteration_id,
+                snapshot,
+                started,
+                *self._fine_tune(domain, snapshot, multilabel, budget - (time.perf_counter() - started), progress),
+            )
         computed = self.cache_embeddings(domain, snapshot.hashes, progress)
         embedded = time.perf_counter()
         progress("fitting", 0, 1)
@@ -171,34 +214,58 @@ class Training:
         evaluation = Evaluation(model.oof_proba_, snapshot.labels, model.folds_, np.array(snapshot.image_ids))
         progress("fitting", 1, 1)
         folds = int(model.folds_.max()) + 1
-        details = {"head": "shrinkage-lda", "shrinkage": model.shrinkage_, "folds": folds,
-                   "metricsFrom": f"{folds}-fold cross-validation on the training images",
-                   "embeddingsComputed": computed,
-                   "seconds": {"embedding": round(embedded - started, 3),
-                               "fitting": round(time.perf_counter() - embedded, 3)}}
+        details = {
+            "head": "shrinkage-lda",
+            "shrinkage": model.shrinkage_,
+            "folds": folds,
+            "metricsFrom": f"{folds}-fold cross-validation on the training images",
+            "embeddingsComputed": computed,
+            "seconds": {"embedding": round(embedded - started, 3), "fitting": round(time.perf_counter() - embedded, 3)},
+        }
         return self._finish(iteration_id, snapshot, started, model.head_, evaluation, None, details)
 
-    def _fine_tune(self, domain: str, snapshot: TrainingSet, multilabel: bool, budget: float,
-                   progress: Progress) -> tuple[learn.LinearHead, Evaluation, bytes | None, dict]:
+    def _fine_tune(
+        self, domain: str, snapshot: TrainingSet, multilabel: bool, budget: float, progress: Progress
+    ) -> tuple[learn.LinearHead, Evaluation, bytes | None, dict]:
         """Advanced training: fine-tune the backbone within ``budget`` seconds (tagvision.finetune)."""
         from tagvision import finetune
 
         spec = self.ctx.spec(domain)
         result = finetune.fine_tune(
-            spec, self.ctx.settings.models_dir, [lambda h=h: self.ctx.blobs.get(h) for h in snapshot.hashes],
-            snapshot.labels, multilabel=multilabel, budget_seconds=max(budget, 1.0),
+            spec,
+            self.ctx.settings.models_dir,
+            [lambda h=h: self.ctx.blobs.get(h) for h in snapshot.hashes],
+            snapshot.labels,
+            multilabel=multilabel,
+            budget_seconds=max(budget, 1.0),
             progress=lambda stage, done, total, eta: progress(stage, done, total, eta=eta),
-            backbones=backbone.no_larger_than(spec))
+            backbones=backbone.no_larger_than(spec),
+        )
         probabilities, labels, rows = result.evaluation
-        evaluation = Evaluation(np.asarray(probabilities), np.asarray(labels, dtype=bool),
-                                np.zeros(len(rows), dtype=np.int64), np.array(snapshot.image_ids)[np.asarray(rows)])
-        details = {"advanced": result.details,
-                   "metricsFrom": result.details.get("metricsFrom", "a held-out validation split of the training "
-                                                                    "images (not cross-validation)")}
+        evaluation = Evaluation(
+            np.asarray(probabilities),
+            np.asarray(labels, dtype=bool),
+            np.zeros(len(rows), dtype=np.int64),
+            np.array(snapshot.image_ids)[np.asarray(rows)],
+        )
+        details = {
+            "advanced": result.details,
+            "metricsFrom": result.details.get(
+                "metricsFrom", "a held-out validation split of the training images (not cross-validation)"
+            ),
+        }
         return result.head, evaluation, result.backbone_onnx, details
 
-    def _finish(self, iteration_id: str, snapshot: TrainingSet, started: float, head: learn.LinearHead,
-                evaluation: Evaluation, tuned_backbone: bytes | None, details: dict) -> IterationView:
+    def _finish(
+        self,
+        iteration_id: str,
+        snapshot: TrainingSet,
+        started: float,
+        head: learn.LinearHead,
+        evaluation: Evaluation,
+        tuned_backbone: bytes | None,
+        details: dict,
+    ) -> IterationView:
         """Store the frozen artifacts (blobs before the row) and mark the iteration Completed."""
         head_key = self.ctx.blobs.put(head.to_bytes())
         evaluation_key = self.ctx.blobs.put(evaluation.to_bytes())
@@ -236,15 +303,21 @@ class Training:
             with self.ctx.db.session() as session:
                 iteration = session.get(Iteration, iteration_id)
                 if iteration is not None and iteration.status == "Training":
-                    step = {"stage": stage, "done": done, "total": total,
-                            "elapsedSeconds": round((utcnow() - _aware(iteration.created)).total_seconds(), 1)}
+                    step = {
+                        "stage": stage,
+                        "done": done,
+                        "total": total,
+                        "elapsedSeconds": round((utcnow() - _aware(iteration.created)).total_seconds(), 1),
+                    }
                     if eta is not None:
                         step["etaSeconds"] = round(eta, 1)
                     iteration.details = {**iteration.details, "progress": step}
+
         return record
 
-    def cache_embeddings(self, domain: str, hashes: list[str], progress: Progress = no_progress,
-                         tuned: str | None = None) -> int:
+    def cache_embeddings(
+        self, domain: str, hashes: list[str], progress: Progress = no_progress, tuned: str | None = None
+    ) -> int:
         """Compute and store the embeddings not cached yet (by the stock backbone, or the fine-tuned one
         in blob ``tuned``); returns how many were computed."""
         key = self.ctx.backbone_key(domain, tuned)
@@ -260,9 +333,14 @@ class Training:
         for result in embedder.embed([lambda h=h: self.ctx.blobs.get(h) for h in missing]):
             if result.error is not None:
                 raise TrainingError(f"Image {missing[result.index]} can no longer be decoded: {result.error.message}")
-            pending.append(Embedding(sha256=missing[result.index], backbone=key,
-                                     plain=result.plain.astype("<f4").tobytes(),
-                                     flipped=result.flipped.astype("<f4").tobytes()))
+            pending.append(
+                Embedding(
+                    sha256=missing[result.index],
+                    backbone=key,
+                    plain=result.plain.astype("<f4").tobytes(),
+                    flipped=result.flipped.astype("<f4").tobytes(),
+                )
+            )
             done += 1
             if len(pending) == EMBED_COMMIT or done == len(missing):
                 with self.ctx.db.session() as session:
@@ -285,11 +363,15 @@ class Training:
         with self.ctx.db.session() as session:
             iteration = get_iteration(session, get_project(session, ref), iteration_ref)
             if iteration.publish_name:
-                raise InvalidInput(f"{iteration.name} is published as {iteration.publish_name!r}; unpublish it "
-                                   "first.", code="BadRequestIterationIsPublished")
+                raise InvalidInput(
+                    f"{iteration.name} is published as {iteration.publish_name!r}; unpublish it first.",
+                    code="BadRequestIterationIsPublished",
+                )
             if iteration.status == "Training":
-                raise TrainingError(f"{iteration.name} is training; delete it when it has finished.",
-                                    code="BadRequestTrainingAlreadyInProgress")
+                raise TrainingError(
+                    f"{iteration.name} is training; delete it when it has finished.",
+                    code="BadRequestTrainingAlreadyInProgress",
+                )
             session.delete(iteration)
 
     def rename_iteration(self, ref: str, iteration_ref: str, name: str) -> IterationView:
@@ -305,24 +387,31 @@ class Training:
             session.flush()
             return iteration_view(iteration)
 
-    def publish(self, ref: str, iteration_ref: str, publish_name: str, resource_id: str = "",
-                overwrite: bool = False) -> IterationView:
+    def publish(
+        self, ref: str, iteration_ref: str, publish_name: str, resource_id: str = "", overwrite: bool = False
+    ) -> IterationView:
         """Make a completed iteration answer the Prediction API as ``publish_name``."""
         publish_name = publish_name.strip()
         if not publish_name or len(publish_name) > 255 or "/" in publish_name:
-            raise InvalidInput("A publish name is 1 to 255 characters, without '/'.",
-                               code="BadRequestInvalidPublishName")
+            raise InvalidInput(
+                "A publish name is 1 to 255 characters, without '/'.", code="BadRequestInvalidPublishName"
+            )
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             iteration = get_iteration(session, project, iteration_ref)
             if iteration.status != "Completed":
-                raise TrainingError(f"{iteration.name} is {iteration.status}; only a completed iteration can be "
-                                    "published.", code="BadRequestIterationIsNotTrained")
+                raise TrainingError(
+                    f"{iteration.name} is {iteration.status}; only a completed iteration can be published.",
+                    code="BadRequestIterationIsNotTrained",
+                )
             holder = queries.published_iteration(session, project.id, publish_name)
             if holder is not None and holder.id != iteration.id:
                 if not overwrite:
-                    raise Conflict(f"{holder.name} is already published as {publish_name!r}; unpublish it or "
-                                   "publish with overwrite.", code="BadRequestInvalidPublishName")
+                    raise Conflict(
+                        f"{holder.name} is already published as {publish_name!r}; unpublish it or "
+                        "publish with overwrite.",
+                        code="BadRequestInvalidPublishName",
+                    )
                 holder.publish_name = holder.publish_resource_id = None
                 session.flush()
             iteration.publish_name, iteration.publish_resource_id = publish_name, resource_id
@@ -345,16 +434,25 @@ class Training:
         with self.ctx.db.session() as session:
             iteration = get_iteration(session, get_project(session, ref), iteration_ref)
             if iteration.status != "Completed" or iteration.evaluation_blob is None:
-                raise TrainingError(f"{iteration.name} is {iteration.status}; it has no performance figures.",
-                                    code="BadRequestIterationIsNotTrained")
+                raise TrainingError(
+                    f"{iteration.name} is {iteration.status}; it has no performance figures.",
+                    code="BadRequestIterationIsNotTrained",
+                )
             key, tags, iteration_id = iteration.evaluation_blob, iteration.details["tags"], iteration.id
         evaluation = Evaluation.from_bytes(self.ctx.blobs.get(key))
         result = metrics.evaluate(evaluation.probabilities, evaluation.labels, evaluation.folds, threshold)
         return PerformanceView(iteration_id, threshold, result, [tuple(t) for t in tags], len(evaluation.labels))
 
-    def image_performances(self, ref: str, iteration_ref: str, *, tag_ids: list[str] | None = None,
-                           newest_first: bool = True, skip: int = 0,
-                           take: int | None = None) -> list[ImagePerformanceView]:
+    def image_performances(
+        self,
+        ref: str,
+        iteration_ref: str,
+        *,
+        tag_ids: list[str] | None = None,
+        newest_first: bool = True,
+        skip: int = 0,
+        take: int | None = None,
+    ) -> list[ImagePerformanceView]:
         """The iteration's training images with their out-of-fold (cross-validated) probabilities."""
         evaluation = self.evaluation(ref, iteration_ref)
         with self.ctx.db.session() as session:
@@ -365,8 +463,9 @@ class Training:
             row_of = {str(image_id): k for k, image_id in enumerate(evaluation.image_ids)}
             names = {t.id: t.name for t in project.tags}
             order = (Image.created.desc(), Image.id.desc()) if newest_first else (Image.created, Image.id)
-            images = session.scalars(select(Image).where(Image.project_id == project.id,
-                                                         Image.id.in_(list(row_of))).order_by(*order))
+            images = session.scalars(
+                select(Image).where(Image.project_id == project.id, Image.id.in_(list(row_of))).order_by(*order)
+            )
             out = []
             for image in images:
                 k = row_of[image.id]
@@ -389,14 +488,30 @@ class Training:
 
 def iteration_view(iteration: Iteration) -> IterationView:
     details = iteration.details or {}
-    return IterationView(iteration.id, iteration.name, iteration.status, iteration.project_id, iteration.domain,
-                         iteration.classification_type, iteration.training_type, iteration.created,
-                         iteration.last_modified, iteration.trained_at, iteration.error, iteration.training_seconds,
-                         details.get("imageCount", 0), len(details.get("tags", [])),
-                         iteration.reserved_budget_hours, iteration.publish_name, iteration.publish_resource_id,
-                         details.get("progress") if iteration.status == "Training" else None,
-                         details.get("metricsFrom"), details.get("budgetSeconds"), iteration.backbone_blob is not None,
-                         _served_backbone(iteration))
+    return IterationView(
+        iteration.id,
+        iteration.name,
+        iteration.status,
+        iteration.project_id,
+        iteration.domain,
+        iteration.classification_type,
+        iteration.training_type,
+        iteration.created,
+        iteration.last_modified,
+        iteration.trained_at,
+        iteration.error,
+        iteration.training_seconds,
+        details.get("imageCount", 0),
+        len(details.get("tags", [])),
+        iteration.reserved_budget_hours,
+        iteration.publish_name,
+        iteration.publish_resource_id,
+        details.get("progress") if iteration.status == "Training" else None,
+        details.get("metricsFrom"),
+        details.get("budgetSeconds"),
+        iteration.backbone_blob is not None,
+        _served_backbone(iteration),
+    )
 
 
 def _served_backbone(iteration: Iteration) -> str:
@@ -444,12 +559,14 @@ def _training_set(session, project: Project, selected: list[str] | None = None) 
 
 def _check_trainable(snapshot: TrainingSet) -> None:
     if len(snapshot.tags) < MIN_TAGS:
-        raise TrainingError(f"Training needs at least {MIN_TAGS} tags with images; "
-                            f"this project has {len(snapshot.tags)}.", code="BadRequestTrainingValidationFailed")
+        raise TrainingError(
+            f"Training needs at least {MIN_TAGS} tags with images; this project has {len(snapshot.tags)}.",
+            code="BadRequestTrainingValidationFailed",
+        )
     counts = snapshot.labels.sum(axis=0)
-    short = [f"{name} ({int(c)})" for (_, name), c in zip(snapshot.tags, counts, strict=True)
-             if c < MIN_IMAGES_PER_TAG]
+    short = [f"{name} ({int(c)})" for (_, name), c in zip(snapshot.tags, counts, strict=True) if c < MIN_IMAGES_PER_TAG]
     if short:
-        raise TrainingError(f"Every tag needs at least {MIN_IMAGES_PER_TAG} images; too few: {', '.join(short)}.",
-                            code="BadRequestTrainingValidationFailed")
-
+        raise TrainingError(
+            f"Every tag needs at least {MIN_IMAGES_PER_TAG} images; too few: {', '.join(short)}.",
+            code="BadRequestTrainingValidationFailed",
+        )

@@ -38,10 +38,16 @@ class ProjectView:
             "id": self.id,
             "name": self.name,
             "description": self.description,
-            "settings": {"domainId": self.domain, "classificationType": self.classification_type,
-                         "targetExportPlatforms": [], "useNegativeSet": False, "detectionParameters": None,
-                         "imageProcessingSettings": None, "exportModelContainerUri": None,
-                         "notificationQueueUri": None},
+            "settings": {
+                "domainId": self.domain,
+                "classificationType": self.classification_type,
+                "targetExportPlatforms": [],
+                "useNegativeSet": False,
+                "detectionParameters": None,
+                "imageProcessingSettings": None,
+                "exportModelContainerUri": None,
+                "notificationQueueUri": None,
+            },
             "created": iso_time(self.created),
             "lastModified": iso_time(self.last_modified),
             "thumbnailUri": "",
@@ -59,8 +65,13 @@ class TagView:
     image_count: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "description": self.description,
-                "type": self.type, "imageCount": self.image_count}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "type": self.type,
+            "imageCount": self.image_count,
+        }
 
 
 @dataclass(frozen=True)
@@ -124,8 +135,12 @@ class ImageTagCreateSummary:
     def to_json(self) -> dict[str, Any]:
         def entries(pairs: list[tuple[str, str]]) -> list[dict[str, str]] | None:
             return [{"imageId": i, "tagId": t} for i, t in pairs] or None
-        return {"created": entries(self.created), "duplicated": entries(self.duplicated),
-                "exceeded": entries(self.exceeded)}
+
+        return {
+            "created": entries(self.created),
+            "duplicated": entries(self.duplicated),
+            "exceeded": entries(self.exceeded),
+        }
 
 
 @dataclass(frozen=True)
@@ -214,10 +229,16 @@ class PerformanceView:
         p = self.performance
         return {
             "perTagPerformance": [
-                {"id": self.tags[t.index][0], "name": self.tags[t.index][1],
-                 "precision": t.precision, "precisionStdDeviation": t.precision_std,
-                 "recall": t.recall, "recallStdDeviation": t.recall_std,
-                 "averagePrecision": t.average_precision, "imageCount": t.support}
+                {
+                    "id": self.tags[t.index][0],
+                    "name": self.tags[t.index][1],
+                    "precision": t.precision,
+                    "precisionStdDeviation": t.precision_std,
+                    "recall": t.recall,
+                    "recallStdDeviation": t.recall_std,
+                    "averagePrecision": t.average_precision,
+                    "imageCount": t.support,
+                }
                 for t in p.per_tag
             ],
             "precision": p.precision,
@@ -237,8 +258,13 @@ class TagProbability:
     tag_type: str = "Regular"
 
     def to_json(self) -> dict[str, Any]:
-        return {"probability": self.probability, "tagId": self.tag_id, "tagName": self.tag_name,
-                "boundingBox": None, "tagType": self.tag_type}
+        return {
+            "probability": self.probability,
+            "tagId": self.tag_id,
+            "tagName": self.tag_name,
+            "boundingBox": None,
+            "tagType": self.tag_type,
+        }
 
 
 @dataclass(frozen=True)
@@ -266,9 +292,17 @@ class ImagePerformanceView:
 
     def to_json(self) -> dict[str, Any]:
         image = self.image.to_json()
-        return {"id": image["id"], "created": image["created"], "width": image["width"], "height": image["height"],
-                "imageUri": None, "thumbnailUri": None, "tags": image["tags"], "regions": [],
-                "predictions": [p.to_json() for p in self.predictions]}
+        return {
+            "id": image["id"],
+            "created": image["created"],
+            "width": image["width"],
+            "height": image["height"],
+            "imageUri": None,
+            "thumbnailUri": None,
+            "tags": image["tags"],
+            "regions": [],
+            "predictions": [p.to_json() for p in self.predictions],
+        }
 
 
 @dataclass(frozen=True)
@@ -289,14 +323,27 @@ class PredictionView:
     application: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "project": self.project_id,
-                "iteration": self.iteration_id, "created": iso_time(self.created),
-                "predictions": [p.to_json() for p in self.predictions]}
+        return {
+            "id": self.id,
+            "project": self.project_id,
+            "iteration": self.iteration_id,
+            "created": iso_time(self.created),
+            "predictions": [p.to_json() for p in self.predictions],
+        }
 
     def to_stored_json(self) -> dict[str, Any]:
-        return {"resizedImageUri": None, "thumbnailUri": None, "originalImageUri": None, "domain": self.domain,
-                **self.to_json(), "predictionUncertainty": self.uncertainty, "width": self.width,
-                "height": self.height, "sourceUrl": self.source, "application": self.application}
+        return {
+            "resizedImageUri": None,
+            "thumbnailUri": None,
+            "originalImageUri": None,
+            "domain": self.domain,
+            **self.to_json(),
+            "predictionUncertainty": self.uncertainty,
+            "width": self.width,
+            "height": self.height,
+            "sourceUrl": self.source,
+            "application": self.application,
+        }
 
 
 @dataclass(frozen=True)
@@ -310,10 +357,20 @@ class SuggestionView:
     uncertainty: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.image.id, "project": self.project_id, "iteration": self.iteration_id,
-                "created": iso_time(self.image.created), "predictions": [p.to_json() for p in self.predictions],
-                "predictionUncertainty": self.uncertainty, "width": self.image.width, "height": self.image.height,
-                "resizedImageUri": None, "thumbnailUri": None, "originalImageUri": None, "domain": None}
+        return {
+            "id": self.image.id,
+            "project": self.project_id,
+            "iteration": self.iteration_id,
+            "created": iso_time(self.image.created),
+            "predictions": [p.to_json() for p in self.predictions],
+            "predictionUncertainty": self.uncertainty,
+            "width": self.image.width,
+            "height": self.image.height,
+            "resizedImageUri": None,
+            "thumbnailUri": None,
+            "originalImageUri": None,
+            "domain": None,
+        }
 
 
 @dataclass(frozen=True)
@@ -328,5 +385,11 @@ class ExportView:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"platform": self.platform, "status": self.status, "downloadUri": None, "flavor": self.flavor,
-                "newerVersionAvailable": False, "error": self.error}
+        return {
+            "platform": self.platform,
+            "status": self.status,
+            "downloadUri": None,
+            "flavor": self.flavor,
+            "newerVersionAvailable": False,
+            "error": self.error,
+        }

@@ -27,8 +27,14 @@ _CLASSES = {
 NAMES = tuple(_CLASSES)
 
 
-def make(name: str, *, library: Path | None = None, seeds: dict[str, np.ndarray] | None = None,
-         embedder: Embedder | None = None, cache_dir: Path | None = None) -> Provider:
+def make(
+    name: str,
+    *,
+    library: Path | None = None,
+    seeds: dict[str, np.ndarray] | None = None,
+    embedder: Embedder | None = None,
+    cache_dir: Path | None = None,
+) -> Provider:
     """The provider called ``name``, configured from settings (the library from its arguments)."""
     if name not in _CLASSES:
         raise InvalidInput(f"Unknown provider {name!r}; choose from {', '.join(NAMES)}.", code="BadRequestInvalid")

@@ -36,8 +36,11 @@ class ProviderUnavailable(ProviderError):
     """The provider cannot be reached at all (no network, DNS failure): fail fast, name the offline way."""
 
     def __init__(self, provider: str, cause: str) -> None:
-        super().__init__(f"{provider} cannot be reached ({cause}). Without network access, gather images from "
-                         "a folder instead: --provider library --library DIR.", code="ErrorSource")
+        super().__init__(
+            f"{provider} cannot be reached ({cause}). Without network access, gather images from "
+            "a folder instead: --provider library --library DIR.",
+            code="ErrorSource",
+        )
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,18 @@ class Candidate:
 
     def source(self) -> dict[str, Any]:
         """What is stored with the image (``Image.source``)."""
-        out = {"key": self.key, "provider": self.provider, "url": self.url, "landingPage": self.landing_page,
-               "title": self.title, "creator": self.creator, "creatorUrl": self.creator_url,
-               "licence": self.licence, "licenceUrl": self.licence_url, "attribution": self.attribution}
+        out = {
+            "key": self.key,
+            "provider": self.provider,
+            "url": self.url,
+            "landingPage": self.landing_page,
+            "title": self.title,
+            "creator": self.creator,
+            "creatorUrl": self.creator_url,
+            "licence": self.licence,
+            "licenceUrl": self.licence_url,
+            "attribution": self.attribution,
+        }
         return {k: v for k, v in out.items() if v is not None}
 
 
@@ -109,9 +121,13 @@ class ProviderHTTP:
 
     def client(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout, trust_env=False,
-                                        headers={"User-Agent": USER_AGENT, "Accept": "application/json",
-                                                 **self.headers}, transport=self.transport)
+            self._client = httpx.Client(
+                base_url=self.base_url,
+                timeout=self.timeout,
+                trust_env=False,
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json", **self.headers},
+                transport=self.transport,
+            )
         return self._client
 
     def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -136,17 +152,19 @@ class ProviderHTTP:
                 continue
             if response.status_code == 429 or response.status_code >= 500:
                 if attempt >= self.retries:
-                    raise ProviderError(f"{self.provider} answered HTTP {response.status_code} "
-                                        f"{attempt + 1} times; try again later.")
+                    raise ProviderError(
+                        f"{self.provider} answered HTTP {response.status_code} {attempt + 1} times; try again later."
+                    )
                 self._sleep(attempt, _wait_hint(response))
                 attempt += 1
                 continue
             if response.status_code in (401, 403):
-                raise ProviderError(f"{self.provider} refused the request (HTTP {response.status_code}); check "
-                                    "its API key.", code="Unauthorized")
+                raise ProviderError(
+                    f"{self.provider} refused the request (HTTP {response.status_code}); check its API key.",
+                    code="Unauthorized",
+                )
             if response.status_code >= 400:
-                raise ProviderError(f"{self.provider} answered HTTP {response.status_code}: "
-                                    f"{response.text[:200]}")
+                raise ProviderError(f"{self.provider} answered HTTP {response.status_code}: {response.text[:200]}")
             try:
                 return response.json()
             except ValueError:
@@ -164,11 +182,12 @@ class ProviderHTTP:
             self._last = time.monotonic()
 
     def _sleep(self, attempt: int, hint: float | None) -> None:
-        time.sleep(min(self.max_wait, hint if hint is not None else self.backoff * 2 ** attempt))
+        time.sleep(min(self.max_wait, hint if hint is not None else self.backoff * 2**attempt))
 
 
-def take_new(items: Iterable[Any], to_candidate: Callable[[Any], Candidate | None], seen: set[str],
-             limit: int) -> Iterator[Candidate]:
+def take_new(
+    items: Iterable[Any], to_candidate: Callable[[Any], Candidate | None], seen: set[str], limit: int
+) -> Iterator[Candidate]:
     """The candidates of one page of results, skipping unusable items and provider ids already in ``seen``
     (which it extends), until ``seen`` holds ``limit``."""
     for item in items:
@@ -197,8 +216,16 @@ def _wait_hint(response: httpx.Response) -> float | None:
 def _no_network(exc: Exception) -> bool:
     """DNS failures and unreachable networks: nothing a retry will fix soon."""
     text = str(exc).lower()
-    return any(s in text for s in ("name or service not known", "temporary failure in name resolution",
-                                   "network is unreachable", "no address associated", "nodename nor servname"))
+    return any(
+        s in text
+        for s in (
+            "name or service not known",
+            "temporary failure in name resolution",
+            "network is unreachable",
+            "no address associated",
+            "nodename nor servname",
+        )
+    )
 
 
 def setting(name: str, default: str | None = None) -> str | None:

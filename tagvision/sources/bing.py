@@ -32,29 +32,44 @@ class BingProvider:
 
     name = "bing"
 
-    def __init__(self, endpoint: str | None, key: str | None, *, page_size: int = 50, market: str = "en-US",
-                 safe_search: str = "Moderate", transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str | None,
+        key: str | None,
+        *,
+        page_size: int = 50,
+        market: str = "en-US",
+        safe_search: str = "Moderate",
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         if not endpoint or not key:
-            raise ProviderError("Bing image search is not configured: set TAGVISION_BING_ENDPOINT (e.g. "
-                                "https://api.bing.microsoft.com) and TAGVISION_BING_KEY.",
-                                code="BadRequestProviderNotConfigured")
+            raise ProviderError(
+                "Bing image search is not configured: set TAGVISION_BING_ENDPOINT (e.g. "
+                "https://api.bing.microsoft.com) and TAGVISION_BING_KEY.",
+                code="BadRequestProviderNotConfigured",
+            )
         self.page_size = max(1, min(page_size, MAX_COUNT))
         self.market, self.safe_search = market, safe_search
-        self._http = ProviderHTTP(self.name, endpoint, headers={"Ocp-Apim-Subscription-Key": key},
-                                  transport=transport)
+        self._http = ProviderHTTP(self.name, endpoint, headers={"Ocp-Apim-Subscription-Key": key}, transport=transport)
 
     @classmethod
     def from_settings(cls) -> BingProvider:
-        return cls(setting("BING_ENDPOINT"), setting("BING_KEY"), market=setting("BING_MARKET", "en-US") or "en-US",
-                   safe_search=setting("BING_SAFESEARCH", "Moderate") or "Moderate")
+        return cls(
+            setting("BING_ENDPOINT"),
+            setting("BING_KEY"),
+            market=setting("BING_MARKET", "en-US") or "en-US",
+            safe_search=setting("BING_SAFESEARCH", "Moderate") or "Moderate",
+        )
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:
         count = min(self.page_size, max(limit, 1))
         seen: set[str] = set()
         offset = 0
         while len(seen) < limit:
-            data = self._http.get_json("/v7.0/images/search", {"q": query, "count": count, "offset": offset,
-                                                                 "mkt": self.market, "safeSearch": self.safe_search})
+            data = self._http.get_json(
+                "/v7.0/images/search",
+                {"q": query, "count": count, "offset": offset, "mkt": self.market, "safeSearch": self.safe_search},
+            )
             values = data.get("value") if isinstance(data, dict) else None
             if not isinstance(values, list):
                 raise ProviderError("bing answered a search without a 'value' list.")
@@ -78,7 +93,14 @@ class BingProvider:
             return None
         page = item.get("hostPageUrl") or None
         host = urlsplit(page).hostname if page else None
-        return Candidate(provider=self.name, provider_id=str(item.get("imageId") or url), url=url,
-                         landing_page=page, title=item.get("name") or None, licence=None,
-                         attribution=f"via {host}" if host else None, width=item.get("width"),
-                         height=item.get("height"))
+        return Candidate(
+            provider=self.name,
+            provider_id=str(item.get("imageId") or url),
+            url=url,
+            landing_page=page,
+            title=item.get("name") or None,
+            licence=None,
+            attribution=f"via {host}" if host else None,
+            width=item.get("width"),
+            height=item.get("height"),
+        )

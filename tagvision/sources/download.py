@@ -56,8 +56,12 @@ class Downloader:
         self._hosts: dict[str, threading.Semaphore] = defaultdict(lambda: threading.Semaphore(self.per_host))
         self._hosts_lock = threading.Lock()
 
-    def download(self, candidates: Iterable[Candidate], stop: threading.Event | None = None,
-                 window: Callable[[], int] | None = None) -> Iterator[Downloaded]:
+    def download(
+        self,
+        candidates: Iterable[Candidate],
+        stop: threading.Event | None = None,
+        window: Callable[[], int] | None = None,
+    ) -> Iterator[Downloaded]:
         """Download every candidate, yielding results as they complete (not in order).
 
         Reads ``candidates`` lazily, keeping at most ``workers`` downloads in flight (and at
@@ -69,8 +73,11 @@ class Downloader:
             running: set[Future] = set()
             exhausted = False
             while True:
-                while (not exhausted and len(running) < min(self.workers, window() if window else self.workers)
-                       and not (stop and stop.is_set())):
+                while (
+                    not exhausted
+                    and len(running) < min(self.workers, window() if window else self.workers)
+                    and not (stop and stop.is_set())
+                ):
                     candidate = next(source, None)
                     if candidate is None:
                         exhausted = True
@@ -87,8 +94,11 @@ class Downloader:
             data = self._bytes(candidate)
             facts = images.validate(data, max_bytes=self.max_bytes)
             if min(facts.width, facts.height) < self.min_side:
-                return Downloaded(candidate, "ErrorImageTooSmall",
-                                  f"{facts.width}x{facts.height} is smaller than {self.min_side} px on a side.")
+                return Downloaded(
+                    candidate,
+                    "ErrorImageTooSmall",
+                    f"{facts.width}x{facts.height} is smaller than {self.min_side} px on a side.",
+                )
             return Downloaded(candidate, "OK", data=data, facts=facts, dhash=images.dhash(data))
         except TagvisionError as exc:
             status = exc.code if exc.code.startswith("ErrorImage") else "ErrorSource"
@@ -100,8 +110,9 @@ class Downloader:
         if candidate.path is not None:
             size = candidate.path.stat().st_size
             if size > self.max_bytes:
-                raise ImageError(f"The file has {size} bytes; at most {self.max_bytes} are allowed.",
-                                        code="ErrorImageSize")
+                raise ImageError(
+                    f"The file has {size} bytes; at most {self.max_bytes} are allowed.", code="ErrorImageSize"
+                )
             return candidate.path.read_bytes()
         with self._host(candidate.url):
             attempt = 0
@@ -111,7 +122,7 @@ class Downloader:
                 except fetch.FetchError as exc:
                     if not exc.transient or attempt >= self.retries:
                         raise
-                    delay = self.backoff * 2 ** attempt
+                    delay = self.backoff * 2**attempt
                     self.sleep(min(self.max_wait, max(delay, exc.retry_after or 0.0)))
                     attempt += 1
 

@@ -73,7 +73,7 @@ def _tokens(text: str) -> list[str]:
 def _terms(text: str) -> frozenset[str]:
     """The folded words of ``text``, with adjacent pairs and the whole text joined."""
     raw = _tokens(text)
-    joined = ["".join(raw[i:i + 2]) for i in range(len(raw) - 1)] + ["".join(raw)]
+    joined = ["".join(raw[i : i + 2]) for i in range(len(raw) - 1)] + ["".join(raw)]
     return frozenset(_fold(w) for w in raw + joined if w)
 
 
@@ -126,8 +126,14 @@ class LibraryProvider:
 
     name = "library"
 
-    def __init__(self, root: Path, *, seeds: dict[str, np.ndarray] | None = None,
-                 embedder: backbone.Embedder | None = None, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        seeds: dict[str, np.ndarray] | None = None,
+        embedder: backbone.Embedder | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.seeds = seeds or {}
         self.embedder = embedder
@@ -150,9 +156,16 @@ class LibraryProvider:
         seeds = self.seeds.get(query)
         if len(order) < limit and seeds is not None and len(seeds) and self.embedder is not None:
             order += self._similar([e for e in entries if e.rel not in ranks], seeds)
-        for entry in order[:max(limit, 0)]:
-            yield Candidate(provider=self.name, provider_id=entry.rel, url=entry.path.as_uri(),
-                            title=entry.path.name, width=entry.width, height=entry.height, path=entry.path)
+        for entry in order[: max(limit, 0)]:
+            yield Candidate(
+                provider=self.name,
+                provider_id=entry.rel,
+                url=entry.path.as_uri(),
+                title=entry.path.name,
+                width=entry.width,
+                height=entry.height,
+                path=entry.path,
+            )
 
     def close(self) -> None:
         self._entries, self._vectors = {}, None
@@ -197,8 +210,16 @@ class LibraryProvider:
             keywords = _keywords(im)
         *folders, name = rel.split("/")
         folder_terms = frozenset().union(*map(_terms, folders))
-        return _Entry(path, rel, key, frozenset(_fold("".join(_tokens(f))) for f in folders), folder_terms,
-                      folder_terms | _terms(Path(name).stem), tuple(map(_terms, keywords)), *size)
+        return _Entry(
+            path,
+            rel,
+            key,
+            frozenset(_fold("".join(_tokens(f))) for f in folders),
+            folder_terms,
+            folder_terms | _terms(Path(name).stem),
+            tuple(map(_terms, keywords)),
+            *size,
+        )
 
     def _similar(self, entries: list[_Entry], seeds: np.ndarray) -> list[_Entry]:
         """``entries`` ordered by cosine to the seeds' centroid, most similar first; unreadable ones dropped."""

@@ -28,8 +28,12 @@ ANONYMOUS_PAGE_SIZE = 20
 AUTHED_PAGE_SIZE = 500
 MAX_PAGES = 20
 _FILETYPES = frozenset({"jpg", "jpeg", "png", "gif", "webp", "bmp"})
-_LICENCE_NAMES = {"cc0": "CC0", "pdm": "Public Domain Mark", "sampling+": "CC Sampling+",
-                  "nc-sampling+": "CC NC-Sampling+"}
+_LICENCE_NAMES = {
+    "cc0": "CC0",
+    "pdm": "Public Domain Mark",
+    "sampling+": "CC Sampling+",
+    "nc-sampling+": "CC NC-Sampling+",
+}
 
 
 class OpenverseProvider:
@@ -37,10 +41,18 @@ class OpenverseProvider:
 
     name = "openverse"
 
-    def __init__(self, base_url: str = "https://api.openverse.org", *, client_id: str | None = None,
-                 client_secret: str | None = None, license_type: str | None = None, license: str | None = None,
-                 page_size: int = AUTHED_PAGE_SIZE, min_interval: float = 1.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = "https://api.openverse.org",
+        *,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        license_type: str | None = None,
+        license: str | None = None,
+        page_size: int = AUTHED_PAGE_SIZE,
+        min_interval: float = 1.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.credentials = (client_id, client_secret) if client_id and client_secret else None
         self.filters = {k: v for k, v in (("license_type", license_type), ("license", license)) if v}
         cap = AUTHED_PAGE_SIZE if self.credentials else ANONYMOUS_PAGE_SIZE
@@ -50,9 +62,13 @@ class OpenverseProvider:
 
     @classmethod
     def from_settings(cls) -> OpenverseProvider:
-        return cls(setting("OPENVERSE_URL", "https://api.openverse.org") or "",
-                   client_id=setting("OPENVERSE_CLIENT_ID"), client_secret=setting("OPENVERSE_CLIENT_SECRET"),
-                   license_type=setting("OPENVERSE_LICENSE_TYPE"), license=setting("OPENVERSE_LICENSE"))
+        return cls(
+            setting("OPENVERSE_URL", "https://api.openverse.org") or "",
+            client_id=setting("OPENVERSE_CLIENT_ID"),
+            client_secret=setting("OPENVERSE_CLIENT_SECRET"),
+            license_type=setting("OPENVERSE_LICENSE_TYPE"),
+            license=setting("OPENVERSE_LICENSE"),
+        )
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:
         size = min(self.page_size, max(limit, 1))
@@ -89,8 +105,11 @@ class OpenverseProvider:
         except httpx.HTTPError as exc:
             raise ProviderError(f"openverse did not issue a token: {exc or type(exc).__name__}.") from None
         if response.status_code in (400, 401, 403):
-            raise ProviderError("openverse refused the client credentials (TAGVISION_OPENVERSE_CLIENT_ID / "
-                                "TAGVISION_OPENVERSE_CLIENT_SECRET).", code="Unauthorized")
+            raise ProviderError(
+                "openverse refused the client credentials (TAGVISION_OPENVERSE_CLIENT_ID / "
+                "TAGVISION_OPENVERSE_CLIENT_SECRET).",
+                code="Unauthorized",
+            )
         if response.status_code != 200:
             raise ProviderError(f"openverse answered HTTP {response.status_code} for a token.")
         token = response.json()
@@ -104,11 +123,20 @@ class OpenverseProvider:
         title, creator = item.get("title") or None, item.get("creator") or None
         licence = _licence(item.get("license"), item.get("license_version"))
         attribution = item.get("attribution") or _attribution(title, creator, licence, item.get("source"))
-        return Candidate(provider=self.name, provider_id=str(item["id"]), url=item["url"],
-                         landing_page=item.get("foreign_landing_url") or None, title=title, creator=creator,
-                         creator_url=item.get("creator_url") or None, licence=licence,
-                         licence_url=item.get("license_url") or None, attribution=attribution,
-                         width=item.get("width"), height=item.get("height"))
+        return Candidate(
+            provider=self.name,
+            provider_id=str(item["id"]),
+            url=item["url"],
+            landing_page=item.get("foreign_landing_url") or None,
+            title=title,
+            creator=creator,
+            creator_url=item.get("creator_url") or None,
+            licence=licence,
+            licence_url=item.get("license_url") or None,
+            attribution=attribution,
+            width=item.get("width"),
+            height=item.get("height"),
+        )
 
 
 def _licence(code: str | None, version: str | None) -> str | None:

@@ -42,8 +42,14 @@ class PexelsProvider:
 
     name = NAME
 
-    def __init__(self, key: str, base_url: str = DEFAULT_URL, *, page_size: int = MAX_PAGE,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        base_url: str = DEFAULT_URL,
+        *,
+        page_size: int = MAX_PAGE,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.page_size = max(1, min(page_size, MAX_PAGE))
         self.http = ProviderHTTP(NAME, base_url, headers={"Authorization": key}, transport=transport)
         self.http.client().event_hooks = {"response": [self._watch]}
@@ -53,8 +59,10 @@ class PexelsProvider:
     def from_settings(cls) -> PexelsProvider:
         key = setting("PEXELS_KEY")
         if not key:
-            raise ProviderError("Pexels needs an API key: set TAGVISION_PEXELS_KEY (free at "
-                                "https://www.pexels.com/api/).", code="BadRequestProviderNotConfigured")
+            raise ProviderError(
+                "Pexels needs an API key: set TAGVISION_PEXELS_KEY (free at https://www.pexels.com/api/).",
+                code="BadRequestProviderNotConfigured",
+            )
         return cls(key, setting("PEXELS_URL") or DEFAULT_URL)
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:
@@ -89,8 +97,10 @@ class PexelsProvider:
         wait = self._reset_at - time.time()
         if wait > self.http.max_wait:
             until = datetime.fromtimestamp(self._reset_at, UTC)
-            raise ProviderError(f"pexels: the API key's request quota is used up until {until:%Y-%m-%d %H:%M} UTC "
-                                "(X-Ratelimit-Remaining: 0); try again then, or ask Pexels for a higher limit.")
+            raise ProviderError(
+                f"pexels: the API key's request quota is used up until {until:%Y-%m-%d %H:%M} UTC "
+                "(X-Ratelimit-Remaining: 0); try again then, or ask Pexels for a higher limit."
+            )
         if wait > 0:
             time.sleep(wait)
         self._reset_at = None
@@ -104,11 +114,20 @@ def _candidate(photo: Any) -> Candidate | None:
     if not url:
         return None
     name = photo.get("photographer") or None
-    return Candidate(NAME, str(photo["id"]), url, landing_page=photo.get("url"), title=photo.get("alt") or None,
-                     creator=name, creator_url=photo.get("photographer_url"), licence=LICENCE,
-                     licence_url=LICENCE_URL,
-                     attribution=f"Photo by {name} on Pexels" if name else "Photo provided by Pexels",
-                     width=_int(photo.get("width")), height=_int(photo.get("height")))
+    return Candidate(
+        NAME,
+        str(photo["id"]),
+        url,
+        landing_page=photo.get("url"),
+        title=photo.get("alt") or None,
+        creator=name,
+        creator_url=photo.get("photographer_url"),
+        licence=LICENCE,
+        licence_url=LICENCE_URL,
+        attribution=f"Photo by {name} on Pexels" if name else "Photo provided by Pexels",
+        width=_int(photo.get("width")),
+        height=_int(photo.get("height")),
+    )
 
 
 def _int(value: Any) -> int | None:

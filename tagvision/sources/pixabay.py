@@ -43,8 +43,14 @@ class PixabayProvider:
 
     name = NAME
 
-    def __init__(self, key: str, base_url: str = DEFAULT_URL, *, page_size: int = MAX_PAGE,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        base_url: str = DEFAULT_URL,
+        *,
+        page_size: int = MAX_PAGE,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.page_size = max(MIN_PAGE, min(page_size, MAX_PAGE))
         self._key = key
         self.http = ProviderHTTP(NAME, base_url, transport=transport)
@@ -55,8 +61,10 @@ class PixabayProvider:
     def from_settings(cls) -> PixabayProvider:
         key = setting("PIXABAY_KEY")
         if not key:
-            raise ProviderError("Pixabay needs an API key: set TAGVISION_PIXABAY_KEY (free at "
-                                "https://pixabay.com/api/docs/).", code="BadRequestProviderNotConfigured")
+            raise ProviderError(
+                "Pixabay needs an API key: set TAGVISION_PIXABAY_KEY (free at https://pixabay.com/api/docs/).",
+                code="BadRequestProviderNotConfigured",
+            )
         return cls(key, setting("PIXABAY_URL") or DEFAULT_URL)
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:
@@ -64,8 +72,16 @@ class PixabayProvider:
         seen: set[str] = set()
         page = 1
         while len(seen) < limit:
-            body = self._get({"key": self._key, "q": query[:100], "image_type": "photo", "per_page": per_page,
-                              "page": page, "safesearch": "true"})
+            body = self._get(
+                {
+                    "key": self._key,
+                    "q": query[:100],
+                    "image_type": "photo",
+                    "per_page": per_page,
+                    "page": page,
+                    "safesearch": "true",
+                }
+            )
             hits = body.get("hits") if isinstance(body, dict) else None
             if not isinstance(hits, list):
                 raise ProviderError("pixabay answered a search without a 'hits' list.")
@@ -101,8 +117,10 @@ class PixabayProvider:
             except ValueError:
                 self._resume_at = time.monotonic() + MAX_WINDOW
         if response.status_code == 400 and b"api key" in response.read().lower():
-            raise ProviderError("pixabay refused the API key (HTTP 400: invalid or missing API key); check "
-                                "TAGVISION_PIXABAY_KEY.", code="Unauthorized")
+            raise ProviderError(
+                "pixabay refused the API key (HTTP 400: invalid or missing API key); check TAGVISION_PIXABAY_KEY.",
+                code="Unauthorized",
+            )
 
 
 def _candidate(hit: Any) -> Candidate | None:
@@ -112,11 +130,20 @@ def _candidate(hit: Any) -> Candidate | None:
     if not url:
         return None
     user, user_id = hit.get("user") or None, hit.get("user_id")
-    return Candidate(NAME, str(hit["id"]), url, landing_page=hit.get("pageURL"), title=hit.get("tags") or None,
-                     creator=user, creator_url=f"https://pixabay.com/users/{user}-{user_id}/" if user and user_id
-                     else None, licence=LICENCE, licence_url=LICENCE_URL,
-                     attribution=f"Image by {user} from Pixabay" if user else "Image from Pixabay",
-                     width=_int(hit.get("imageWidth")), height=_int(hit.get("imageHeight")))
+    return Candidate(
+        NAME,
+        str(hit["id"]),
+        url,
+        landing_page=hit.get("pageURL"),
+        title=hit.get("tags") or None,
+        creator=user,
+        creator_url=f"https://pixabay.com/users/{user}-{user_id}/" if user and user_id else None,
+        licence=LICENCE,
+        licence_url=LICENCE_URL,
+        attribution=f"Image by {user} from Pixabay" if user else "Image from Pixabay",
+        width=_int(hit.get("imageWidth")),
+        height=_int(hit.get("imageHeight")),
+    )
 
 
 def _int(value: Any) -> int | None:

@@ -43,20 +43,31 @@ class UnsplashProvider:
 
     name = NAME
 
-    def __init__(self, key: str, base_url: str = DEFAULT_URL, *, page_size: int = MAX_PAGE,
-                 app_name: str = "tagvision", transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        base_url: str = DEFAULT_URL,
+        *,
+        page_size: int = MAX_PAGE,
+        app_name: str = "tagvision",
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.page_size = max(1, min(page_size, MAX_PAGE))
         self.app_name = app_name
-        self.http = ProviderHTTP(NAME, base_url, headers={"Authorization": f"Client-ID {key}",
-                                                          "Accept-Version": "v1"}, transport=transport)
+        self.http = ProviderHTTP(
+            NAME, base_url, headers={"Authorization": f"Client-ID {key}", "Accept-Version": "v1"}, transport=transport
+        )
         self.http.client().event_hooks = {"response": [_watch]}
 
     @classmethod
     def from_settings(cls) -> UnsplashProvider:
         key = setting("UNSPLASH_KEY")
         if not key:
-            raise ProviderError("Unsplash needs an access key: set TAGVISION_UNSPLASH_KEY (register an app at "
-                                "https://unsplash.com/developers).", code="BadRequestProviderNotConfigured")
+            raise ProviderError(
+                "Unsplash needs an access key: set TAGVISION_UNSPLASH_KEY (register an app at "
+                "https://unsplash.com/developers).",
+                code="BadRequestProviderNotConfigured",
+            )
         return cls(key, setting("UNSPLASH_URL") or DEFAULT_URL, app_name=setting("UNSPLASH_APP") or "tagvision")
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:
@@ -99,14 +110,21 @@ class UnsplashProvider:
             return None
         links, user = photo.get("links") or {}, photo.get("user") or {}
         name = user.get("name") or None
-        return Candidate(NAME, str(photo["id"]), photo["urls"]["regular"],
-                         landing_page=self._utm(links.get("html")),
-                         title=photo.get("description") or photo.get("alt_description") or None,
-                         creator=name, creator_url=self._utm((user.get("links") or {}).get("html")),
-                         licence=LICENCE, licence_url=LICENCE_URL,
-                         attribution=f"Photo by {name} on Unsplash" if name else "Photo on Unsplash",
-                         width=_int(photo.get("width")), height=_int(photo.get("height")),
-                         ping_url=links.get("download_location"))
+        return Candidate(
+            NAME,
+            str(photo["id"]),
+            photo["urls"]["regular"],
+            landing_page=self._utm(links.get("html")),
+            title=photo.get("description") or photo.get("alt_description") or None,
+            creator=name,
+            creator_url=self._utm((user.get("links") or {}).get("html")),
+            licence=LICENCE,
+            licence_url=LICENCE_URL,
+            attribution=f"Photo by {name} on Unsplash" if name else "Photo on Unsplash",
+            width=_int(photo.get("width")),
+            height=_int(photo.get("height")),
+            ping_url=links.get("download_location"),
+        )
 
     def _utm(self, url: str | None) -> str | None:
         """``url`` with Unsplash's referral parameters added to its query."""
@@ -119,11 +137,14 @@ class UnsplashProvider:
 
 def _watch(response: httpx.Response) -> None:
     """A spent hourly limit comes as 403 "Rate Limit Exceeded": say so, not "check the key"."""
-    if response.status_code == 403 and (response.headers.get("X-Ratelimit-Remaining") == "0"
-                                         or b"rate limit" in response.read().lower()):
+    if response.status_code == 403 and (
+        response.headers.get("X-Ratelimit-Remaining") == "0" or b"rate limit" in response.read().lower()
+    ):
         limit = response.headers.get("X-Ratelimit-Limit")
-        raise ProviderError(f"unsplash: the access key's hourly request limit{f' ({limit})' if limit else ''} is "
-                            "used up; try again within the hour, or apply for production access to raise it.")
+        raise ProviderError(
+            f"unsplash: the access key's hourly request limit{f' ({limit})' if limit else ''} is "
+            "used up; try again within the hour, or apply for production access to raise it."
+        )
 
 
 def _int(value: Any) -> int | None:

@@ -40,26 +40,45 @@ class WikimediaProvider:
 
     name = "wikimedia"
 
-    def __init__(self, api_url: str = DEFAULT_URL, *, page_size: int = 20, user_agent: str = USER_AGENT,
-                 maxlag: int = 5, lag_wait: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        api_url: str = DEFAULT_URL,
+        *,
+        page_size: int = 20,
+        user_agent: str = USER_AGENT,
+        maxlag: int = 5,
+        lag_wait: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.api_url = api_url
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self.maxlag, self.lag_wait = maxlag, lag_wait
-        self._http = ProviderHTTP(self.name, api_url, headers={"User-Agent": user_agent}, min_interval=0.2,
-                                  transport=transport)
+        self._http = ProviderHTTP(
+            self.name, api_url, headers={"User-Agent": user_agent}, min_interval=0.2, transport=transport
+        )
 
     @classmethod
     def from_settings(cls) -> WikimediaProvider:
-        return cls(setting("WIKIMEDIA_URL", DEFAULT_URL) or DEFAULT_URL,
-                   user_agent=setting("WIKIMEDIA_USER_AGENT", USER_AGENT) or USER_AGENT)
+        return cls(
+            setting("WIKIMEDIA_URL", DEFAULT_URL) or DEFAULT_URL,
+            user_agent=setting("WIKIMEDIA_USER_AGENT", USER_AGENT) or USER_AGENT,
+        )
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:
         params: dict[str, Any] = {
-            "action": "query", "format": "json", "formatversion": 2, "maxlag": self.maxlag,
-            "generator": "search", "gsrsearch": f"{query} filetype:bitmap", "gsrnamespace": 6,
-            "gsrlimit": min(self.page_size, max(limit, 1)), "prop": "imageinfo",
-            "iiprop": "url|size|mime|extmetadata", "iiurlwidth": 1024,
-            "iiextmetadatafilter": "LicenseShortName|LicenseUrl|Artist|ObjectName|Attribution"}
+            "action": "query",
+            "format": "json",
+            "formatversion": 2,
+            "maxlag": self.maxlag,
+            "generator": "search",
+            "gsrsearch": f"{query} filetype:bitmap",
+            "gsrnamespace": 6,
+            "gsrlimit": min(self.page_size, max(limit, 1)),
+            "prop": "imageinfo",
+            "iiprop": "url|size|mime|extmetadata",
+            "iiurlwidth": 1024,
+            "iiextmetadatafilter": "LicenseShortName|LicenseUrl|Artist|ObjectName|Attribution",
+        }
         seen: set[str] = set()
         lagged = 0
         while len(seen) < limit:
@@ -95,14 +114,20 @@ class WikimediaProvider:
         file_title = str(page.get("title") or "").removeprefix("File:").rsplit(".", 1)[0] or None
         thumb = bool(info.get("thumburl"))
         return Candidate(
-            provider=self.name, provider_id=str(page.get("pageid") or page.get("title")),
-            url=info["thumburl"] if thumb else info["url"], landing_page=landing,
-            title=_text(meta.get("ObjectName")) or file_title, creator=creator,
+            provider=self.name,
+            provider_id=str(page.get("pageid") or page.get("title")),
+            url=info["thumburl"] if thumb else info["url"],
+            landing_page=landing,
+            title=_text(meta.get("ObjectName")) or file_title,
+            creator=creator,
             creator_url=urljoin(landing or self.api_url, href.group(1)) if href else None,
-            licence=licence, licence_url=_text(meta.get("LicenseUrl")),
+            licence=licence,
+            licence_url=_text(meta.get("LicenseUrl")),
             attribution=_text(meta.get("Attribution"))
             or ", ".join(p for p in (creator, licence, "via Wikimedia Commons") if p),
-            width=info.get("thumbwidth" if thumb else "width"), height=info.get("thumbheight" if thumb else "height"))
+            width=info.get("thumbwidth" if thumb else "width"),
+            height=info.get("thumbheight" if thumb else "height"),
+        )
 
 
 def _text(value: object) -> str | None:

@@ -49,10 +49,12 @@ class Project(Base):
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(default=utcnow)
 
-    tags: Mapped[list[Tag]] = relationship(back_populates="project", cascade="all, delete-orphan",
-                                           passive_deletes=True, order_by="Tag.created")
-    iterations: Mapped[list[Iteration]] = relationship(back_populates="project", cascade="all, delete-orphan",
-                                                       passive_deletes=True, order_by="Iteration.created")
+    tags: Mapped[list[Tag]] = relationship(
+        back_populates="project", cascade="all, delete-orphan", passive_deletes=True, order_by="Tag.created"
+    )
+    iterations: Mapped[list[Iteration]] = relationship(
+        back_populates="project", cascade="all, delete-orphan", passive_deletes=True, order_by="Iteration.created"
+    )
 
 
 class Tag(Base):
@@ -87,8 +89,7 @@ class Image(Base):
     image_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
-    tags: Mapped[list[ImageTag]] = relationship(cascade="all, delete-orphan", passive_deletes=True,
-                                                lazy="selectin")
+    tags: Mapped[list[ImageTag]] = relationship(cascade="all, delete-orphan", passive_deletes=True, lazy="selectin")
 
 
 class ImageTag(Base):
@@ -114,8 +115,10 @@ class Iteration(Base):
     """One training run. Frozen once ``status`` is Completed: its artifacts never change."""
 
     __tablename__ = "iterations"
-    __table_args__ = (UniqueConstraint("project_id", "name"),
-                      Index("ix_iterations_publish_name", "project_id", "publish_name", unique=True))
+    __table_args__ = (
+        UniqueConstraint("project_id", "name"),
+        Index("ix_iterations_publish_name", "project_id", "publish_name", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
@@ -166,8 +169,9 @@ class Prediction(Base):
     uncertainty: Mapped[float] = mapped_column(Float)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
-    tags: Mapped[list[PredictionTag]] = relationship(cascade="all, delete-orphan", passive_deletes=True,
-                                                     lazy="selectin")
+    tags: Mapped[list[PredictionTag]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
+    )
 
 
 class PredictionTag(Base):

@@ -33,8 +33,9 @@ async def login(request: Request) -> Response:
     target = safe_next(str(form.get("next", ""))) or "/"
     if not matches(str(form.get("key", "")).strip(), service.keys.current().training):
         await asyncio.sleep(WRONG_KEY_DELAY)
-        sessions.current(request).flash("error", "That is not this server's training key. `tagvision keys` "
-                                                 "on the server shows it.")
+        sessions.current(request).flash(
+            "error", "That is not this server's training key. `tagvision keys` on the server shows it."
+        )
         return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
     sessions.start(request, logged_in=True)
     return RedirectResponse(target, status_code=303)

@@ -13,8 +13,7 @@ import numpy as np
 from tagvision import metrics
 
 # Okabe-Ito colours that keep at least 3:1 against white, then a few more.
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#8F6400", "#3A6E8F", "#000000", "#882255",
-           "#44546A", "#6F4E37")
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#8F6400", "#3A6E8F", "#000000", "#882255", "#44546A", "#6F4E37")
 
 
 def colour(index: int) -> str:
@@ -63,8 +62,12 @@ class Curve:
 PR_PLOT = Plot()
 
 
-def pr_curves(probabilities: np.ndarray, labels: np.ndarray, tags: list[tuple[str, str]],
-              at_threshold: dict[str, tuple[float, float]]) -> list[Curve]:
+def pr_curves(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    tags: list[tuple[str, str]],
+    at_threshold: dict[str, tuple[float, float]],
+) -> list[Curve]:
     """One curve per tag that has images; ``at_threshold``: tag id -> (precision, recall) now."""
     curves = []
     for j, (tag_id, name) in enumerate(tags):
@@ -111,8 +114,17 @@ def confusion(probabilities: np.ndarray, labels: np.ndarray, tags: list[tuple[st
             share = count / total if total else 0.0
             rgb = tuple(round(255 + (c - 255) * share) for c in DARK)  # white .. dark blue
             fill = "#{:02x}{:02x}{:02x}".format(*rgb)
-            cells.append(Cell(left + p * size, top + t * size, int(count), share, fill, _text_on(rgb),
-                              f"{names[t]} predicted as {names[p]}: {int(count)}"))
+            cells.append(
+                Cell(
+                    left + p * size,
+                    top + t * size,
+                    int(count),
+                    share,
+                    fill,
+                    _text_on(rgb),
+                    f"{names[t]} predicted as {names[p]}: {int(count)}",
+                )
+            )
     n = len(names)
     return Matrix(size, left, top, left + n * size + 8, top + n * size + 8, names, cells)
 
@@ -125,12 +137,13 @@ def _luminance(rgb: tuple[int, ...]) -> float:
     def channel(c: int) -> float:
         c /= 255
         return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
     r, g, b = (channel(c) for c in rgb)
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
 def _text_on(rgb: tuple[int, ...]) -> str:
-    """"light" (white) or "dark" (near-black) text, whichever contrasts more with ``rgb`` (at least 4.5:1)."""
+    """ "light" (white) or "dark" (near-black) text, whichever contrasts more with ``rgb`` (at least 4.5:1)."""
     background = _luminance(rgb)
     on_white = 1.05 / (background + 0.05)
     on_dark = (background + 0.05) / (_luminance(TEXT) + 0.05)

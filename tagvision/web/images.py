@@ -35,14 +35,25 @@ def image_grid(request: Request, project_id: str, tag: str = "", untagged: bool 
         shown, label = svc.images.count(project_id, untagged=True), "Untagged"
     else:
         shown, label = context["project"].image_count, "All images"
-    views = svc.images.list(project_id, tag=tag or None, untagged=untagged, skip=(page - 1) * PAGE_SIZE,
-                            take=PAGE_SIZE)
+    views = svc.images.list(project_id, tag=tag or None, untagged=untagged, skip=(page - 1) * PAGE_SIZE, take=PAGE_SIZE)
     pages_total = max(1, -(-shown // PAGE_SIZE))
     filters = "&".join(f for f in (f"tag={tag}" if tag else "", "untagged=1" if untagged else "") if f)
-    return render(request, "images.html", **context, tags=tags, thumbs=shape.thumbs(request, views),
-                  untagged_count=svc.images.count(project_id, untagged=True), filter_tag=tag, untagged=untagged,
-                  filter_label=label, shown=shown, page=page, pages_total=pages_total, filters=filters,
-                  max_files=MAX_UPLOAD_FILES)
+    return render(
+        request,
+        "images.html",
+        **context,
+        tags=tags,
+        thumbs=shape.thumbs(request, views),
+        untagged_count=svc.images.count(project_id, untagged=True),
+        filter_tag=tag,
+        untagged=untagged,
+        filter_label=label,
+        shown=shown,
+        page=page,
+        pages_total=pages_total,
+        filters=filters,
+        max_files=MAX_UPLOAD_FILES,
+    )
 
 
 @pages.post("/projects/{project_id}/tags")
@@ -51,8 +62,9 @@ async def create_tag(request: Request, project_id: str) -> Response:
     svc = shape.service(request)
     names = [n.strip() for n in shape.form_text(form, "name").split(",") if n.strip()]
     created = await run_in_threadpool(svc.projects.create_tags, project_id, names)
-    sessions.current(request).flash("ok", f"Tag{'s' if len(created) > 1 else ''} "
-                                          f"{', '.join(t.name for t in created)} created.")
+    sessions.current(request).flash(
+        "ok", f"Tag{'s' if len(created) > 1 else ''} {', '.join(t.name for t in created)} created."
+    )
     return _back(form, project_id)
 
 
@@ -89,8 +101,10 @@ async def act_on_selection(request: Request, project_id: str) -> Response:
     if summary.duplicated:
         message += f" {plural(len(summary.duplicated), 'image')} already had it."
     if summary.exceeded:
-        message += (f" {plural(len(summary.exceeded), 'image')} already carry another tag and a multiclass project "
-                    "allows one tag per image: remove that tag first.")
+        message += (
+            f" {plural(len(summary.exceeded), 'image')} already carry another tag and a multiclass project "
+            "allows one tag per image: remove that tag first."
+        )
     sessions.current(request).flash("error" if summary.exceeded and not summary.created else "ok", message)
     return _back(form, project_id)
 
@@ -113,12 +127,22 @@ def _reader(data: bytes):
 
 
 def _upload_json(summary: ImageCreateSummary) -> dict:
-    return {"added": summary.count("OK"), "duplicates": summary.count("OKDuplicate"),
-            "results": [{"name": r.source_url, "status": r.status, "ok": r.ok,
-                         "message": r.message or ("Added." if r.status == "OK" else r.status)}
-                        for r in summary.results]}
+    return {
+        "added": summary.count("OK"),
+        "duplicates": summary.count("OKDuplicate"),
+        "results": [
+            {
+                "name": r.source_url,
+                "status": r.status,
+                "ok": r.ok,
+                "message": r.message or ("Added." if r.status == "OK" else r.status),
+            }
+            for r in summary.results
+        ],
+    }
 
 
 def _back(form, project_id: str) -> Response:
-    return RedirectResponse(safe_next(shape.form_text(form, "next")) or f"/projects/{project_id}/images",
-                            status_code=303)
+    return RedirectResponse(
+        safe_next(shape.form_text(form, "next")) or f"/projects/{project_id}/images", status_code=303
+    )

@@ -38,23 +38,52 @@ class Card:
 
 
 @pages.get("/projects/{project_id}/predictions")
-def prediction_list(request: Request, project_id: str, order: str = "Suggested", tag: str = "",
-                    low: float = 0.5, high: float = 1.0, iteration: str = "", page: str = "") -> Response:
+def prediction_list(
+    request: Request,
+    project_id: str,
+    order: str = "Suggested",
+    tag: str = "",
+    low: float = 0.5,
+    high: float = 1.0,
+    iteration: str = "",
+    page: str = "",
+) -> Response:
     svc = shape.service(request)
     context = shape.project_page(svc, project_id, "predictions")
     tags = svc.projects.list_tags(project_id)
     low, high = min(1.0, max(0.0, low)), min(1.0, max(0.0, high))
-    query = PredictionQuery(order_by=order, tags=(QueryTag(shape.tag_by_id(tags, tag).id, low, high),) if tag else (),
-                            iteration_id=iteration or None, max_count=PER_PAGE, continuation=page or None)
+    query = PredictionQuery(
+        order_by=order,
+        tags=(QueryTag(shape.tag_by_id(tags, tag).id, low, high),) if tag else (),
+        iteration_id=iteration or None,
+        max_count=PER_PAGE,
+        continuation=page or None,
+    )
     found, more = svc.prediction.query(project_id, query)
     order_of = [t.id for t in tags]
-    cards = [Card(p, shape.link(request, "prediction-thumbnail", p.sha256), shape.link(request, "prediction", p.sha256),
-                  charts.bars(p.predictions[:3], order_of)) for p in found]
+    cards = [
+        Card(
+            p,
+            shape.link(request, "prediction-thumbnail", p.sha256),
+            shape.link(request, "prediction", p.sha256),
+            charts.bars(p.predictions[:3], order_of),
+        )
+        for p in found
+    ]
     filters = {"order": order, "tag": tag, "low": low, "high": high, "iteration": iteration}
-    return render(request, "predictions.html", **context, tags=tags, cards=cards, orders=ORDERS, filters=filters,
-                  iterations=svc.training.iterations(project_id), first_page=not page,
-                  more=f"?{urlencode({**filters, 'page': more})}" if more else "",
-                  multilabel=shape.is_multilabel(context["project"]))
+    return render(
+        request,
+        "predictions.html",
+        **context,
+        tags=tags,
+        cards=cards,
+        orders=ORDERS,
+        filters=filters,
+        iterations=svc.training.iterations(project_id),
+        first_page=not page,
+        more=f"?{urlencode({**filters, 'page': more})}" if more else "",
+        multilabel=shape.is_multilabel(context["project"]),
+    )
 
 
 @pages.post("/projects/{project_id}/predictions/{prediction_id}/train")
@@ -66,8 +95,9 @@ async def move_to_training(request: Request, project_id: str, prediction_id: str
     chosen = [shape.tag_by_id(tags, t) for t in shape.form_values(form, "tag")]
     if not chosen:
         raise InvalidInput("Choose the image's tag before adding it to the training images.", code="BadRequest")
-    summary = await run_in_threadpool(svc.prediction.to_training_images, project_id,
-                                      [(prediction_id, tuple(t.id for t in chosen))])
+    summary = await run_in_threadpool(
+        svc.prediction.to_training_images, project_id, [(prediction_id, tuple(t.id for t in chosen))]
+    )
     result = summary.results[0]
     if not result.ok:
         raise InvalidInput(result.message or "The image could not be added.", code=result.status)
@@ -75,8 +105,9 @@ async def move_to_training(request: Request, project_id: str, prediction_id: str
     names = ", ".join(t.name for t in chosen)
     already = " (it was already among them)" if result.status == "OKDuplicate" else ""
     sessions.current(request).flash("ok", f"Added to the training images as {names}{already}. Train again to use it.")
-    return RedirectResponse(safe_next(shape.form_text(form, "next")) or f"/projects/{project_id}/predictions",
-                            status_code=303)
+    return RedirectResponse(
+        safe_next(shape.form_text(form, "next")) or f"/projects/{project_id}/predictions", status_code=303
+    )
 
 
 # ---------------------------------------------------------------------- quick test
@@ -85,8 +116,13 @@ async def move_to_training(request: Request, project_id: str, prediction_id: str
 @pages.get("/projects/{project_id}/quicktest")
 def quick_test_page(request: Request, project_id: str) -> Response:
     svc = shape.service(request)
-    return render(request, "quicktest.html", **shape.project_page(svc, project_id, "quicktest"),
-                  iterations=_completed(svc.training.iterations(project_id)), result=None)
+    return render(
+        request,
+        "quicktest.html",
+        **shape.project_page(svc, project_id, "quicktest"),
+        iterations=_completed(svc.training.iterations(project_id)),
+        result=None,
+    )
 
 
 @pages.post("/projects/{project_id}/quicktest")
@@ -98,12 +134,14 @@ async def quick_test(request: Request, project_id: str) -> Response:
     url = shape.form_text(form, "url").strip()
     if isinstance(upload, UploadFile) and upload.filename:
         data = await upload.read()
-        view = await run_in_threadpool(lambda: svc.prediction.classify(
-            project_id, data, iteration_ref=iteration, max_bytes=MAX_TRAINING_BYTES))
+        view = await run_in_threadpool(
+            lambda: svc.prediction.classify(project_id, data, iteration_ref=iteration, max_bytes=MAX_TRAINING_BYTES)
+        )
         shown = upload.filename
     elif url:
-        view = await run_in_threadpool(lambda: svc.prediction.classify_url(
-            project_id, url, iteration_ref=iteration, max_bytes=MAX_TRAINING_BYTES))
+        view = await run_in_threadpool(
+            lambda: svc.prediction.classify_url(project_id, url, iteration_ref=iteration, max_bytes=MAX_TRAINING_BYTES)
+        )
         shown = url
     else:
         raise InvalidInput("Choose an image file or give an image URL to test.", code="BadRequestImageStream")
@@ -111,9 +149,17 @@ async def quick_test(request: Request, project_id: str) -> Response:
     tag_order = [t.id for t in svc.projects.list_tags(project_id)]
     iterations = _completed(svc.training.iterations(project_id))
     used = next((i for i in iterations if i.id == view.iteration_id), None)
-    return render(request, "quicktest.html", **shape.project_page(svc, project_id, "quicktest"),
-                  iterations=iterations, result=view, used=used, shown=shown,
-                  bars=charts.bars(view.predictions, tag_order), image=shape.link(request, "prediction", stored.sha256))
+    return render(
+        request,
+        "quicktest.html",
+        **shape.project_page(svc, project_id, "quicktest"),
+        iterations=iterations,
+        result=view,
+        used=used,
+        shown=shown,
+        bars=charts.bars(view.predictions, tag_order),
+        image=shape.link(request, "prediction", stored.sha256),
+    )
 
 
 def _completed(iterations: list[IterationView]) -> list[IterationView]:
@@ -141,13 +187,25 @@ def prediction_url(request: Request, project_id: str) -> Response:
     for it in svc.training.iterations(project_id):
         if not it.publish_name:
             continue
-        root = (f"{base}/customvision/{PREDICTION_VERSION}/Prediction/{project_id}/classify/iterations/"
-                f"{quote(it.publish_name, safe='')}")
-        endpoints.append(Endpoint(
-            it, f"{root}/image", f"{root}/url",
-            f'curl -X POST "{root}/image" \\\n  -H "Prediction-Key: {key}" \\\n'
-            f'  -H "Content-Type: application/octet-stream" \\\n  --data-binary @photo.jpg',
-            f'curl -X POST "{root}/url" \\\n  -H "Prediction-Key: {key}" \\\n'
-            f'  -H "Content-Type: application/json" \\\n  -d \'{{"Url": "https://example.com/photo.jpg"}}\''))
-    return render(request, "prediction_url.html", **shape.project_page(svc, project_id, "prediction-url"),
-                  endpoints=endpoints, prediction_key=key)
+        root = (
+            f"{base}/customvision/{PREDICTION_VERSION}/Prediction/{project_id}/classify/iterations/"
+            f"{quote(it.publish_name, safe='')}"
+        )
+        endpoints.append(
+            Endpoint(
+                it,
+                f"{root}/image",
+                f"{root}/url",
+                f'curl -X POST "{root}/image" \\\n  -H "Prediction-Key: {key}" \\\n'
+                f'  -H "Content-Type: application/octet-stream" \\\n  --data-binary @photo.jpg',
+                f'curl -X POST "{root}/url" \\\n  -H "Prediction-Key: {key}" \\\n'
+                f'  -H "Content-Type: application/json" \\\n  -d \'{{"Url": "https://example.com/photo.jpg"}}\'',
+            )
+        )
+    return render(
+        request,
+        "prediction_url.html",
+        **shape.project_page(svc, project_id, "prediction-url"),
+        endpoints=endpoints,
+        prediction_key=key,
+    )

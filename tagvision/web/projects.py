@@ -20,8 +20,14 @@ routers = (pages,)
 def project_list(request: Request) -> Response:
     svc = shape.service(request)
     projects = [(p, shape.domain_name(p.domain)) for p in svc.projects.list()]
-    return render(request, "projects.html", title="Projects", projects=projects,
-                  domains=shape.classification_domains(), default_domain=domains.GENERAL_COMPACT)
+    return render(
+        request,
+        "projects.html",
+        title="Projects",
+        projects=projects,
+        domains=shape.classification_domains(),
+        default_domain=domains.GENERAL_COMPACT,
+    )
 
 
 @pages.post("/projects")
@@ -29,9 +35,12 @@ async def create_project(request: Request) -> Response:
     form = await request.form()
     svc = shape.service(request)
     project = await run_in_threadpool(
-        svc.projects.create, shape.form_text(form, "name"), description=shape.form_text(form, "description"),
+        svc.projects.create,
+        shape.form_text(form, "name"),
+        description=shape.form_text(form, "description"),
         classification=shape.form_text(form, "classification", "Multiclass"),
-        domain=shape.form_text(form, "domain", domains.GENERAL_COMPACT))
+        domain=shape.form_text(form, "domain", domains.GENERAL_COMPACT),
+    )
     sessions.current(request).flash("ok", f"Project {project.name} created. Add tags and images to train it.")
     return RedirectResponse(f"/projects/{project.id}/images", status_code=303)
 
@@ -46,8 +55,9 @@ def confirm_delete(request: Request, project_id: str) -> Response:
     svc = shape.service(request)
     project = svc.projects.get(project_id)
     iterations = svc.training.iterations(project_id)
-    return render(request, "project_delete.html", title=f"Delete {project.name}", project=project,
-                  iterations=len(iterations))
+    return render(
+        request, "project_delete.html", title=f"Delete {project.name}", project=project, iterations=len(iterations)
+    )
 
 
 @pages.post("/projects/{project_id}/delete")

@@ -35,17 +35,20 @@ log = logging.getLogger("tagvision.web")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
-                               "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-                               "form-action 'self'",
+    "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-CSRF_MESSAGE = ("This request was refused because it did not carry this page's security token (CSRF). "
-                "Reload the page and try again.")
-NO_COOKIE_MESSAGE = ("Your browser did not send the session cookie. Allow cookies for this site, "
-                     "reload the page and try again.")
+CSRF_MESSAGE = (
+    "This request was refused because it did not carry this page's security token (CSRF). "
+    "Reload the page and try again."
+)
+NO_COOKIE_MESSAGE = (
+    "Your browser did not send the session cookie. Allow cookies for this site, reload the page and try again."
+)
 INVALID_MESSAGE = "The address or form has a value the portal cannot read"
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -85,8 +88,13 @@ class PageRoute(APIRoute):
                 raise
             except Exception:
                 log.exception("portal: unexpected error on %s %s", request.method, request.url.path)
-                response = await self._failed(request, 500, "ErrorUnknown", "Something went wrong on the server "
-                                              "and the action did not complete. The server log has the details.")
+                response = await self._failed(
+                    request,
+                    500,
+                    "ErrorUnknown",
+                    "Something went wrong on the server "
+                    "and the action did not complete. The server log has the details.",
+                )
             sessions.save(request, response, sessions.current(request))  # login and logout replace it
             response.headers.update(HEADERS)
             return response

@@ -41,8 +41,10 @@ LIBRARY = ("library", "Library (a folder on the server)")
 DEFAULT_PER_TAG = 20
 MIN_SIDE = 224
 RECENT = 5
-LIBRARY_HINT = ("In the portal, choose “Library (a folder on the server)” as the provider and name a folder "
-                "under the server's library folders.")
+LIBRARY_HINT = (
+    "In the portal, choose “Library (a folder on the server)” as the provider and name a folder "
+    "under the server's library folders."
+)
 
 
 def library_roots() -> list[str]:
@@ -82,12 +84,18 @@ def web_url(value: Any) -> str:
 def candidate(request: Request, item: dict[str, Any], tag_names: dict[str, str]) -> Candidate:
     source = item.get("source") or {}
     return Candidate(
-        id=item["id"], tag=tag_names.get(item["tagId"], ""),
+        id=item["id"],
+        tag=tag_names.get(item["tagId"], ""),
         thumbnail=shape.link(request, "thumbnail", item["sha256"]) if item.get("sha256") else "",
-        title=str(source.get("title") or shape.image_name(source)), licence=str(source.get("licence") or ""),
-        licence_url=web_url(source.get("licenceUrl")), creator=str(source.get("creator") or ""),
-        creator_url=web_url(source.get("creatorUrl")), landing_page=web_url(source.get("landingPage")),
-        attribution=str(source.get("attribution") or ""), provider=str(source.get("provider") or ""))
+        title=str(source.get("title") or shape.image_name(source)),
+        licence=str(source.get("licence") or ""),
+        licence_url=web_url(source.get("licenceUrl")),
+        creator=str(source.get("creator") or ""),
+        creator_url=web_url(source.get("creatorUrl")),
+        landing_page=web_url(source.get("landingPage")),
+        attribution=str(source.get("attribution") or ""),
+        provider=str(source.get("provider") or ""),
+    )
 
 
 def candidate_html(cell: Candidate) -> str:
@@ -102,9 +110,18 @@ def tag_progress(view: AcquisitionView) -> list[dict[str, Any]]:
     out = []
     for t in rows:
         wanted, added = int(t.get("wanted", 0)), int(t.get("added", 0))
-        out.append({"tagId": t["tagId"], "tag": t["tag"], "wanted": wanted, "added": added, "done": bool(t.get("done")),
-                    "value": min(added, wanted) if wanted else 1, "max": wanted or 1,
-                    "text": tag_sentence(t, view.status, t["tagId"] == current)})
+        out.append(
+            {
+                "tagId": t["tagId"],
+                "tag": t["tag"],
+                "wanted": wanted,
+                "added": added,
+                "done": bool(t.get("done")),
+                "value": min(added, wanted) if wanted else 1,
+                "max": wanted or 1,
+                "text": tag_sentence(t, view.status, t["tagId"] == current),
+            }
+        )
     return out
 
 
@@ -117,8 +134,10 @@ def tag_sentence(t: dict[str, Any], status: str, current: bool) -> str:
         extras.append(f"{t['refused']} could not be used (broken link, too small or not a photo)")
     tail = f" ({'; '.join(extras)})" if extras else ""
     if wanted == 0 and t.get("hadBefore"):
-        return (f"{name}: already has {plural(int(t['hadBefore']), 'image')} from earlier searches, as many as "
-                "asked for; nothing more to find.")
+        return (
+            f"{name}: already has {plural(int(t['hadBefore']), 'image')} from earlier searches, as many as "
+            "asked for; nothing more to find."
+        )
     if t.get("done"):
         if added >= wanted:
             return f"{name}: done, {plural(added, 'candidate')} found{tail}."
@@ -150,10 +169,8 @@ def status_sentence(view: AcquisitionView, counts: dict[str, int]) -> str:
         return f"Reviewed: {plural(added, 'image')} added to the training images, {rejected} discarded."
     stopped = "Search stopped" if view.status == "Cancelled" else "Search finished"
     if not pending:
-        return (f"{stopped} without usable images. Try other tag names, more images per tag, "
-                "or another provider.")
-    return (f"{stopped}: {plural(pending, 'candidate')}. Untick the ones that do not fit their tag, "
-            "then add the rest.")
+        return f"{stopped} without usable images. Try other tag names, more images per tag, or another provider."
+    return f"{stopped}: {plural(pending, 'candidate')}. Untick the ones that do not fit their tag, then add the rest."
 
 
 def item_counts(items: list[dict[str, Any]]) -> dict[str, int]:
@@ -167,19 +184,27 @@ def state_json(request: Request, view: AcquisitionView, after: int = 0) -> dict[
     """Status, progress per tag, and the pending candidates among the items from index ``after`` on."""
     names = {t["id"]: t["name"] for t in view.request.get("tags", [])}
     fresh = [i for i in view.items[after:] if i["status"] == "Pending" and i.get("sha256")]
-    return {"status": view.status, "running": view.status == "Running", "message":
-            status_sentence(view, item_counts(view.items)), "tags": tag_progress(view), "seen": len(view.items),
-            "pending": sum(i["status"] == "Pending" for i in view.items),
-            "candidates": [{"id": i["id"], "tagId": i["tagId"],
-                            "html": candidate_html(candidate(request, i, names))} for i in fresh]}
+    return {
+        "status": view.status,
+        "running": view.status == "Running",
+        "message": status_sentence(view, item_counts(view.items)),
+        "tags": tag_progress(view),
+        "seen": len(view.items),
+        "pending": sum(i["status"] == "Pending" for i in view.items),
+        "candidates": [
+            {"id": i["id"], "tagId": i["tagId"], "html": candidate_html(candidate(request, i, names))} for i in fresh
+        ],
+    }
 
 
 def by_tag(request: Request, view: AcquisitionView) -> list[dict[str, Any]]:
     """The tags with their progress and their pending candidates, for the server-rendered page."""
     names = {t["id"]: t["name"] for t in view.request.get("tags", [])}
     pending = [i for i in view.items if i["status"] == "Pending" and i.get("sha256")]
-    return [{**row, "candidates": [candidate(request, i, names) for i in pending if i["tagId"] == row["tagId"]]}
-            for row in tag_progress(view)]
+    return [
+        {**row, "candidates": [candidate(request, i, names) for i in pending if i["tagId"] == row["tagId"]]}
+        for row in tag_progress(view)
+    ]
 
 
 def shown_acquisition(svc: Service, project_id: str, acquisition: str) -> AcquisitionView | None:
@@ -199,19 +224,39 @@ def shown_acquisition(svc: Service, project_id: str, acquisition: str) -> Acquis
 
 
 @pages.get("/projects/{project_id}/search")
-def search_page(request: Request, project_id: str, acquisition: str = "", tags: str = "", provider: str = "",
-                per_tag: str = "", library: str = "") -> Response:
+def search_page(
+    request: Request,
+    project_id: str,
+    acquisition: str = "",
+    tags: str = "",
+    provider: str = "",
+    per_tag: str = "",
+    library: str = "",
+) -> Response:
     svc = shape.service(request)
     context = shape.project_page(svc, project_id, "search")
     view = shown_acquisition(svc, project_id, acquisition)
     recent = [v for v in reversed(svc.acquisitions.list(project_id)) if not view or v.id != view.id][:RECENT]
     state = state_json(request, view) if view else None
-    return render(request, "search.html", **context, acquisition=view, state=state,
-                  groups=by_tag(request, view) if view else [], recent=recent, providers=providers(),
-                  library_roots=library_roots(), max_per_tag=MAX_PER_TAG,
-                  form={"tags": tags, "provider": provider or "openverse", "library": library,
-                        "per_tag": int(per_tag) if per_tag.isdigit() else DEFAULT_PER_TAG},
-                  tags=svc.projects.list_tags(project_id))
+    return render(
+        request,
+        "search.html",
+        **context,
+        acquisition=view,
+        state=state,
+        groups=by_tag(request, view) if view else [],
+        recent=recent,
+        providers=providers(),
+        library_roots=library_roots(),
+        max_per_tag=MAX_PER_TAG,
+        form={
+            "tags": tags,
+            "provider": provider or "openverse",
+            "library": library,
+            "per_tag": int(per_tag) if per_tag.isdigit() else DEFAULT_PER_TAG,
+        },
+        tags=svc.projects.list_tags(project_id),
+    )
 
 
 @pages.post("/projects/{project_id}/search")
@@ -221,8 +266,13 @@ async def start_search(request: Request, project_id: str) -> Response:
     text, provider = shape.form_text(form, "tags"), shape.form_text(form, "provider", "openverse")
     per_tag_text, library = shape.form_text(form, "per_tag", str(DEFAULT_PER_TAG)), shape.form_text(form, "library")
     back = f"/projects/{project_id}/search?" + urlencode(
-        {"tags": text, "provider": provider, "per_tag": per_tag_text if per_tag_text.isdigit() else DEFAULT_PER_TAG,
-         "library": library})
+        {
+            "tags": text,
+            "provider": provider,
+            "per_tag": per_tag_text if per_tag_text.isdigit() else DEFAULT_PER_TAG,
+            "library": library,
+        }
+    )
     try:
         names = [n.strip() for n in text.split(",") if n.strip()]
         if not names:
@@ -232,10 +282,19 @@ async def start_search(request: Request, project_id: str) -> Response:
         try:
             per_tag = int(per_tag_text)
         except ValueError:
-            raise InvalidInput(f"Images per tag is a whole number from 1 to {MAX_PER_TAG}.",
-                               code="BadRequestInvalid") from None
-        view = await run_in_threadpool(svc.jobs.acquire, project_id, names, per_tag=per_tag, providers=(provider,),
-                                       library=library.strip() or None, review=True, min_side=MIN_SIDE)
+            raise InvalidInput(
+                f"Images per tag is a whole number from 1 to {MAX_PER_TAG}.", code="BadRequestInvalid"
+            ) from None
+        view = await run_in_threadpool(
+            svc.jobs.acquire,
+            project_id,
+            names,
+            per_tag=per_tag,
+            providers=(provider,),
+            library=library.strip() or None,
+            review=True,
+            min_side=MIN_SIDE,
+        )
     except TagvisionError as exc:
         sessions.current(request).flash("error", exc.message)
         return RedirectResponse(back, status_code=303)
@@ -251,8 +310,12 @@ def state(request: Request, project_id: str, acquisition_id: str, after: int = 0
 @pages.post("/projects/{project_id}/search/{acquisition_id}/cancel")
 def cancel(request: Request, project_id: str, acquisition_id: str) -> Response:
     view = shape.service(request).acquisitions.cancel(project_id, acquisition_id)
-    sessions.current(request).flash("ok", "Search stopped. The candidates found so far are below." if
-                                    view.status == "Cancelled" else "The search had already finished.")
+    sessions.current(request).flash(
+        "ok",
+        "Search stopped. The candidates found so far are below."
+        if view.status == "Cancelled"
+        else "The search had already finished.",
+    )
     return RedirectResponse(f"/projects/{project_id}/search?acquisition={acquisition_id}", status_code=303)
 
 
@@ -263,8 +326,10 @@ async def add(request: Request, project_id: str, acquisition_id: str) -> Respons
     here = f"/projects/{project_id}/search?acquisition={acquisition_id}"
     view = svc.acquisitions.get(project_id, acquisition_id)
     if view.status == "Running":
-        raise InvalidInput("The search is still running: wait for it to finish, or stop it, then add the "
-                           "candidates.", code="BadRequest")
+        raise InvalidInput(
+            "The search is still running: wait for it to finish, or stop it, then add the candidates.",
+            code="BadRequest",
+        )
     discard = shape.form_text(form, "action") == "discard"
     chosen = [] if discard else shape.form_values(form, "item")
     if not chosen and not discard:
@@ -272,8 +337,9 @@ async def add(request: Request, project_id: str, acquisition_id: str) -> Respons
         return RedirectResponse(here, status_code=303)
     summary = await run_in_threadpool(svc.acquisitions.commit, project_id, acquisition_id, chosen)
     if discard:
-        sessions.current(request).flash("ok", "The candidates were discarded; later searches will not offer "
-                                              "them again.")
+        sessions.current(request).flash(
+            "ok", "The candidates were discarded; later searches will not offer them again."
+        )
         return RedirectResponse(f"/projects/{project_id}/search", status_code=303)
     added, duplicates = summary.count("OK"), summary.count("OKDuplicate")
     failed = len(summary.results) - added - duplicates

@@ -59,8 +59,12 @@ def load(request: Request) -> Session:
     if raw:
         try:
             data = _serializer(request).loads(raw, max_age=MAX_AGE)
-            return Session(csrf=str(data["c"]), logged_in=bool(data.get("a")),
-                           flashes=[(str(k), str(m)) for k, m in data.get("f", [])], from_cookie=True)
+            return Session(
+                csrf=str(data["c"]),
+                logged_in=bool(data.get("a")),
+                flashes=[(str(k), str(m)) for k, m in data.get("f", [])],
+                from_cookie=True,
+            )
         except (BadSignature, KeyError, TypeError, ValueError):
             pass
     return Session(changed=True)
@@ -71,8 +75,9 @@ def save(request: Request, response: Response, session: Session) -> None:
     if not session.changed:
         return
     value = _serializer(request).dumps({"c": session.csrf, "a": session.logged_in, "f": session.flashes})
-    response.set_cookie(COOKIE, value, max_age=MAX_AGE, path="/", httponly=True, samesite="lax",
-                        secure=request.url.scheme == "https")
+    response.set_cookie(
+        COOKIE, value, max_age=MAX_AGE, path="/", httponly=True, samesite="lax", secure=request.url.scheme == "https"
+    )
 
 
 def start(request: Request, *, logged_in: bool) -> Session:

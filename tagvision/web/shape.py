@@ -47,8 +47,13 @@ def classification_domains() -> list[domains.Domain]:
 def project_page(svc: Service, project_id: str, tab: str) -> dict[str, Any]:
     """What every project page shows in its header and tabs."""
     project = svc.projects.get(project_id)
-    return {"project": project, "tab": tab, "tabs": TABS, "domain": domain_name(project.domain),
-            "title": f"{dict((t, label) for t, label, _ in TABS)[tab]} · {project.name}"}
+    return {
+        "project": project,
+        "tab": tab,
+        "tabs": TABS,
+        "domain": domain_name(project.domain),
+        "title": f"{dict((t, label) for t, label, _ in TABS)[tab]} · {project.name}",
+    }
 
 
 def form_values(form: FormData, name: str) -> list[str]:
@@ -91,8 +96,16 @@ def image_name(source: dict[str, Any]) -> str:
 
 
 def thumbs(request: Request, views: list) -> list[Thumb]:
-    return [Thumb(v.id, link(request, "thumbnail", v.sha256), link(request, "image", v.sha256),
-                  image_name(v.source), [name for _, name, _ in v.tags]) for v in views]
+    return [
+        Thumb(
+            v.id,
+            link(request, "thumbnail", v.sha256),
+            link(request, "image", v.sha256),
+            image_name(v.source),
+            [name for _, name, _ in v.tags],
+        )
+        for v in views
+    ]
 
 
 def is_multilabel(project: ProjectView) -> bool:

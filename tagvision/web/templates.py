@@ -35,11 +35,16 @@ def plural(count: int, singular: str, plural_form: str | None = None) -> str:
 def hidden(context: Context) -> Markup:
     """The hidden fields every form carries: the CSRF token, and the page to come back to."""
     return Markup('<input type="hidden" name="csrf" value="{}"><input type="hidden" name="next" value="{}">').format(
-        context["csrf"], context["here"])
+        context["csrf"], context["here"]
+    )
 
 
-env = Environment(loader=PackageLoader("tagvision.web", "templates"), autoescape=select_autoescape(default=True),
-                  trim_blocks=True, lstrip_blocks=True)
+env = Environment(
+    loader=PackageLoader("tagvision.web", "templates"),
+    autoescape=select_autoescape(default=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 env.filters.update(percent=percent, when=when)
 env.globals.update(plural=plural, version=__version__, hidden=hidden)
 
@@ -47,8 +52,14 @@ env.globals.update(plural=plural, version=__version__, hidden=hidden)
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     """Render a page with the session's CSRF token and pending flash messages."""
     session = sessions.current(request)
-    page = env.get_template(name).render(request=request, csrf=session.csrf, logged_in=session.logged_in,
-                                         flashes=session.take_flashes(), here=_here(request), **context)
+    page = env.get_template(name).render(
+        request=request,
+        csrf=session.csrf,
+        logged_in=session.logged_in,
+        flashes=session.take_flashes(),
+        here=_here(request),
+        **context,
+    )
     return HTMLResponse(page, status_code=status_code)
 
 

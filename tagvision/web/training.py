@@ -37,12 +37,23 @@ def train_page(request: Request, project_id: str, iteration: str = "") -> Respon
     context = shape.project_page(svc, project_id, "train")
     iterations = svc.training.iterations(project_id)
     watched = next((i for i in iterations if i.id == iteration), None) or next(
-        (i for i in iterations if i.status == "Training"), None)
-    return render(request, "train.html", **context, iterations=list(reversed(iterations)), watched=watched,
-                  tags=svc.projects.list_tags(project_id), min_tags=training_service.MIN_TAGS,
-                  min_images=training_service.MIN_IMAGES_PER_TAG,
-                  min_budget=MIN_BUDGET_MINUTES, status=status_sentence(watched) if watched else "",
-                  bar=progress_bar(watched) if watched else None, kind=kind, **last_choice(iterations))
+        (i for i in iterations if i.status == "Training"), None
+    )
+    return render(
+        request,
+        "train.html",
+        **context,
+        iterations=list(reversed(iterations)),
+        watched=watched,
+        tags=svc.projects.list_tags(project_id),
+        min_tags=training_service.MIN_TAGS,
+        min_images=training_service.MIN_IMAGES_PER_TAG,
+        min_budget=MIN_BUDGET_MINUTES,
+        status=status_sentence(watched) if watched else "",
+        bar=progress_bar(watched) if watched else None,
+        kind=kind,
+        **last_choice(iterations),
+    )
 
 
 def last_choice(iterations: list[IterationView]) -> dict:
@@ -60,8 +71,9 @@ async def train(request: Request, project_id: str) -> Response:
     force = shape.form_text(form, "force") == "on"
     if shape.form_text(form, "type", "quick") == "advanced":
         budget = budget_minutes(shape.form_text(form, "budget_minutes", str(DEFAULT_BUDGET_MINUTES)))
-        view = await run_in_threadpool(svc.jobs.train, project_id, training_type="Advanced", budget_minutes=budget,
-                                       force=force)
+        view = await run_in_threadpool(
+            svc.jobs.train, project_id, training_type="Advanced", budget_minutes=budget, force=force
+        )
         sessions.current(request).flash("ok", f"{view.name} is training (advanced, within {minutes(budget * 60)}).")
     else:
         view = await run_in_threadpool(svc.jobs.train, project_id, force=force)
@@ -75,17 +87,26 @@ def budget_minutes(text: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < MIN_BUDGET_MINUTES:
-        raise InvalidInput(f"The time budget for advanced training is a number of minutes, at least "
-                           f"{MIN_BUDGET_MINUTES:g}.", code="BadRequestInvalid")
+        raise InvalidInput(
+            f"The time budget for advanced training is a number of minutes, at least {MIN_BUDGET_MINUTES:g}.",
+            code="BadRequestInvalid",
+        )
     return value
 
 
 @data.get("/projects/{project_id}/iterations/{iteration_id}/status")
 def iteration_status(request: Request, project_id: str, iteration_id: str) -> Response:
     view = shape.service(request).training.iteration(project_id, iteration_id)
-    return JSONResponse({"name": view.name, "status": view.status, "message": status_sentence(view),
-                         "trainingType": view.training_type, "progress": progress_bar(view),
-                         "stage": (view.progress or {}).get("stage", "")})
+    return JSONResponse(
+        {
+            "name": view.name,
+            "status": view.status,
+            "message": status_sentence(view),
+            "trainingType": view.training_type,
+            "progress": progress_bar(view),
+            "stage": (view.progress or {}).get("stage", ""),
+        }
+    )
 
 
 def minutes(seconds: float) -> str:
@@ -108,8 +129,9 @@ def kind(view: IterationView) -> str:
 
 def status_sentence(view: IterationView) -> str:
     if view.status == "Completed":
-        return (f"{view.name}: Completed in {view.training_seconds or 0:.1f} s on {view.image_count} images "
-                f"({kind(view)}).")
+        return (
+            f"{view.name}: Completed in {view.training_seconds or 0:.1f} s on {view.image_count} images ({kind(view)})."
+        )
     if view.status == "Failed":
         return f"{view.name}: Failed. {view.error or 'The server log has the reason.'}"
     if view.status != "Training":
@@ -125,7 +147,8 @@ def status_sentence(view: IterationView) -> str:
         clock += f" of {minutes(view.budget_seconds)}"
     left = time_left(view)
     return f"{view.name}: Training ({kind(view)})… {doing}, {clock} so far" + (
-        f", about {minutes(left)} left." if left is not None else ".")
+        f", about {minutes(left)} left." if left is not None else "."
+    )
 
 
 def time_left(view: IterationView) -> float | None:
@@ -175,22 +198,36 @@ def performance_page(request: Request, project_id: str, iteration: str = "", thr
     if not completed:
         return render(request, "performance.html", **context, selected=None, iterations=iterations)
     selected = next((i for i in completed if i.id == iteration), None) or svc.training.iteration(project_id)
-    compared = [Compared(i, svc.training.performance(project_id, i.id, threshold) if i.status == "Completed"
-                         else None) for i in reversed(iterations)]
+    compared = [
+        Compared(i, svc.training.performance(project_id, i.id, threshold) if i.status == "Completed" else None)
+        for i in reversed(iterations)
+    ]
     figures = next(c.performance for c in compared if c.iteration.id == selected.id)
     evaluation = svc.training.evaluation(project_id, selected.id)
     at_threshold = {t["id"]: (t["precision"], t["recall"]) for t in figures.to_json()["perTagPerformance"]}
     curves = charts.pr_curves(evaluation.probabilities, evaluation.labels, figures.tags, at_threshold)
     matrix = charts.confusion(evaluation.probabilities, evaluation.labels, figures.tags)
     wrong = misclassified(svc.training.image_performances(project_id, selected.id), selected, threshold)
-    return render(request, "performance.html", **context, iterations=iterations, selected=selected,
-                  compared=compared, figures=performance_json(figures), threshold=threshold, curves=curves,
-                  plot=charts.PR_PLOT, matrix=matrix, misclassified=shape.thumbs(request, [w.image for w in wrong][
-                      :MISCLASSIFIED_SHOWN]), wrong=wrong[:MISCLASSIFIED_SHOWN], wrong_count=len(wrong),
-                  exports=exports_json(request, svc, project_id, selected.id),
-                  default_publish_name=selected.publish_name or selected.name.replace(" ", ""),
-                  evaluated_on="the validation split" if selected.fine_tuned else "cross-validation",
-                  budget=minutes(selected.budget_seconds or 0))
+    return render(
+        request,
+        "performance.html",
+        **context,
+        iterations=iterations,
+        selected=selected,
+        compared=compared,
+        figures=performance_json(figures),
+        threshold=threshold,
+        curves=curves,
+        plot=charts.PR_PLOT,
+        matrix=matrix,
+        misclassified=shape.thumbs(request, [w.image for w in wrong][:MISCLASSIFIED_SHOWN]),
+        wrong=wrong[:MISCLASSIFIED_SHOWN],
+        wrong_count=len(wrong),
+        exports=exports_json(request, svc, project_id, selected.id),
+        default_publish_name=selected.publish_name or selected.name.replace(" ", ""),
+        evaluated_on="the validation split" if selected.fine_tuned else "cross-validation",
+        budget=minutes(selected.budget_seconds or 0),
+    )
 
 
 @data.get("/projects/{project_id}/iterations/{iteration_id}/performance")
@@ -206,12 +243,18 @@ def performance_json(figures: PerformanceView) -> dict:
     def shown(entry: dict) -> dict:
         return {**entry, "text": {k: percent(entry[k]) for k in ("precision", "recall", "averagePrecision")}}
 
-    return {**shown(body), "threshold": figures.threshold, "thresholdText": percent(figures.threshold, 0),
-            "imageCount": figures.image_count, "perTagPerformance": [shown(t) for t in body["perTagPerformance"]]}
+    return {
+        **shown(body),
+        "threshold": figures.threshold,
+        "thresholdText": percent(figures.threshold, 0),
+        "imageCount": figures.image_count,
+        "perTagPerformance": [shown(t) for t in body["perTagPerformance"]],
+    }
 
 
-def misclassified(images: list[ImagePerformanceView], iteration: IterationView,
-                  threshold: float) -> list[ImagePerformanceView]:
+def misclassified(
+    images: list[ImagePerformanceView], iteration: IterationView, threshold: float
+) -> list[ImagePerformanceView]:
     """Cross-validation mistakes: the top tag is not the image's (multiclass), or the tags at or above the
     threshold differ from the image's (multilabel). Most confident mistakes first."""
     wrong = []
@@ -234,8 +277,9 @@ async def publish(request: Request, project_id: str, iteration_id: str) -> Respo
     form = await request.form()
     svc = shape.service(request)
     view = await run_in_threadpool(svc.training.publish, project_id, iteration_id, shape.form_text(form, "name"))
-    sessions.current(request).flash("ok", f"{view.name} is published as {view.publish_name}. The Prediction URL "
-                                          "tab shows how to call it.")
+    sessions.current(request).flash(
+        "ok", f"{view.name} is published as {view.publish_name}. The Prediction URL tab shows how to call it."
+    )
     return RedirectResponse(_performance_url(project_id, iteration_id), status_code=303)
 
 
@@ -250,8 +294,12 @@ def unpublish(request: Request, project_id: str, iteration_id: str) -> Response:
 @pages.post("/projects/{project_id}/iterations/{iteration_id}/export")
 def export(request: Request, project_id: str, iteration_id: str) -> Response:
     view = shape.service(request).jobs.export(project_id, iteration_id, EXPORT_PLATFORM)
-    sessions.current(request).flash("ok", "The ONNX export is ready below." if view.status == "Done"
-                                    else "Exporting to ONNX; the download link appears below when it is ready.")
+    sessions.current(request).flash(
+        "ok",
+        "The ONNX export is ready below."
+        if view.status == "Done"
+        else "Exporting to ONNX; the download link appears below when it is ready.",
+    )
     return RedirectResponse(_performance_url(project_id, iteration_id) + "#export", status_code=303)
 
 
@@ -261,9 +309,15 @@ def export_status(request: Request, project_id: str, iteration_id: str) -> Respo
 
 
 def exports_json(request: Request, svc: Service, project_id: str, iteration_id: str) -> list[dict]:
-    return [{"platform": e.platform, "status": e.status, "error": e.error,
-             "url": shape.link(request, "export", e.id) if e.status == "Done" else ""}
-            for e in svc.exports.list(project_id, iteration_id)]
+    return [
+        {
+            "platform": e.platform,
+            "status": e.status,
+            "error": e.error,
+            "url": shape.link(request, "export", e.id) if e.status == "Done" else "",
+        }
+        for e in svc.exports.list(project_id, iteration_id)
+    ]
 
 
 def _performance_url(project_id: str, iteration_id: str) -> str:

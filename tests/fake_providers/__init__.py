@@ -51,8 +51,12 @@ class FakeServer:
         class _Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
-                request = Request("GET", parts.path, {k: v[-1] for k, v in parse_qs(parts.query).items()},
-                                  {k.lower(): v for k, v in self.headers.items()})
+                request = Request(
+                    "GET",
+                    parts.path,
+                    {k: v[-1] for k, v in parse_qs(parts.query).items()},
+                    {k.lower(): v for k, v in self.headers.items()},
+                )
                 with server._lock:
                     server.log.append(request)
                 status, headers, body = server._answer(request)
@@ -64,7 +68,7 @@ class FakeServer:
                 self.end_headers()
                 if drip:
                     for i in range(len(body)):
-                        self.wfile.write(body[i:i + 1])
+                        self.wfile.write(body[i : i + 1])
                         self.wfile.flush()
                         time.sleep(0.05)
                 else:

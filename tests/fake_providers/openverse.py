@@ -23,9 +23,16 @@ from tests.fake_providers import FakeServer, Request, json_response
 LICENCES = (("by", "2.0"), ("by-sa", "4.0"), ("cc0", "1.0"))
 
 
-def make_openverse(photos_by_tag: dict[str, list[Path]], *, rate_limit_nth: int | None = None,
-                   duplicate: bool = False, broken: bool = False, svg: bool = False,
-                   client_id: str | None = None, client_secret: str | None = None) -> FakeServer:
+def make_openverse(
+    photos_by_tag: dict[str, list[Path]],
+    *,
+    rate_limit_nth: int | None = None,
+    duplicate: bool = False,
+    broken: bool = False,
+    svg: bool = False,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+) -> FakeServer:
     """Photos of tag ``t`` answer the query ``t``. Knobs: the ``rate_limit_nth`` search answered 429
     (``Retry-After: 1``); the first result repeated at the top of page 2; the second photo's link broken;
     an SVG drawing second on page 1; client credentials that the token endpoint accepts."""
@@ -43,14 +50,22 @@ def make_openverse(photos_by_tag: dict[str, list[Path]], *, rate_limit_nth: int 
             results[tag.lower()].append(_result(fake, tag, n, image_id, path))
     if svg:
         for tag, items in results.items():
-            items.insert(1, {**items[0], "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"svg/{tag}")), "filetype": "svg",
-                             "url": f"{fake.url}/img/{tag}-drawing.svg"})
+            items.insert(
+                1,
+                {
+                    **items[0],
+                    "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"svg/{tag}")),
+                    "filetype": "svg",
+                    "url": f"{fake.url}/img/{tag}-drawing.svg",
+                },
+            )
 
     def images(request: Request):
         searches[0] += 1
         if searches[0] == rate_limit_nth:
-            return json_response({"detail": "Request was throttled. Expected available in 1 second."}, 429,
-                                 {"Retry-After": "1"})
+            return json_response(
+                {"detail": "Request was throttled. Expected available in 1 second."}, 429, {"Retry-After": "1"}
+            )
         authorization = request.headers.get("authorization")
         if authorization is not None and authorization.removeprefix("Bearer ") not in tokens:
             return json_response({"detail": "Authentication credentials were not provided."}, 401)
@@ -63,9 +78,16 @@ def make_openverse(photos_by_tag: dict[str, list[Path]], *, rate_limit_nth: int 
         page_count = min(math.ceil(len(items) / page_size), 20)
         if page > max(page_count, 1) or page > 20:
             return json_response({"detail": "Invalid page."}, 400)
-        return json_response({"result_count": len(items), "page_count": page_count, "page_size": page_size,
-                              "page": page, "results": items[(page - 1) * page_size:page * page_size],
-                              "warnings": []})
+        return json_response(
+            {
+                "result_count": len(items),
+                "page_count": page_count,
+                "page_size": page_size,
+                "page": page,
+                "results": items[(page - 1) * page_size : page * page_size],
+                "warnings": [],
+            }
+        )
 
     def token(request: Request):
         if request.method != "POST":
@@ -78,8 +100,9 @@ def make_openverse(photos_by_tag: dict[str, list[Path]], *, rate_limit_nth: int 
         if client_id is None or (form.get("client_id"), form.get("client_secret")) != (client_id, client_secret):
             return json_response({"error": "invalid_client"}, 401)
         tokens.add(issued := secrets.token_urlsafe(24))
-        return json_response({"access_token": issued, "expires_in": 36000, "token_type": "Bearer",
-                              "scope": "read write groups"})
+        return json_response(
+            {"access_token": issued, "expires_in": 36000, "token_type": "Bearer", "scope": "read write groups"}
+        )
 
     fake.routes["/v1/images/"] = images
     fake.routes["/v1/auth_tokens/token/"] = token
@@ -96,16 +119,32 @@ def _result(fake: FakeServer, tag: str, n: int, image_id: str, path: Path) -> di
     name = "CC0" if code == "cc0" else f"CC {code.upper()}"
     title, creator = f"{tag.title()} photo {n}", f"Photographer {n}"
     return {
-        "id": image_id, "title": title, "indexed_on": "2024-05-01T00:00:00Z",
-        "foreign_landing_url": f"{fake.url}/photos/{image_id}", "url": fake.image_url(image_id),
-        "creator": creator, "creator_url": f"{fake.url}/people/{n}", "license": code, "license_version": version,
-        "license_url": licence_url, "provider": "flickr", "source": "flickr", "category": "photograph",
-        "filesize": path.stat().st_size, "filetype": "jpg", "tags": [{"name": tag, "accuracy": None}],
+        "id": image_id,
+        "title": title,
+        "indexed_on": "2024-05-01T00:00:00Z",
+        "foreign_landing_url": f"{fake.url}/photos/{image_id}",
+        "url": fake.image_url(image_id),
+        "creator": creator,
+        "creator_url": f"{fake.url}/people/{n}",
+        "license": code,
+        "license_version": version,
+        "license_url": licence_url,
+        "provider": "flickr",
+        "source": "flickr",
+        "category": "photograph",
+        "filesize": path.stat().st_size,
+        "filetype": "jpg",
+        "tags": [{"name": tag, "accuracy": None}],
         "attribution": f'"{title}" by {creator} is licensed under {name} {version}. To view a copy of this '
-                       f"license, visit {licence_url}.",
-        "fields_matched": ["title"], "mature": False, "height": height, "width": width,
-        "thumbnail": f"{fake.url}/v1/images/{image_id}/thumb/", "detail_url": f"{fake.url}/v1/images/{image_id}/",
-        "related_url": f"{fake.url}/v1/images/{image_id}/related/", "unstable__sensitivity": [],
+        f"license, visit {licence_url}.",
+        "fields_matched": ["title"],
+        "mature": False,
+        "height": height,
+        "width": width,
+        "thumbnail": f"{fake.url}/v1/images/{image_id}/thumb/",
+        "detail_url": f"{fake.url}/v1/images/{image_id}/",
+        "related_url": f"{fake.url}/v1/images/{image_id}/related/",
+        "unstable__sensitivity": [],
     }
 
 
@@ -114,8 +153,12 @@ def _post_handler(fake: FakeServer):
 
     def do_post(handler: BaseHTTPRequestHandler) -> None:
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0)).decode()
-        request = Request("POST", urlsplit(handler.path).path, {k: v[-1] for k, v in parse_qs(body).items()},
-                          {k.lower(): v for k, v in handler.headers.items()})
+        request = Request(
+            "POST",
+            urlsplit(handler.path).path,
+            {k: v[-1] for k, v in parse_qs(body).items()},
+            {k.lower(): v for k, v in handler.headers.items()},
+        )
         with fake._lock:
             fake.log.append(request)
         route = fake.routes.get(request.path)

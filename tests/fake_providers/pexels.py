@@ -19,8 +19,15 @@ from tests.fake_providers import FakeServer, Request, json_response
 MAX_PAGE = 80
 
 
-def make_pexels(photos_by_tag: dict[str, list[Path]], key: str, *, rate_limit_at: int | None = None,
-                quota: int = 20_000, quota_reset: float | None = None, overlap: int = 0) -> FakeServer:
+def make_pexels(
+    photos_by_tag: dict[str, list[Path]],
+    key: str,
+    *,
+    rate_limit_at: int | None = None,
+    quota: int = 20_000,
+    quota_reset: float | None = None,
+    overlap: int = 0,
+) -> FakeServer:
     """``rate_limit_at``: the Nth search (1-based) is answered 429 with ``Retry-After: 1``.
     ``quota``: searches allowed until ``quota_reset`` (UNIX time; default in 30 days), when it refills.
     ``overlap``: each page repeats that many photos of the previous one (results that shift)."""
@@ -48,13 +55,20 @@ def make_pexels(photos_by_tag: dict[str, list[Path]], key: str, *, rate_limit_at
             if state["used"] >= quota:
                 return 429, {"Content-Type": "text/plain"}, b"Too Many Requests"
             state["used"] += 1
-            limits = {"X-Ratelimit-Limit": str(quota), "X-Ratelimit-Remaining": str(quota - state["used"]),
-                      "X-Ratelimit-Reset": str(state["reset"])}
+            limits = {
+                "X-Ratelimit-Limit": str(quota),
+                "X-Ratelimit-Remaining": str(quota - state["used"]),
+                "X-Ratelimit-Reset": str(state["reset"]),
+            }
         page, per_page = int(request.query.get("page", 1)), min(int(request.query.get("per_page", 15)), MAX_PAGE)
         found = by_tag.get(request.query.get("query", "").strip().lower(), [])
         start = (page - 1) * (per_page - overlap)
-        body: dict = {"page": page, "per_page": per_page, "photos": found[start:start + per_page],
-                      "total_results": len(found)}
+        body: dict = {
+            "page": page,
+            "per_page": per_page,
+            "photos": found[start : start + per_page],
+            "total_results": len(found),
+        }
         if start + per_page < len(found):
             body["next_page"] = f"https://api.pexels.com/v1/search/?page={page + 1}&per_page={per_page}&query=x"
         return json_response(body, headers=limits)
@@ -68,8 +82,23 @@ def _photo(server: FakeServer, photo_id: int, path: Path, tag: str) -> dict:
         width, height = img.size
     image = server.image_url(str(photo_id))
     maker = photo_id % 7
-    return {"id": photo_id, "width": width, "height": height, "url": f"https://www.pexels.com/photo/{tag}-{photo_id}/",
-            "photographer": f"Photographer {maker}", "photographer_url": f"https://www.pexels.com/@p{maker}",
-            "photographer_id": maker, "avg_color": "#978E82", "alt": f"A {tag}", "liked": False,
-            "src": {"original": image, "large2x": f"{image}?dpr=2&h=650&w=940", "large": f"{image}?h=650&w=940",
-                    "medium": f"{image}?h=350", "small": f"{image}?h=130", "tiny": f"{image}?h=200&w=280"}}
+    return {
+        "id": photo_id,
+        "width": width,
+        "height": height,
+        "url": f"https://www.pexels.com/photo/{tag}-{photo_id}/",
+        "photographer": f"Photographer {maker}",
+        "photographer_url": f"https://www.pexels.com/@p{maker}",
+        "photographer_id": maker,
+        "avg_color": "#978E82",
+        "alt": f"A {tag}",
+        "liked": False,
+        "src": {
+            "original": image,
+            "large2x": f"{image}?dpr=2&h=650&w=940",
+            "large": f"{image}?h=650&w=940",
+            "medium": f"{image}?h=350",
+            "small": f"{image}?h=130",
+            "tiny": f"{image}?h=200&w=280",
+        },
+    }

@@ -19,8 +19,16 @@ from PIL import Image
 from tests.fake_providers import FakeServer, Request, json_response
 
 
-def make_pixabay(photos_by_tag: dict[str, list[Path]], key: str, *, rate_limit_at: int | None = None,
-                 limit: int = 100, window: float = 60.0, echoing_404s: int = 0, overlap: int = 0) -> FakeServer:
+def make_pixabay(
+    photos_by_tag: dict[str, list[Path]],
+    key: str,
+    *,
+    rate_limit_at: int | None = None,
+    limit: int = 100,
+    window: float = 60.0,
+    echoing_404s: int = 0,
+    overlap: int = 0,
+) -> FakeServer:
     """``rate_limit_at``: the Nth search (1-based) is answered 429 with ``Retry-After: 1``.
     ``limit`` requests per ``window`` seconds. ``echoing_404s``: the first N searches answer 404
     with a page that echoes the request (key included), as some proxies do. ``overlap``: each
@@ -47,8 +55,11 @@ def make_pixabay(photos_by_tag: dict[str, list[Path]], key: str, *, rate_limit_a
                 state["start"], state["used"] = now, 0
             state["used"] += 1
             reset = math.ceil(state["start"] + window - now)
-            headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(max(0, limit - state["used"])),
-                       "X-RateLimit-Reset": str(reset)}
+            headers = {
+                "X-RateLimit-Limit": str(limit),
+                "X-RateLimit-Remaining": str(max(0, limit - state["used"])),
+                "X-RateLimit-Reset": str(reset),
+            }
             if state["used"] > limit or state["searches"] == rate_limit_at:
                 server.throttled += 1
                 return text(429, "[ERROR 429] Too many requests.", {"Retry-After": "1", **headers})
@@ -63,8 +74,9 @@ def make_pixabay(photos_by_tag: dict[str, list[Path]], key: str, *, rate_limit_a
         start = (page - 1) * (per_page - overlap)
         if page > 1 and start >= len(found):
             return text(400, '[ERROR 400] "page" is out of valid range.', headers)
-        return json_response({"total": len(found), "totalHits": len(found), "hits": found[start:start + per_page]},
-                             headers=headers)
+        return json_response(
+            {"total": len(found), "totalHits": len(found), "hits": found[start : start + per_page]}, headers=headers
+        )
 
     server.routes["/api/"] = search
     return server
@@ -75,8 +87,22 @@ def _hit(server: FakeServer, photo_id: int, path: Path, tag: str) -> dict:
         width, height = img.size
     image = server.image_url(str(photo_id))
     user, user_id = f"Maker{photo_id % 4}", 100 + photo_id % 4
-    return {"id": photo_id, "pageURL": f"https://pixabay.com/photos/{tag}-{photo_id}/", "type": "photo",
-            "tags": f"{tag}, clothing, fashion", "previewURL": f"{image}?s=150", "webformatURL": f"{image}?s=640",
-            "largeImageURL": f"{image}?s=1280", "imageWidth": width, "imageHeight": height,
-            "imageSize": path.stat().st_size, "views": 100, "downloads": 10, "likes": 1, "comments": 0,
-            "user_id": user_id, "user": user, "userImageURL": ""}
+    return {
+        "id": photo_id,
+        "pageURL": f"https://pixabay.com/photos/{tag}-{photo_id}/",
+        "type": "photo",
+        "tags": f"{tag}, clothing, fashion",
+        "previewURL": f"{image}?s=150",
+        "webformatURL": f"{image}?s=640",
+        "largeImageURL": f"{image}?s=1280",
+        "imageWidth": width,
+        "imageHeight": height,
+        "imageSize": path.stat().st_size,
+        "views": 100,
+        "downloads": 10,
+        "likes": 1,
+        "comments": 0,
+        "user_id": user_id,
+        "user": user,
+        "userImageURL": "",
+    }

@@ -21,8 +21,14 @@ MAX_PAGE = 30
 UNAUTHORIZED = {"errors": ["OAuth error: The access token is invalid"]}
 
 
-def make_unsplash(photos_by_tag: dict[str, list[Path]], key: str, *, rate_limit_at: int | None = None,
-                  hourly: int = 50, overlap: int = 0) -> FakeServer:
+def make_unsplash(
+    photos_by_tag: dict[str, list[Path]],
+    key: str,
+    *,
+    rate_limit_at: int | None = None,
+    hourly: int = 50,
+    overlap: int = 0,
+) -> FakeServer:
     """``rate_limit_at``: the Nth search (1-based) is answered 429 with ``Retry-After: 1``.
     ``hourly``: requests allowed (demo apps get 50). ``overlap``: each page repeats that many
     photos of the previous one (results that shift)."""
@@ -60,8 +66,14 @@ def make_unsplash(photos_by_tag: dict[str, list[Path]], key: str, *, rate_limit_
         page, per_page = int(request.query.get("page", 1)), min(int(request.query.get("per_page", 10)), MAX_PAGE)
         found = by_tag.get(request.query.get("query", "").strip().lower(), [])
         start = (page - 1) * (per_page - overlap)
-        return json_response({"total": len(found), "total_pages": math.ceil(len(found) / per_page),
-                              "results": found[start:start + per_page]}, headers=headers)
+        return json_response(
+            {
+                "total": len(found),
+                "total_pages": math.ceil(len(found) / per_page),
+                "results": found[start : start + per_page],
+            },
+            headers=headers,
+        )
 
     def download(request: Request):
         refused, headers = limited(request, False)
@@ -83,13 +95,30 @@ def _photo(server: FakeServer, n: int, photo_id: str, path: Path, tag: str) -> d
         width, height = img.size
     image = server.image_url(photo_id)
     user = f"user{n % 5}"
-    return {"id": photo_id, "width": width, "height": height, "color": "#60544D",
-            "description": f"A {tag} on a plain background" if n % 2 else None,
-            "alt_description": f"a {tag}",
-            "urls": {"raw": image, "full": f"{image}?q=85", "regular": f"{image}?w=1080&fit=max",
-                     "small": f"{image}?w=400", "thumb": f"{image}?w=200"},
-            "links": {"self": f"{server.url}/photos/{photo_id}", "html": f"https://unsplash.com/photos/{photo_id}",
-                      "download": f"https://unsplash.com/photos/{photo_id}/download",
-                      "download_location": f"{server.url}/photos/{photo_id}/download?ixid=M3w1"},
-            "user": {"id": user, "username": user, "name": f"Photographer {user}",
-                     "links": {"html": f"https://unsplash.com/@{user}"}}}
+    return {
+        "id": photo_id,
+        "width": width,
+        "height": height,
+        "color": "#60544D",
+        "description": f"A {tag} on a plain background" if n % 2 else None,
+        "alt_description": f"a {tag}",
+        "urls": {
+            "raw": image,
+            "full": f"{image}?q=85",
+            "regular": f"{image}?w=1080&fit=max",
+            "small": f"{image}?w=400",
+            "thumb": f"{image}?w=200",
+        },
+        "links": {
+            "self": f"{server.url}/photos/{photo_id}",
+            "html": f"https://unsplash.com/photos/{photo_id}",
+            "download": f"https://unsplash.com/photos/{photo_id}/download",
+            "download_location": f"{server.url}/photos/{photo_id}/download?ixid=M3w1",
+        },
+        "user": {
+            "id": user,
+            "username": user,
+            "name": f"Photographer {user}",
+            "links": {"html": f"https://unsplash.com/@{user}"},
+        },
+    }

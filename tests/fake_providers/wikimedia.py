@@ -17,12 +17,22 @@ from PIL import Image
 
 from tests.fake_providers import FakeServer, Request, json_response
 
-LICENCES = (("CC BY-SA 4.0", "https://creativecommons.org/licenses/by-sa/4.0"),
-            ("CC BY 2.0", "https://creativecommons.org/licenses/by/2.0"), ("Public domain", None))
+LICENCES = (
+    ("CC BY-SA 4.0", "https://creativecommons.org/licenses/by-sa/4.0"),
+    ("CC BY 2.0", "https://creativecommons.org/licenses/by/2.0"),
+    ("Public domain", None),
+)
 
 
-def make_wikimedia(photos_by_tag: dict[str, list[Path]], *, rate_limit_nth: int | None = None,
-                   duplicate: bool = False, broken: bool = False, svg: bool = False, lagged: int = 0) -> FakeServer:
+def make_wikimedia(
+    photos_by_tag: dict[str, list[Path]],
+    *,
+    rate_limit_nth: int | None = None,
+    duplicate: bool = False,
+    broken: bool = False,
+    svg: bool = False,
+    lagged: int = 0,
+) -> FakeServer:
     """Photos of tag ``t`` answer ``gsrsearch=t filetype:bitmap``. Knobs: the ``rate_limit_nth`` request
     answered 429 (``Retry-After: 1``); the first result repeated at the top of the second batch; the second
     photo's link broken; an SVG drawing second in the first batch; the first ``lagged`` requests answered
@@ -55,11 +65,27 @@ def make_wikimedia(photos_by_tag: dict[str, list[Path]], *, rate_limit_nth: int 
             return 403, {"Content-Type": "text/plain"}, b"Please set a user-agent and respect our robot policy."
         q = request.query
         if calls[0] <= lagged and q.get("maxlag"):
-            return json_response({"error": {"code": "maxlag", "info": "Waiting for 10.64.0.7: 6 seconds lagged.",
-                                            "host": "10.64.0.7", "lag": 6, "type": "db"}}, 200,
-                                 {"Retry-After": "5", "X-Database-Lag": "6", "MediaWiki-API-Error": "maxlag"})
-        expected = {"action": "query", "format": "json", "formatversion": "2", "generator": "search",
-                    "gsrnamespace": "6", "prop": "imageinfo"}
+            return json_response(
+                {
+                    "error": {
+                        "code": "maxlag",
+                        "info": "Waiting for 10.64.0.7: 6 seconds lagged.",
+                        "host": "10.64.0.7",
+                        "lag": 6,
+                        "type": "db",
+                    }
+                },
+                200,
+                {"Retry-After": "5", "X-Database-Lag": "6", "MediaWiki-API-Error": "maxlag"},
+            )
+        expected = {
+            "action": "query",
+            "format": "json",
+            "formatversion": "2",
+            "generator": "search",
+            "gsrnamespace": "6",
+            "prop": "imageinfo",
+        }
         if any(q.get(k) != v for k, v in expected.items()) or "extmetadata" not in q.get("iiprop", "").split("|"):
             return json_response({"error": {"code": "badvalue", "info": f"Unexpected parameters: {q}"}})
         terms = q.get("gsrsearch", "").split()
@@ -71,7 +97,7 @@ def make_wikimedia(photos_by_tag: dict[str, list[Path]], *, rate_limit_nth: int 
             items.insert(limit, items[0])
         keep = set(q.get("iiextmetadatafilter", "").split("|")) - {""}
         batch = []
-        for rank, page in enumerate(items[offset:offset + limit], start=offset + 1):
+        for rank, page in enumerate(items[offset : offset + limit], start=offset + 1):
             info = dict(page["imageinfo"][0])
             info["extmetadata"] = {k: v for k, v in info["extmetadata"].items() if not keep or k in keep}
             batch.append({**page, "index": rank, "imageinfo": [info]})
@@ -96,8 +122,10 @@ def _page(fake: FakeServer, tag: str, n: int, pageid: int, image_id: str, path: 
     meta = {
         "DateTime": {"value": "2021-06-01 10:00:00", "source": "mediawiki-metadata", "hidden": ""},
         "ObjectName": {"value": title, "source": "mediawiki-metadata", "hidden": ""},
-        "Artist": {"value": f'<a href="{host}/wiki/User:Photographer_{n}" title="User:Photographer {n}">{name}</a>',
-                   "source": "commons-desc-page"},
+        "Artist": {
+            "value": f'<a href="{host}/wiki/User:Photographer_{n}" title="User:Photographer {n}">{name}</a>',
+            "source": "commons-desc-page",
+        },
         "LicenseShortName": {"value": licence, "source": "commons-desc-page", "hidden": ""},
         "UsageTerms": {"value": licence, "source": "commons-desc-page", "hidden": ""},
         "AttributionRequired": {"value": "false" if licence_url is None else "true", "source": "commons-desc-page"},
@@ -109,9 +137,23 @@ def _page(fake: FakeServer, tag: str, n: int, pageid: int, image_id: str, path: 
         meta["Attribution"] = {"value": f"Photo: <b>{name}</b> for the {tag} collection", "source": "commons-desc-page"}
     file_title = f"File:{title}.jpg"
     page_url = f"{fake.url}/wiki/{file_title.replace(' ', '_')}"
-    return {"pageid": pageid, "ns": 6, "title": file_title, "imageinfo": [{
-        "size": path.stat().st_size, "width": width, "height": height,
-        "thumburl": fake.image_url(image_id), "thumbwidth": min(width, 1024),
-        "thumbheight": height if width <= 1024 else round(height * 1024 / width),
-        "url": f"{fake.url}/originals/{image_id}.jpg", "descriptionurl": page_url,
-        "descriptionshorturl": f"{fake.url}/w/index.php?curid={pageid}", "mime": "image/jpeg", "extmetadata": meta}]}
+    return {
+        "pageid": pageid,
+        "ns": 6,
+        "title": file_title,
+        "imageinfo": [
+            {
+                "size": path.stat().st_size,
+                "width": width,
+                "height": height,
+                "thumburl": fake.image_url(image_id),
+                "thumbwidth": min(width, 1024),
+                "thumbheight": height if width <= 1024 else round(height * 1024 / width),
+                "url": f"{fake.url}/originals/{image_id}.jpg",
+                "descriptionurl": page_url,
+                "descriptionshorturl": f"{fake.url}/w/index.php?curid={pageid}",
+                "mime": "image/jpeg",
+                "extmetadata": meta,
+            }
+        ],
+    }
