@@ -115,7 +115,8 @@ def peer(
     """A plain full fine-tune as a practitioner writes it; returns test top-1 and what it did."""
     import torch
 
-    from tagvision.finetune import Recipe, _random_view
+    from tagvision.finetune import Recipe
+    from tagvision.finetune.data import random_view
 
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -136,7 +137,7 @@ def peer(
     steps_per_epoch = math.ceil(n / batch)
 
     def step(idx: np.ndarray) -> None:
-        x = torch.from_numpy(np.stack([_random_view(small[i], spec, rng, augment) for i in idx]))
+        x = torch.from_numpy(np.stack([random_view(small[i], spec, rng, augment) for i in idx]))
         loss = torch.nn.functional.cross_entropy(model(x), y[idx])
         opt.zero_grad()
         loss.backward()
@@ -232,7 +233,7 @@ def main() -> None:
         for minutes, seed in [(m, s) for m in budgets for s in args.seeds]:
             result, elapsed = advanced(spec, train, classes, minutes * 60, seed)
             accuracy = served_accuracy(result, test)
-            d = result.details
+            d = result.report.to_json()
             scores = ", ".join(f"{c['name']}={100 * c['validation']['primary']:.1f}" for c in d["candidates"])
             tuning = d.get("fineTuning", {})
             notes = f"{d['chosen']}; validation ({d['split']['validation']} images) {scores}"

@@ -185,6 +185,16 @@ def spec_of(path: Path) -> BackboneSpec | None:
 
 def preprocess(img: Image.Image, spec: BackboneSpec) -> np.ndarray:
     """RGB image -> float32 array (3, S, S): shorter side to ``resize``, centre crop, scale."""
+    return normalise(centre_crop(img, spec)).transpose(2, 0, 1)
+
+
+def normalise(pixels: np.ndarray) -> np.ndarray:
+    """0..255 pixels (any shape) -> the networks' input scale, ``(x - 127) / 128`` float32."""
+    return (np.asarray(pixels, dtype=np.float32) - 127.0) / 128.0
+
+
+def centre_crop(img: Image.Image, spec: BackboneSpec) -> np.ndarray:
+    """RGB image -> its centre crop as the server sees it: (S, S, 3) uint8, shorter side resized to ``resize``."""
     w, h = img.size
     scale = spec.resize / min(w, h)
     nw, nh = max(spec.image_size, round(w * scale)), max(spec.image_size, round(h * scale))
@@ -192,8 +202,7 @@ def preprocess(img: Image.Image, spec: BackboneSpec) -> np.ndarray:
     # Resize straight into the crop box: Pillow computes only the pixels that are kept.
     box = (left / scale, top / scale, (left + spec.image_size) / scale, (top + spec.image_size) / scale)
     crop = img.resize((spec.image_size, spec.image_size), Image.Resampling.BICUBIC, box=box)
-    arr = np.asarray(crop, dtype=np.float32)
-    return ((arr - 127.0) / 128.0).transpose(2, 0, 1)
+    return np.asarray(crop, dtype=np.uint8)
 
 
 def preprocess_bytes(data: bytes, spec: BackboneSpec) -> np.ndarray:

@@ -364,36 +364,33 @@ def performance(
         "precision",
         "recall",
         "AP",
-        title=f"{iteration_view.name}: {_measured_on(iteration_view.metrics_from, p.folds)}, threshold {threshold:.0%}",
+        title=f"{iteration_view.name}, threshold {threshold:.0%}",
+        caption=f"Measured on {view.measured_on.sentence() if view.measured_on else 'cross-validation'}.",
     )
+    spread = view.measured_on is None or view.measured_on.has_spread
     for t in p.per_tag:
         table.add_row(
             view.tags[t.index][1],
             str(t.support),
-            _pct(t.precision, t.precision_std),
-            _pct(t.recall, t.recall_std),
-            _pct(t.average_precision, t.average_precision_std),
+            _pct(t.precision, t.precision_std, spread),
+            _pct(t.recall, t.recall_std, spread),
+            _pct(t.average_precision, t.average_precision_std, spread),
         )
     table.add_section()
     table.add_row(
         "overall",
         str(view.image_count),
-        _pct(p.precision, p.precision_std),
-        _pct(p.recall, p.recall_std),
-        _pct(p.average_precision, p.average_precision_std),
+        _pct(p.precision, p.precision_std, spread),
+        _pct(p.recall, p.recall_std, spread),
+        _pct(p.average_precision, p.average_precision_std, spread),
         style="bold",
     )
     out.print(table)
 
 
-def _measured_on(metrics_from: str | None, folds: int) -> str:
-    if metrics_from is None or "cross-validation" in metrics_from:
-        return f"{folds}-fold cross-validation"
-    return metrics_from
-
-
-def _pct(value: float, std: float) -> str:
-    return f"{value:6.1%} ± {std:.1%}"
+def _pct(value: float, std: float, spread: bool = True) -> str:
+    """A figure, with its standard deviation across folds where there are folds to differ."""
+    return f"{value:6.1%} ± {std:.1%}" if spread else f"{value:6.1%}"
 
 
 @app.command("predict")

@@ -30,18 +30,85 @@ fold id. This module does no I/O: numpy and scikit-learn only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
+    "MeasuredOn",
+    "Method",
     "Performance",
     "TagPerformance",
+    "average_precision",
     "confusion_matrix",
     "evaluate",
     "precision_recall_curve",
     "stratified_folds",
 ]
+
+
+class Method(StrEnum):
+    """How an iteration's figures were measured."""
+
+    CROSS_VALIDATION = "cross-validation"
+    VALIDATION_SPLIT = "validation split"
+
+
+@dataclass(frozen=True)
+class MeasuredOn:
+    """What an iteration's figures were computed on, said the same way on every surface (API, CLI, portal).
+
+    ``images`` were scored out of ``training_images``: all of them, each by the fold model that did not
+    see it (cross-validation, ``folds`` of them), or a held-out split the model was not trained on
+    (advanced training). ``retrained`` says the served model was trained again on every image after
+    the split was scored, so it is not the model the figures describe.
+    """
+
+    method: Method
+    images: int
+    training_images: int
+    folds: int = 1
+    retrained: bool = False
+
+    @property
+    def has_spread(self) -> bool:
+        """Whether standard deviations across folds mean anything (one split has none)."""
+        return self.method is Method.CROSS_VALIDATION and self.folds > 1
+
+    def sentence(self) -> str:
+        """The user's words, e.g. for a performance page's header."""
+        if self.method is Method.CROSS_VALIDATION:
+            return (
+                f"{self.folds}-fold cross-validation on the {self.training_images} training images: "
+                "each image was scored by a model trained without it"
+            )
+        told = (
+            f"{self.images} of the {self.training_images} training images, set aside before training: "
+            "the model never learned from them"
+        )
+        if self.retrained:
+            told += "; the model in use was then trained once more on all the images, so it may do a little better"
+        return told
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method.value,
+            "images": self.images,
+            "trainingImages": self.training_images,
+            "folds": self.folds,
+            "retrained": self.retrained,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MeasuredOn:
+        return cls(
+            Method(data["method"]),
+            int(data["images"]),
+            int(data["trainingImages"]),
+            int(data.get("folds", 1)),
+            bool(data.get("retrained", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -301,11 +368,11 @@ def _counts(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> 
         true_pos=(predicted & labels).sum(axis=0),
         predicted=predicted.sum(axis=0),
         positives=labels.sum(axis=0),
-        average_precision=_average_precision(probabilities, labels),
+        average_precision=average_precision(probabilities, labels),
     )
 
 
-def _average_precision(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def average_precision(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Average precision of each column, (n, T) -> (T,); NaN for a column with no positive.
 
     Equal to ``sklearn.metrics.average_precision_score`` column by column, vectorised

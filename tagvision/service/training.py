@@ -214,13 +214,18 @@ class Training:
         evaluation = Evaluation(model.oof_proba_, snapshot.labels, model.folds_, np.array(snapshot.image_ids))
         progress("fitting", 1, 1)
         folds = int(model.folds_.max()) + 1
+        n = len(snapshot.image_ids)
+        measured_on = metrics.MeasuredOn(metrics.Method.CROSS_VALIDATION, n, n, folds)
         details = {
             "head": "shrinkage-lda",
             "shrinkage": model.shrinkage_,
             "folds": folds,
-            "metricsFrom": f"{folds}-fold cross-validation on the training images",
+            **_measured_json(measured_on),
             "embeddingsComputed": computed,
-            "seconds": {"embedding": round(embedded - started, 3), "fitting": round(time.perf_counter() - embedded, 3)},
+            "seconds": {
+                "embedding": round(embedded - started, 3),
+                "fitting": round(time.perf_counter() - embedded, 3),
+            },
         }
         return self._finish(iteration_id, snapshot, started, model.head_, evaluation, None, details)
 
@@ -241,19 +246,9 @@ class Training:
             progress=lambda stage, done, total, eta: progress(stage, done, total, eta=eta),
             backbones=backbone.no_larger_than(spec),
         )
-        probabilities, labels, rows = result.evaluation
-        evaluation = Evaluation(
-            np.asarray(probabilities),
-            np.asarray(labels, dtype=bool),
-            np.zeros(len(rows), dtype=np.int64),
-            np.array(snapshot.image_ids)[np.asarray(rows)],
-        )
-        details = {
-            "advanced": result.details,
-            "metricsFrom": result.details.get(
-                "metricsFrom", "a held-out validation split of the training images (not cross-validation)"
-            ),
-        }
+        ev = result.evaluation
+        evaluation = Evaluation(ev.probabilities, ev.labels, ev.folds, np.array(snapshot.image_ids)[ev.rows])
+        details = {"advanced": result.report.to_json(), **_measured_json(result.measured_on)}
         return result.head, evaluation, result.backbone_onnx, details
 
     def _finish(
@@ -428,7 +423,7 @@ class Training:
             iteration.last_modified = utcnow()
 
     def performance(self, ref: str, iteration_ref: str | None = None, threshold: float = 0.5) -> PerformanceView:
-        """Cross-validated precision, recall and AP of an iteration at ``threshold``."""
+        """Precision, recall and AP of an iteration at ``threshold``, on images its models did not learn from."""
         if not 0.0 <= threshold <= 1.0:
             raise TrainingError(f"The threshold must be between 0 and 1, not {threshold}.", code="BadRequest")
         with self.ctx.db.session() as session:
@@ -438,10 +433,11 @@ class Training:
                     f"{iteration.name} is {iteration.status}; it has no performance figures.",
                     code="BadRequestIterationIsNotTrained",
                 )
-            key, tags, iteration_id = iteration.evaluation_blob, iteration.details["tags"], iteration.id
+            key, details, iteration_id = iteration.evaluation_blob, iteration.details, iteration.id
         evaluation = Evaluation.from_bytes(self.ctx.blobs.get(key))
         result = metrics.evaluate(evaluation.probabilities, evaluation.labels, evaluation.folds, threshold)
-        return PerformanceView(iteration_id, threshold, result, [tuple(t) for t in tags], len(evaluation.labels))
+        tags = [tuple(t) for t in details["tags"]]
+        return PerformanceView(iteration_id, threshold, result, tags, len(evaluation.labels), measured_on(details))
 
     def image_performances(
         self,
@@ -511,7 +507,18 @@ def iteration_view(iteration: Iteration) -> IterationView:
         details.get("budgetSeconds"),
         iteration.backbone_blob is not None,
         _served_backbone(iteration),
+        measured_on(details),
     )
+
+
+def _measured_json(measured_on: metrics.MeasuredOn) -> dict:
+    """How an iteration's details record what its figures were computed on (the sentence for older readers)."""
+    return {"measuredOn": measured_on.to_json(), "metricsFrom": measured_on.sentence()}
+
+
+def measured_on(details: dict) -> metrics.MeasuredOn | None:
+    """What an iteration's figures were computed on; None for iterations trained before this was recorded."""
+    return metrics.MeasuredOn.from_json(details["measuredOn"]) if "measuredOn" in details else None
 
 
 def _served_backbone(iteration: Iteration) -> str:

@@ -183,6 +183,7 @@ class IterationView:
     budget_seconds: float | None = None  # advanced training's time budget
     fine_tuned: bool = False  # served by its own fine-tuned backbone (advanced training that beat the quick head)
     backbone: str = ""  # the network serving it (e.g. efficientnet-lite0): the domain's, or the one fine-tuned
+    measured_on: metrics.MeasuredOn | None = None  # None for iterations trained before it was recorded
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -209,6 +210,7 @@ class IterationView:
             "imageCount": self.image_count,
             "progress": self.progress,
             "metricsFrom": self.metrics_from,
+            "measuredOn": self.measured_on.to_json() if self.measured_on else None,
             "budgetSeconds": self.budget_seconds,
             "fineTuned": self.fine_tuned,
             "backbone": self.backbone,
@@ -224,6 +226,7 @@ class PerformanceView:
     performance: metrics.Performance
     tags: list[tuple[str, str]]  # (tag id, tag name), column order
     image_count: int
+    measured_on: metrics.MeasuredOn | None = None
 
     def to_json(self) -> dict[str, Any]:
         p = self.performance
@@ -246,6 +249,7 @@ class PerformanceView:
             "recall": p.recall,
             "recallStdDeviation": p.recall_std,
             "averagePrecision": p.average_precision,
+            "measuredOn": self.measured_on.to_json() if self.measured_on else None,
         }
 
 

@@ -116,9 +116,10 @@ def minutes(seconds: float) -> str:
     return f"{value:.1f} min".replace(".0 min", " min")
 
 
-def elapsed(view: IterationView) -> float:
+def elapsed(view: IterationView, now: datetime | None = None) -> float:
+    """Seconds since the iteration was created, at ``now`` (the current time unless given)."""
     created = view.created if view.created.tzinfo else view.created.replace(tzinfo=UTC)
-    return max(0.0, (datetime.now(UTC) - created).total_seconds())
+    return max(0.0, ((now or datetime.now(UTC)) - created).total_seconds())
 
 
 def kind(view: IterationView) -> str:
@@ -127,7 +128,7 @@ def kind(view: IterationView) -> str:
     return "quick"
 
 
-def status_sentence(view: IterationView) -> str:
+def status_sentence(view: IterationView, now: datetime | None = None) -> str:
     if view.status == "Completed":
         return (
             f"{view.name}: Completed in {view.training_seconds or 0:.1f} s on {view.image_count} images ({kind(view)})."
@@ -142,32 +143,32 @@ def status_sentence(view: IterationView) -> str:
         doing = str(step["stage"])
         if step.get("total"):
             doing += f" {step.get('done', 0)} of {step['total']}"
-    clock = f"{elapsed(view):.0f} s"
+    clock = f"{elapsed(view, now):.0f} s"
     if view.training_type == "Advanced" and view.budget_seconds:
         clock += f" of {minutes(view.budget_seconds)}"
-    left = time_left(view)
+    left = time_left(view, now)
     return f"{view.name}: Training ({kind(view)})… {doing}, {clock} so far" + (
         f", about {minutes(left)} left." if left is not None else "."
     )
 
 
-def time_left(view: IterationView) -> float | None:
+def time_left(view: IterationView, now: datetime | None = None) -> float | None:
     """Seconds the training estimated it had left (advanced training reports it), less the time since."""
     step = view.progress or {}
     if step.get("etaSeconds") is None:
         return None
-    since = elapsed(view) - float(step.get("elapsedSeconds") or 0.0)
+    since = elapsed(view, now) - float(step.get("elapsedSeconds") or 0.0)
     return max(0.0, float(step["etaSeconds"]) - max(0.0, since))
 
 
-def progress_bar(view: IterationView) -> dict | None:
+def progress_bar(view: IterationView, now: datetime | None = None) -> dict | None:
     """What the progress bar shows while training: for advanced training, whose schedule follows the clock,
     the time used against the time used plus the estimated time left (the budget until there is an estimate);
     else the current stage's steps; None while it cannot tell (an indeterminate bar)."""
     if view.status != "Training":
         return None
     if view.training_type == "Advanced" and view.budget_seconds:
-        used, left = elapsed(view), time_left(view)
+        used, left = elapsed(view, now), time_left(view, now)
         if left is not None:
             return {"value": round(used, 1), "max": round(used + left, 1)}
         return {"value": round(min(used, view.budget_seconds), 1), "max": view.budget_seconds}
