@@ -12,6 +12,7 @@ from tagvision import backbone, export
 from tagvision.errors import InvalidInput, NotFound, TrainingError
 from tagvision.learn import LinearHead
 from tagvision.service.context import Context, get_iteration, get_project
+from tagvision.service.details import IterationDetails
 from tagvision.service.views import ExportView
 from tagvision.store.models import Export, Image, Iteration, utcnow
 
@@ -75,9 +76,10 @@ class Exports:
                 )
             head_key, domain, iteration_id = iteration.head_blob, iteration.domain, iteration.id
             backbone_key = iteration.backbone_blob
-            labels = [name for _, name in iteration.details["tags"]]
+            details = IterationDetails.from_json(iteration.details)
+            labels = [name for _, name in details.tags]
             name = f"{project.name}-{iteration.name}".replace(" ", "-")
-            calibration_ids = list(iteration.details.get("imageIds", []))[:CALIBRATION_IMAGES]
+            calibration_ids = details.image_ids[:CALIBRATION_IMAGES]
             hashes = list(session.scalars(select(Image.sha256).where(Image.id.in_(calibration_ids))))
         spec = self.ctx.spec(domain, backbone_key)
         head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))

@@ -13,6 +13,7 @@ from sqlalchemy import delete, func, select
 from tagvision import fetch, images
 from tagvision.errors import ImageError, InvalidInput, NotFound, TagvisionError
 from tagvision.service.context import Context, Progress, get_iteration, get_project, get_tag, no_progress
+from tagvision.service.details import IterationDetails
 from tagvision.service.views import ImageCreateResult, ImageCreateSummary, ImageTagCreateSummary, ImageView
 from tagvision.store import queries
 from tagvision.store.models import Image, ImageTag, utcnow
@@ -212,7 +213,7 @@ class Images:
             query = query.where(Image.tags.any())
         if iteration is not None:
             trained = get_iteration(session, project, iteration)
-            query = query.where(Image.id.in_(trained.details.get("imageIds", [])))
+            query = query.where(Image.id.in_(IterationDetails.from_json(trained.details).image_ids))
         return query
 
     def by_ids(self, ref: str, image_ids: list[str]) -> list[ImageView]:

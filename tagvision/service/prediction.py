@@ -17,6 +17,7 @@ from tagvision import backbone, fetch, images
 from tagvision.errors import InvalidInput, NotFound, TagvisionError, TrainingError
 from tagvision.learn import LinearHead
 from tagvision.service.context import Context, get_iteration, get_project
+from tagvision.service.details import IterationDetails
 from tagvision.service.images import Images, NewImage, image_view
 from tagvision.service.training import Training
 from tagvision.service.views import (
@@ -112,7 +113,7 @@ class Prediction:
                     code="BadRequestIterationIsNotTrained",
                 )
             iteration_id, domain, tuned = iteration.id, iteration.domain, iteration.backbone_blob
-            head_key, tags = iteration.head_blob, [tuple(t) for t in iteration.details["tags"]]
+            head_key, tags = iteration.head_blob, IterationDetails.from_json(iteration.details).tags
             project_id, types = project.id, {t.id: t.type for t in project.tags}
         with self._lock:  # the server predicts from many threads
             cached = self._models.get(iteration_id)

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from tagvision import domains
 from tagvision.errors import Conflict, InvalidInput, NotFound
 from tagvision.service.context import Context, get_iteration, get_project, get_tag
+from tagvision.service.details import IterationDetails
 from tagvision.service.views import CLASSIFICATION_TYPES, TAG_TYPES, ProjectView, TagView
 from tagvision.store import queries
 from tagvision.store.models import Project, Tag, utcnow
@@ -219,9 +220,9 @@ def _description(value: str, what: str) -> str:
 
 def _trained_tags(iteration) -> list[tuple[str, str, int]]:
     """(tag id, name, image count) of the tags an iteration was trained on."""
-    details = iteration.details or {}
-    counts = details.get("tagImageCounts") or [0] * len(details.get("tags", []))
-    return [(tag_id, name, n) for (tag_id, name), n in zip(details.get("tags", []), counts, strict=True)]
+    details = IterationDetails.from_json(iteration.details)
+    counts = details.tag_image_counts or [0] * len(details.tags)
+    return [(tag_id, name, n) for (tag_id, name), n in zip(details.tags, counts, strict=True)]
 
 
 def _project_view(session, project: Project) -> ProjectView:

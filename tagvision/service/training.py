@@ -15,6 +15,7 @@ from tagvision import backbone, domains, learn, metrics
 from tagvision.errors import Conflict, InvalidInput, StorageError, TrainingError
 from tagvision.service import images as images_service
 from tagvision.service.context import Context, Progress, get_iteration, get_project, get_tag, no_progress
+from tagvision.service.details import IterationDetails
 from tagvision.service.views import ImagePerformanceView, IterationView, PerformanceView, TagProbability
 from tagvision.store import queries
 from tagvision.store.models import Embedding, Image, Iteration, Project, utcnow
@@ -134,7 +135,7 @@ class Training:
                 and newest.domain == project.domain
                 and newest.classification_type == project.classification_type
                 and newest.training_type == training_type
-                and newest.details.get("fingerprint") == snapshot.fingerprint
+                and IterationDetails.from_json(newest.details).fingerprint == snapshot.fingerprint
             ):
                 raise TrainingError(
                     "Nothing changed since the last iteration; add or re-tag images first (or force the training).",
@@ -147,11 +148,9 @@ class Training:
                 domain=project.domain,
                 reserved_budget_hours=reserved_budget_hours,
                 training_type=training_type,
-                details={
-                    "fingerprint": snapshot.fingerprint,
-                    "selectedTags": selected,
-                    **({"budgetSeconds": budget_seconds} if training_type == "Advanced" else {}),
-                },
+                details=IterationDetails(
+                    snapshot.fingerprint, selected, budget_seconds if training_type == "Advanced" else None
+                ).to_json(),
             )
             session.add(iteration)
             session.flush()
@@ -193,10 +192,11 @@ class Training:
                     f"{iteration.name} is {iteration.status}, not waiting to train.",
                     code="BadRequestIterationValidationFailed",
                 )
-            snapshot = _training_set(session, project, iteration.details.get("selectedTags"))
+            details = IterationDetails.from_json(iteration.details)
+            snapshot = _training_set(session, project, details.selected_tags)
             domain, multilabel = iteration.domain, iteration.classification_type == "Multilabel"
             advanced = iteration.training_type == "Advanced"
-            budget = float(iteration.details.get("budgetSeconds") or 0)
+            budget = details.budget_seconds or 0.0
         _check_trainable(snapshot)
         if advanced:
             return self._finish(
@@ -216,22 +216,21 @@ class Training:
         folds = int(model.folds_.max()) + 1
         n = len(snapshot.image_ids)
         measured_on = metrics.MeasuredOn(metrics.Method.CROSS_VALIDATION, n, n, folds)
-        details = {
+        extra = {
             "head": "shrinkage-lda",
             "shrinkage": model.shrinkage_,
             "folds": folds,
-            **_measured_json(measured_on),
             "embeddingsComputed": computed,
             "seconds": {
                 "embedding": round(embedded - started, 3),
                 "fitting": round(time.perf_counter() - embedded, 3),
             },
         }
-        return self._finish(iteration_id, snapshot, started, model.head_, evaluation, None, details)
+        return self._finish(iteration_id, snapshot, started, model.head_, evaluation, None, measured_on, extra)
 
     def _fine_tune(
         self, domain: str, snapshot: TrainingSet, multilabel: bool, budget: float, progress: Progress
-    ) -> tuple[learn.LinearHead, Evaluation, bytes | None, dict]:
+    ) -> tuple[learn.LinearHead, Evaluation, bytes | None, metrics.MeasuredOn, dict]:
         """Advanced training: fine-tune the backbone within ``budget`` seconds (tagvision.finetune)."""
         from tagvision import finetune
 
@@ -248,8 +247,7 @@ class Training:
         )
         ev = result.evaluation
         evaluation = Evaluation(ev.probabilities, ev.labels, ev.folds, np.array(snapshot.image_ids)[ev.rows])
-        details = {"advanced": result.report.to_json(), **_measured_json(result.measured_on)}
-        return result.head, evaluation, result.backbone_onnx, details
+        return result.head, evaluation, result.backbone_onnx, result.measured_on, {"advanced": result.report.to_json()}
 
     def _finish(
         self,
@@ -259,7 +257,8 @@ class Training:
         head: learn.LinearHead,
         evaluation: Evaluation,
         tuned_backbone: bytes | None,
-        details: dict,
+        measured_on: metrics.MeasuredOn,
+        extra: dict,
     ) -> IterationView:
         """Store the frozen artifacts (blobs before the row) and mark the iteration Completed."""
         head_key = self.ctx.blobs.put(head.to_bytes())
@@ -270,14 +269,11 @@ class Training:
             assert iteration is not None
             iteration.head_blob, iteration.evaluation_blob = head_key, evaluation_key
             iteration.backbone_blob = backbone_key
-            iteration.details = {
-                **{k: v for k, v in iteration.details.items() if k != "progress"},
-                "tags": [list(t) for t in snapshot.tags],
-                "tagImageCounts": [int(c) for c in snapshot.labels.sum(axis=0)],
-                "imageCount": len(snapshot.image_ids),
-                "imageIds": snapshot.image_ids,
-                **details,
-            }
+            details = IterationDetails.from_json(iteration.details)
+            details.progress, details.tags, details.image_ids = None, list(snapshot.tags), list(snapshot.image_ids)
+            details.tag_image_counts = [int(c) for c in snapshot.labels.sum(axis=0)]
+            details.measured_on, details.extra = measured_on, {**details.extra, **extra}
+            iteration.details = details.to_json()
             iteration.status, iteration.trained_at = "Completed", utcnow()
             iteration.last_modified = iteration.trained_at
             iteration.training_seconds = time.perf_counter() - started
@@ -306,7 +302,9 @@ class Training:
                     }
                     if eta is not None:
                         step["etaSeconds"] = round(eta, 1)
-                    iteration.details = {**iteration.details, "progress": step}
+                    details = IterationDetails.from_json(iteration.details)
+                    details.progress = step
+                    iteration.details = details.to_json()
 
         return record
 
@@ -433,11 +431,16 @@ class Training:
                     f"{iteration.name} is {iteration.status}; it has no performance figures.",
                     code="BadRequestIterationIsNotTrained",
                 )
-            key, details, iteration_id = iteration.evaluation_blob, iteration.details, iteration.id
+            key, details, iteration_id = (
+                iteration.evaluation_blob,
+                IterationDetails.from_json(iteration.details),
+                iteration.id,
+            )
         evaluation = Evaluation.from_bytes(self.ctx.blobs.get(key))
         result = metrics.evaluate(evaluation.probabilities, evaluation.labels, evaluation.folds, threshold)
-        tags = [tuple(t) for t in details["tags"]]
-        return PerformanceView(iteration_id, threshold, result, tags, len(evaluation.labels), measured_on(details))
+        return PerformanceView(
+            iteration_id, threshold, result, details.tags, len(evaluation.labels), details.measured_on
+        )
 
     def image_performances(
         self,
@@ -454,7 +457,7 @@ class Training:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             iteration = get_iteration(session, project, iteration_ref)
-            tags = [tuple(t) for t in iteration.details["tags"]]
+            tags = IterationDetails.from_json(iteration.details).tags
             wanted = {get_tag(session, project, t).id for t in tag_ids or []}
             row_of = {str(image_id): k for k, image_id in enumerate(evaluation.image_ids)}
             names = {t.id: t.name for t in project.tags}
@@ -483,7 +486,7 @@ class Training:
 
 
 def iteration_view(iteration: Iteration) -> IterationView:
-    details = iteration.details or {}
+    details = IterationDetails.from_json(iteration.details)
     return IterationView(
         iteration.id,
         iteration.name,
@@ -497,36 +500,25 @@ def iteration_view(iteration: Iteration) -> IterationView:
         iteration.trained_at,
         iteration.error,
         iteration.training_seconds,
-        details.get("imageCount", 0),
-        len(details.get("tags", [])),
+        details.image_count,
+        len(details.tags),
         iteration.reserved_budget_hours,
         iteration.publish_name,
         iteration.publish_resource_id,
-        details.get("progress") if iteration.status == "Training" else None,
-        details.get("metricsFrom"),
-        details.get("budgetSeconds"),
+        details.progress if iteration.status == "Training" else None,
+        details.describe_measurement(),
+        details.budget_seconds,
         iteration.backbone_blob is not None,
-        _served_backbone(iteration),
-        measured_on(details),
+        _served_backbone(iteration, details),
+        details.measured_on,
     )
 
 
-def _measured_json(measured_on: metrics.MeasuredOn) -> dict:
-    """How an iteration's details record what its figures were computed on (the sentence for older readers)."""
-    return {"measuredOn": measured_on.to_json(), "metricsFrom": measured_on.sentence()}
-
-
-def measured_on(details: dict) -> metrics.MeasuredOn | None:
-    """What an iteration's figures were computed on; None for iterations trained before this was recorded."""
-    return metrics.MeasuredOn.from_json(details["measuredOn"]) if "measuredOn" in details else None
-
-
-def _served_backbone(iteration: Iteration) -> str:
+def _served_backbone(iteration: Iteration, details: IterationDetails) -> str:
     """The network serving an iteration: the one fine-tuned (which may be smaller than the domain's), else the
     domain's."""
-    tuned = (iteration.details or {}).get("advanced", {}).get("fineTunedBackbone")
-    if iteration.backbone_blob is not None and tuned:
-        return tuned
+    if iteration.backbone_blob is not None and details.fine_tuned_backbone:
+        return details.fine_tuned_backbone
     return backbone.spec_for(domains.backbone_for(iteration.domain)).model_name
 
 
