@@ -15,6 +15,7 @@ pair as augmentation and prediction averages the two (test-time flip).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import os
@@ -326,16 +327,21 @@ class Embedder:
 
 
 def _ordered_map(fn, items: Iterable, workers: int, lookahead: int) -> Iterator:
-    """``map(fn, items)`` on a thread pool, in order, holding at most ``lookahead`` in flight."""
+    """``map(fn, items)`` on a thread pool, in order, holding at most ``lookahead`` in flight. Each call runs in
+    a copy of the caller's context (so a request's decode :func:`images.patience` applies to it)."""
+
+    def submit(pool: ThreadPoolExecutor, item):
+        return pool.submit(contextvars.copy_context().run, fn, item)
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         window: queue.Queue = queue.Queue()
         iterator = iter(items)
         for item in iterator:
-            window.put(pool.submit(fn, item))
+            window.put(submit(pool, item))
             if window.qsize() >= lookahead:
                 break
         while not window.empty():
             yield window.get().result()
             for item in iterator:
-                window.put(pool.submit(fn, item))
+                window.put(submit(pool, item))
                 break

@@ -57,6 +57,17 @@ class TrainingError(TagvisionError):
     code = "BadRequestTrainingValidationFailed"
 
 
+class Busy(TagvisionError):
+    """The server is at a limit it keeps (memory for decoding, concurrent fetches): try again later."""
+
+    code = "TooManyRequests"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: int = 2, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 class StorageError(TagvisionError):
     """The store could not complete a write; nothing was half-written."""
 

@@ -275,11 +275,11 @@ def test_16_bit_grey_png_is_scaled_not_clipped() -> None:
 
 @pytest.mark.parametrize("mode", ["I;16", "I;16B", "I"])
 def test_16_bit_modes_scale_by_256(mode: str) -> None:
-    # PNG only decodes to I;16, so the other 16-bit modes are checked on the converter.
+    # PNG only decodes to I;16, so the other 16-bit modes are checked on the converters.
     img = Image.new(mode, (3, 1))
     img.putdata([65535, 32768, 511])
 
-    rgb = images._to_rgb(img)
+    rgb = images._to_rgb(images._reducible(img))
 
     assert [rgb.getpixel((x, 0)) for x in range(3)] == [(255,) * 3, (128,) * 3, (1,) * 3]
 
@@ -587,10 +587,12 @@ def test_draft_accounts_for_exif_rotation() -> None:
     assert validate(data).width == 1500
 
 
-def test_min_side_is_ignored_for_formats_without_draft() -> None:
+def test_formats_without_draft_are_box_reduced_to_keep_min_side() -> None:
     data = encode(Image.new("RGB", (2000, 1500), GREEN), "PNG")
 
-    assert open_rgb(data, min_side=256).size == (2000, 1500)
+    assert open_rgb(data, min_side=256).size == (400, 300)  # 1500 // 256 = 5
+    assert open_rgb(data, min_side=751).size == (2000, 1500)
+    assert open_rgb(data).size == (2000, 1500)
 
 
 def test_min_side_must_be_positive(big_jpeg: bytes) -> None:
