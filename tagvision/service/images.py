@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 
 from tagvision import fetch, images
-from tagvision.errors import ImageError, InvalidInput, NotFound, TagvisionError
+from tagvision.errors import ImageError, InvalidInput, NotFound, StorageError, TagvisionError
 from tagvision.service.context import Context, Progress, get_iteration, get_project, get_tag, no_progress
 from tagvision.service.details import IterationDetails
 from tagvision.service.views import ImageCreateResult, ImageCreateSummary, ImageTagCreateSummary, ImageView
@@ -20,6 +20,13 @@ from tagvision.store.models import Image, ImageTag, utcnow
 
 BATCH = 32  # images per transaction: a crash loses at most the batch in flight
 URL_FETCHERS = 8  # concurrent downloads for images added by URL
+RACE_RETRIES = 3  # a batch is stored again when concurrent uploads of the same images got there first
+
+
+class Retry(Exception):
+    """A batch lost a race for a unique row: run it again."""
+
+
 MAX_TAGS_PER_IMAGE = 100
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 10, 128, 256
 
@@ -101,11 +108,26 @@ class Images:
     def _store_batch(
         self, project_id: str, checked: list[_Checked | ImageCreateResult], seen: dict[str, str]
     ) -> list[ImageCreateResult]:
+        """Rows for a batch of checked images. When a concurrent request stores one of the same images first, the
+        transaction is refused on the unique (project, sha256) and run again: that image is then a duplicate."""
         fresh = [c for c in checked if isinstance(c, _Checked)]
         for c in fresh:
             self.ctx.blobs.put(c.data)  # blob before row
+        for _ in range(RACE_RETRIES):
+            known = dict(seen)
+            try:
+                out = self._insert_batch(project_id, checked, fresh, known)
+            except Retry:
+                continue
+            seen.update(known)
+            return out
+        raise StorageError("The images could not be stored while other uploads kept changing the project.")
+
+    def _insert_batch(
+        self, project_id: str, checked: list[_Checked | ImageCreateResult], fresh: list[_Checked], seen: dict[str, str]
+    ) -> list[ImageCreateResult]:
         out: list[ImageCreateResult] = []
-        with self.ctx.db.session() as session:
+        with self.ctx.db.session(not_unique=Retry()) as session:
             seen.update(queries.existing_hashes(session, project_id, [c.facts.sha256 for c in fresh]))
             for c in checked:
                 if isinstance(c, ImageCreateResult):

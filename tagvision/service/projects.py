@@ -52,9 +52,10 @@ class Projects:
         name = clean_name(name, "project")
         kind = classification_type(classification)
         domain_id = domains.resolve(domain).id
-        with self.ctx.db.session() as session:
+        taken = Conflict(f"A project named {name!r} already exists.", code="BadRequestProjectNameNotUnique")
+        with self.ctx.db.session(not_unique=taken) as session:
             if session.scalar(select(Project.id).where(Project.name == name)):
-                raise Conflict(f"A project named {name!r} already exists.", code="BadRequestProjectNameNotUnique")
+                raise taken
             project = Project(
                 name=name, classification_type=kind, domain=domain_id, description=_description(description, "Project")
             )
@@ -80,13 +81,14 @@ class Projects:
         classification: str | None = None,
     ) -> ProjectView:
         """Rename, describe, or change the domain or classification type (the next training uses them)."""
-        with self.ctx.db.session() as session:
+        name = clean_name(name, "project") if name is not None else None
+        taken = Conflict(f"A project named {name!r} already exists.", code="BadRequestProjectNameNotUnique")
+        with self.ctx.db.session(not_unique=taken) as session:
             project = get_project(session, ref)
             if name is not None:
-                name = clean_name(name, "project")
                 clash = session.scalar(select(Project.id).where(Project.name == name, Project.id != project.id))
                 if clash:
-                    raise Conflict(f"A project named {name!r} already exists.", code="BadRequestProjectNameNotUnique")
+                    raise taken
                 project.name = name
             if description is not None:
                 project.description = _description(description, "Project")
@@ -125,7 +127,8 @@ class Projects:
             raise InvalidInput("Name at least one tag.", code="BadRequestTagName")
         kind = tag_type(type_)
         description = _description(description, "Tag")
-        with self.ctx.db.session() as session:
+        taken = Conflict("Another request created a tag of that name first.", code="BadRequestTagNameNotUnique")
+        with self.ctx.db.session(not_unique=taken) as session:
             project = get_project(session, ref)
             if kind == "Negative" and (len(cleaned) > 1 or any(t.type == "Negative" for t in project.tags)):
                 raise InvalidInput("A project has at most one Negative tag.", code="BadRequestMultipleNegativeTag")
@@ -173,7 +176,8 @@ class Projects:
         description: str | None = None,
         type_: str | None = None,
     ) -> TagView:
-        with self.ctx.db.session() as session:
+        taken = Conflict("Another request gave a tag that name first.", code="BadRequestTagNameNotUnique")
+        with self.ctx.db.session(not_unique=taken) as session:
             project = get_project(session, ref)
             tag = get_tag(session, project, tag_ref)
             if name is not None:

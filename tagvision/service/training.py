@@ -18,7 +18,7 @@ from tagvision.service.context import Context, Progress, get_iteration, get_proj
 from tagvision.service.details import IterationDetails
 from tagvision.service.views import ImagePerformanceView, IterationView, PerformanceView, TagProbability
 from tagvision.store import queries
-from tagvision.store.models import Embedding, Image, Iteration, Project, utcnow
+from tagvision.store.models import Image, Iteration, Project, utcnow
 
 MAX_ITERATIONS = 20  # as Custom Vision; delete old iterations to train more
 DEFAULT_BUDGET_MINUTES = 5  # advanced training without a budget
@@ -113,7 +113,10 @@ class Training:
                 f"Advanced training needs a budget of at least {MIN_BUDGET_SECONDS} seconds.",
                 code="BadRequestReservedBudgetInHoursNotEnoughForAdvancedTraining",
             )
-        with self.ctx.db.session() as session:
+        busy = TrainingError(
+            "Another training of this project started first.", code="BadRequestTrainingAlreadyInProgress"
+        )
+        with self.ctx.db.session(not_unique=busy) as session:
             project = get_project(session, ref)
             if any(i.status == "Training" for i in project.iterations):
                 raise TrainingError(
@@ -321,23 +324,23 @@ class Training:
             return 0
         embedder = self.ctx.embedder(domain, tuned)
         done = 0
-        pending: list[Embedding] = []
+        pending: list[dict] = []
         progress("embedding images", 0, len(missing))
         for result in embedder.embed([lambda h=h: self.ctx.blobs.get(h) for h in missing]):
             if result.error is not None:
                 raise TrainingError(f"Image {missing[result.index]} can no longer be decoded: {result.error.message}")
             pending.append(
-                Embedding(
-                    sha256=missing[result.index],
-                    backbone=key,
-                    plain=result.plain.astype("<f4").tobytes(),
-                    flipped=result.flipped.astype("<f4").tobytes(),
-                )
+                {
+                    "sha256": missing[result.index],
+                    "backbone": key,
+                    "plain": result.plain.astype("<f4").tobytes(),
+                    "flipped": result.flipped.astype("<f4").tobytes(),
+                }
             )
             done += 1
             if len(pending) == EMBED_COMMIT or done == len(missing):
-                with self.ctx.db.session() as session:
-                    session.add_all(pending)
+                with self.ctx.db.session() as session:  # a concurrent job may have cached some: theirs stay
+                    queries.add_embeddings(session, pending)
                 pending = []
                 progress("embedding images", done, len(missing))
         return done
@@ -371,7 +374,8 @@ class Training:
         name = name.strip()
         if not name or len(name) > 255:
             raise InvalidInput("An iteration name is 1 to 255 characters.", code="BadRequestIterationName")
-        with self.ctx.db.session() as session:
+        taken = Conflict(f"Another iteration is named {name!r}.", code="BadRequestIterationNameNotUnique")
+        with self.ctx.db.session(not_unique=taken) as session:
             project = get_project(session, ref)
             iteration = get_iteration(session, project, iteration_ref)
             if any(i.name == name and i.id != iteration.id for i in project.iterations):
@@ -389,7 +393,11 @@ class Training:
             raise InvalidInput(
                 "A publish name is 1 to 255 characters, without '/'.", code="BadRequestInvalidPublishName"
             )
-        with self.ctx.db.session() as session:
+        taken = Conflict(
+            f"Another iteration was published as {publish_name!r} at the same moment.",
+            code="BadRequestInvalidPublishName",
+        )
+        with self.ctx.db.session(not_unique=taken) as session:
             project = get_project(session, ref)
             iteration = get_iteration(session, project, iteration_ref)
             if iteration.status != "Completed":

@@ -14,6 +14,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -39,6 +40,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def is_unique_violation(exc: IntegrityError) -> bool:
+    """Whether a unique constraint (not a foreign key or a NOT NULL) refused the write, on SQLite or PostgreSQL."""
+    if getattr(exc.orig, "sqlstate", None) == "23505":  # psycopg's unique_violation
+        return True
+    return str(exc.orig).startswith("UNIQUE constraint failed")
+
+
 def migrate(engine: Engine) -> None:
     """Upgrade the schema to the newest revision (creates it on an empty database)."""
     config = Config()
@@ -57,10 +65,16 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A transaction: committed when the block ends, rolled back if it raises."""
-        with self._sessions.begin() as session:
-            yield session
+    def session(self, *, not_unique: Exception | None = None) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back if it raises. With ``not_unique``, a write
+        that another transaction made impossible by taking a unique name or key first raises that instead."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except IntegrityError as exc:
+            if not_unique is None or not is_unique_violation(exc):
+                raise
+            raise not_unique from exc
 
     def close(self) -> None:
         self.engine.dispose()

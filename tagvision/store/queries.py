@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from sqlalchemy import func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from tagvision.store.models import Embedding, Image, ImageTag, Iteration, Project, Tag
@@ -88,6 +89,15 @@ def cached_embedding_hashes(session: Session, backbone: str, hashes: list[str]) 
             session.scalars(select(Embedding.sha256).where(Embedding.backbone == backbone, Embedding.sha256.in_(chunk)))
         )
     return found
+
+
+def add_embeddings(session: Session, rows: list[dict]) -> None:
+    """Cache embeddings (``sha256``, ``backbone``, ``plain``, ``flipped``), skipping any another writer cached first."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
+    session.execute(insert(Embedding).values(rows).on_conflict_do_nothing())
 
 
 def load_embeddings(session: Session, backbone: str, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
