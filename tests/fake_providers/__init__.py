@@ -4,11 +4,13 @@ Each provider module builds a :class:`FakeServer` and adds the routes of that pr
 documented search API. The server also serves the photos themselves under ``/img/<id>.jpg``
 with knobs for the faults a downloader meets: per-image latency, broken links (404), a slow
 drip, redirects, rate-limit answers (429 with ``Retry-After``) and exact duplicates.
+:func:`unresolvable` stands in for a resolver that cannot find a provider's host.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
 
 Handler = Callable[["Request"], tuple[int, dict[str, str], bytes]]
 
@@ -119,3 +123,20 @@ class FakeServer:
 
     def __exit__(self, *_exc) -> None:
         self.close()
+
+
+def unresolvable(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make every ``.invalid`` host fail to resolve at once, as glibc's resolver says it; the names looked up
+    are appended to the list returned. Real DNS on a test machine may be slow, absent or answer otherwise."""
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name.endswith(".invalid"):
+            asked.append(name)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
