@@ -16,7 +16,8 @@ cloud metadata service (``http://169.254.169.254/``) and hand back what it finds
   certificate verification), so DNS rebinding between check and connect is moot;
 * follows at most ``max_redirects`` redirects itself, checking every hop again;
 * streams the body and stops at ``max_bytes``, under one deadline for the whole
-  download (a slow drip cannot hold a worker for long).
+  download (a slow drip cannot hold a worker for long), kept on an injectable
+  :class:`~tagvision.clock.Clock`.
 
 The operator can allow non-public addresses (an intranet image server, tests) by
 setting the environment variable ``TAGVISION_ALLOW_PRIVATE_URLS=1``.
@@ -36,11 +37,11 @@ import ipaddress
 import os
 import re
 import socket
-import time
 from dataclasses import dataclass
 
 import httpx
 
+from tagvision.clock import SYSTEM, Clock
 from tagvision.errors import ImageError, InvalidInput
 
 ALLOW_PRIVATE_ENV = "TAGVISION_ALLOW_PRIVATE_URLS"
@@ -71,6 +72,22 @@ class _Hop:
     addresses: tuple[IPAddress, ...]
 
 
+@dataclass(frozen=True)
+class _Deadline:
+    """The one deadline of a whole download (every hop, every chunk), on ``clock``."""
+
+    clock: Clock
+    timeout: float
+    at: float
+
+    def left(self) -> float:
+        """Seconds left; raises the time-out error once none are."""
+        remaining = self.at - self.clock.monotonic()
+        if remaining <= 0:
+            raise _timed_out(self.timeout)
+        return remaining
+
+
 def private_urls_allowed() -> bool:
     """Whether the operator allowed non-public addresses (read on every call)."""
     return os.environ.get(ALLOW_PRIVATE_ENV) == "1"
@@ -85,18 +102,19 @@ def fetch(
     allow_private: bool | None = None,
     client: httpx.Client | None = None,
     user_agent: str = "tagvision/0.1 (+https://github.com/tagvision)",
+    clock: Clock = SYSTEM,
 ) -> Fetched:
     """Download ``url`` within ``timeout`` seconds in all; raise :class:`InvalidInput` or :class:`ImageError`."""
     if allow_private is None:
         allow_private = private_urls_allowed()
-    deadline = time.monotonic() + timeout
+    deadline = _Deadline(clock, timeout, clock.monotonic() + timeout)
     session = client if client is not None else httpx.Client(follow_redirects=False, timeout=timeout, trust_env=False)
     headers = {"User-Agent": user_agent, "Accept": "image/*", "Accept-Encoding": "identity", "Connection": "close"}
     try:
         current = url
         for _ in range(max_redirects + 1):
             hop = _check(current, allow_private)
-            response = _open(session, hop, headers, deadline, timeout)
+            response = _open(session, hop, headers, deadline)
             try:
                 if response.has_redirect_location:
                     current = _redirect_target(hop, response.headers["Location"])
@@ -106,9 +124,9 @@ def fetch(
                         f"The image URL answered HTTP {response.status_code} {response.reason_phrase}.",
                         status=response.status_code,
                         transient=response.status_code == 429 or response.status_code >= 500,
-                        retry_after=retry_after(response.headers.get("Retry-After")),
+                        retry_after=retry_after(response.headers.get("Retry-After"), clock),
                     )
-                data = _read(response, max_bytes, deadline, timeout)
+                data = _read(response, max_bytes, deadline)
                 return Fetched(url, str(hop.url), data, response.headers.get("Content-Type", ""))
             finally:
                 response.close()
@@ -196,14 +214,12 @@ def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _open(client: httpx.Client, hop: _Hop, headers: dict[str, str], deadline: float, timeout: float) -> httpx.Response:
+def _open(client: httpx.Client, hop: _Hop, headers: dict[str, str], deadline: _Deadline) -> httpx.Response:
     """Send the GET to the checked addresses in turn (never resolving again); return the streamed response."""
     host = hop.url.raw_host.decode("ascii")
     failure: httpx.ConnectError | None = None
     for ip in hop.addresses:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _timed_out(timeout)
+        remaining = deadline.left()
         request = httpx.Request(
             "GET",
             hop.url.copy_with(host=str(ip)),
@@ -224,7 +240,7 @@ def _redirect_target(hop: _Hop, location: str) -> str:
         raise _bad(f"The image URL redirected to an invalid URL ({exc}).") from None
 
 
-def _read(response: httpx.Response, max_bytes: int, deadline: float, timeout: float) -> bytes:
+def _read(response: httpx.Response, max_bytes: int, deadline: _Deadline) -> bytes:
     """The body, refused as soon as it is known to exceed ``max_bytes`` or the deadline passes."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
@@ -237,8 +253,7 @@ def _read(response: httpx.Response, max_bytes: int, deadline: float, timeout: fl
         body += chunk
         if len(body) > max_bytes:
             raise ImageError(f"The image at the URL is larger than {max_bytes} bytes.", code="ErrorImageSize")
-        if time.monotonic() > deadline:
-            raise _timed_out(timeout)
+        deadline.left()
     return bytes(body)
 
 
@@ -258,8 +273,8 @@ class FetchError(InvalidInput):
         self.status, self.transient, self.retry_after = status, transient, retry_after
 
 
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delay-seconds or an HTTP date), or None."""
+def retry_after(value: str | None, clock: Clock = SYSTEM) -> float | None:
+    """Seconds from a ``Retry-After`` header (delay-seconds or an HTTP date, counted from ``clock``), or None."""
     if not value:
         return None
     if value.strip().isdigit():
@@ -268,7 +283,7 @@ def retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return max(0.0, when.timestamp() - clock.time())
 
 
 def _bad(message: str) -> InvalidInput:

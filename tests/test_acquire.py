@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CLOTHING, REPO, photos
+from tests.fake_providers import unresolvable
 from tests.fake_providers.openverse import make_openverse
 from tests.server import Server
 
@@ -96,8 +97,8 @@ def test_interrupted_acquisition_fetches_only_what_is_missing(svc, openverse) ->
 
     stopped = svc.acquisitions.run(first.id, progress=stop_early)
     assert stopped.status == "Cancelled"
-    added = len(svc.images.list("shop"))
-    assert 3 <= added < 10
+    # Cancelled as the third image was added: downloads then in flight finished, but were kept as spares.
+    assert len(svc.images.list("shop")) == 3
     fetched = image_requests(openverse)
     resumed = svc.acquisitions.run(svc.acquisitions.start("shop", ["hat"], per_tag=10).id)
     assert resumed.status == "Completed" and len(svc.images.list("shop")) == 10
@@ -105,12 +106,12 @@ def test_interrupted_acquisition_fetches_only_what_is_missing(svc, openverse) ->
 
 
 def test_unreachable_provider_fails_fast_and_names_the_offline_way(svc, monkeypatch) -> None:
+    looked_up = unresolvable(monkeypatch)
     monkeypatch.setenv("TAGVISION_OPENVERSE_URL", "http://no-such-host.invalid")
     svc.projects.create("offline", domain="general-compact")
-    started = time.monotonic()
     done = svc.acquisitions.run(svc.acquisitions.start("offline", ["hat"], per_tag=5).id)
     assert done.status == "Failed" and "--provider library" in done.error
-    assert time.monotonic() - started < 10
+    assert looked_up == ["no-such-host.invalid"]  # failed at the first try: no retries, no backoff
 
 
 def test_cli_tags_in_images_acquired_trained_performance_out(openverse, tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_cli_tags_in_images_acquired_trained_performance_out(openverse, tmp_path
             [sys.executable, "-m", "tagvision.cli", *args, "--data-dir", str(data)],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
             cwd=REPO,
         )
         assert result.returncode == 0, result.stderr
@@ -144,7 +145,7 @@ def test_cli_tags_in_images_acquired_trained_performance_out(openverse, tmp_path
 def test_api_runs_acquisitions_in_the_background_with_review(openverse, tmp_path: Path) -> None:
     env = {"TAGVISION_OPENVERSE_URL": openverse.url}
     with Server(tmp_path / "server", env=env) as server:
-        t = httpx.Client(base_url=server.training(), headers=server.training_headers, timeout=60)
+        t = httpx.Client(base_url=server.training(), headers=server.training_headers, timeout=600)
         compact = "0732100f-1a38-4e49-a514-c9b44c697ab5"
         pid = t.post("/projects", params={"name": "api", "domainId": compact}).json()["id"]
         started = (
@@ -153,7 +154,7 @@ def test_api_runs_acquisitions_in_the_background_with_review(openverse, tmp_path
             .json()
         )
         assert started["status"] == "Running" and [x["tag"] for x in started["tags"]] == ["hat", "shoes"]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600
         while (state := t.get(f"/projects/{pid}/acquisitions/{started['id']}").json())["status"] == "Running":
             assert time.monotonic() < deadline
             time.sleep(0.2)

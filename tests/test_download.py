@@ -1,4 +1,8 @@
-"""The downloader against a loopback image host: concurrency, retries, slow and broken links, redirects."""
+"""The downloader against a loopback image host: concurrency, retries, slow and broken links, redirects.
+
+Waits and deadlines run on a :class:`ManualClock`, and the host holds its answers until the test lets them
+go, so what is asserted (the waits chosen, the bound on downloads in flight) never rests on machine speed.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tagvision.clock import ManualClock
 from tagvision.sources.base import Candidate
 from tagvision.sources.download import Downloader
 from tests.conftest import CLOTHING, photos
 from tests.fake_providers import FakeServer
+
+SLOW = 3600.0  # seconds of virtual time the slow link takes, far beyond any download's deadline
 
 
 @pytest.fixture
@@ -25,13 +32,20 @@ def host(monkeypatch):
     fake.close()
 
 
-def candidate(url: str, n: int = 0) -> Candidate:
+def candidate(url: str, n: int | str = 0) -> Candidate:
     return Candidate(provider="test", provider_id=f"c{n}", url=url)
 
 
 def test_good_broken_slow_redirected_and_rate_limited_links(host: FakeServer, tmp_path: Path) -> None:
+    clock = ManualClock()
+    slow = host.photos["p2"].read_bytes()
+
+    def answer_slowly(_request):  # the clock moves past the deadline before the body goes out
+        clock.advance(SLOW)
+        return 200, {"Content-Type": "image/jpeg"}, slow
+
+    host.routes["/slow.jpg"] = answer_slowly
     host.broken.add("p1")
-    host.slow.add("p2")
     host.rate_limited_once.add("p3")
     tiny = tmp_path / "tiny.jpg"
     from PIL import Image
@@ -43,19 +57,18 @@ def test_good_broken_slow_redirected_and_rate_limited_links(host: FakeServer, tm
     urls = {
         "good": host.image_url("p0"),
         "broken": host.image_url("p1"),
-        "slow": host.image_url("p2"),
+        "slow": f"{host.url}/slow.jpg",
         "limited": host.image_url("p3"),
         "moved": f"{host.url}/moved",
         "tiny": host.image_url("tiny"),
         "html": host.image_url("html"),
         "private": "http://169.254.169.254/latest/meta-data",
     }
-    downloader = Downloader(timeout=1.0, backoff=0.1)
-    started = time.monotonic()
+    # One at a time: the slow link moves the shared clock, which must not cut into another download's deadline.
+    downloader = Downloader(workers=1, timeout=600.0, backoff=0.1, clock=clock)
     results = {
         r.candidate.provider_id: r for r in downloader.download([candidate(url, name) for name, url in urls.items()])
     }
-    elapsed = time.monotonic() - started
     status = {name: results[f"c{name}"].status for name in urls}
     assert status == {
         "good": "OK",
@@ -67,38 +80,50 @@ def test_good_broken_slow_redirected_and_rate_limited_links(host: FakeServer, tm
         "html": "ErrorImageFormat",
         "private": "ErrorSource",
     }
-    assert "timed out" in results["cslow"].message
+    assert "timed out after 600 s" in results["cslow"].message
     assert results["cmoved"].data == results["cgood"].data and results["cgood"].dhash == results["cmoved"].dhash
-    assert len(host.requests_to("/img/p3")) == 2 and elapsed >= 1.0  # retried after Retry-After: 1
+    # The slow link timed out 4 times, with backoff doubling between; p3 waited its Retry-After: 1, not 0.1 s.
+    assert len(host.requests_to("/slow.jpg")) == 4 and len(host.requests_to("/img/p3")) == 2
+    assert clock.slept == [0.1, 0.2, 0.4, 1.0]
     assert host.requests_to("/img/p1") and len(host.requests_to("/img/p1")) == 1  # a 404 is not retried
     assert results["cgood"].facts.width > 224 and results["cgood"].facts.format == "JPEG"
 
 
 def test_concurrency_is_bounded_overall_and_per_host(host: FakeServer) -> None:
-    host.image_latency = 0.2
+    """The host holds every answer until the test lets them go: three requests arrive, and no fourth."""
+    release, changed = threading.Event(), threading.Condition()
     in_flight, peak = [0], [0]
-    lock = threading.Lock()
     original = host._answer
 
-    def counting(request):
-        with lock:
+    def held(request):
+        with changed:
             in_flight[0] += 1
             peak[0] = max(peak[0], in_flight[0])
+            changed.notify_all()
         try:
+            release.wait()
             return original(request)
         finally:
-            with lock:
+            with changed:
                 in_flight[0] -= 1
 
-    host._answer = counting
-    started = time.monotonic()
-    results = list(
-        Downloader(workers=8, per_host=3).download([candidate(host.image_url(f"p{n}"), n) for n in range(12)])
-    )
-    elapsed = time.monotonic() - started
+    host._answer = held
+    results = []
+    downloader = Downloader(workers=8, per_host=3)
+    candidates = [candidate(host.image_url(f"p{n}"), n) for n in range(12)]
+    worker = threading.Thread(target=lambda: results.extend(downloader.download(candidates)), daemon=True)
+    worker.start()
+    try:
+        with changed:
+            assert changed.wait_for(lambda: in_flight[0] >= 3, timeout=600)
+        time.sleep(0.2)  # room for a fourth to arrive if the bound were broken; a slow machine only waits longer
+        with changed:
+            assert in_flight[0] == 3
+    finally:
+        release.set()
+        worker.join(600)
     assert [r.status for r in results] == ["OK"] * 12
-    assert peak[0] == 3  # one host: at most 3 at a time
-    assert elapsed >= 0.2 * 12 / 3 * 0.9
+    assert peak[0] == 3  # one host: at most 3 at a time, although 8 workers were free
 
 
 def test_stop_and_window_limit_what_is_taken(host: FakeServer) -> None:

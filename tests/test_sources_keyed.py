@@ -1,14 +1,16 @@
 """Pexels, Unsplash and Pixabay adapters against loopback fakes of their documented APIs, with real photos.
 
 No test touches the internet: every provider gets its fake's URL, and images are fetched from 127.0.0.1.
+Waits for rate limits and quotas run on a :class:`ManualClock` shared by provider and fake: the tests
+assert the waits the provider chose, not how long the machine took.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
+from tagvision.clock import ManualClock
 from tagvision.fetch import fetch
 from tagvision.images import validate
 from tagvision.sources.base import ProviderError
@@ -208,10 +211,10 @@ def test_wrong_key_is_unauthorized_and_never_echoed(spec: Spec, serve) -> None:
 @each
 def test_429_is_retried_after_retry_after(spec: Spec, serve) -> None:
     fake = serve(spec, rate_limit_at=2)
-    provider = spec.open(fake, page_size=10)
-    started = time.monotonic()
+    clock = ManualClock()
+    provider = spec.open(fake, page_size=10, clock=clock)
     found = list(provider.search("dress", 20))
-    assert time.monotonic() - started >= 0.95
+    assert clock.slept == [1.0]  # the server's Retry-After, not the first backoff (0.5 s)
     assert len(found) == 20
     assert [q["page"] for q in spec.searches(fake)] == ["1", "2", "2"]
     provider.close()
@@ -227,23 +230,25 @@ def test_pexels_picks_large2x_not_the_original(serve) -> None:
 
 
 def test_pexels_spent_quota_stops_instead_of_hammering(serve) -> None:
-    fake = serve(BY_NAME["pexels"], quota=1)
-    provider = PexelsProvider(KEY, fake.url, page_size=10)
+    clock = ManualClock()
+    reset = clock.time() + 86400  # a day away: more than the provider would wait
+    fake = serve(BY_NAME["pexels"], quota=1, quota_reset=reset, clock=clock)
+    provider = PexelsProvider(KEY, fake.url, page_size=10, clock=clock)
     found = []
-    started = time.monotonic()
-    with pytest.raises(ProviderError, match="quota is used up until"):
+    until = f"{datetime.fromtimestamp(reset, UTC):%Y-%m-%d %H:%M} UTC"
+    with pytest.raises(ProviderError, match=f"quota is used up until {until}"):
         found.extend(provider.search("dress", 20))
-    assert len(found) == 10 and time.monotonic() - started < 2
+    assert len(found) == 10 and clock.slept == []  # stopped at once: no wait, no retry
     assert len(fake.requests_to("/v1/search")) == 1
     provider.close()
 
 
 def test_pexels_waits_for_a_near_quota_reset(serve) -> None:
-    fake = serve(BY_NAME["pexels"], quota=1, quota_reset=time.time() + 2)
-    provider = PexelsProvider(KEY, fake.url, page_size=10)
-    started = time.monotonic()
+    clock = ManualClock()
+    fake = serve(BY_NAME["pexels"], quota=1, quota_reset=clock.time() + 2, clock=clock)
+    provider = PexelsProvider(KEY, fake.url, page_size=10, clock=clock)
     assert len(list(provider.search("dress", 20))) == 20
-    assert time.monotonic() - started >= 0.95  # waited for X-Ratelimit-Reset (a UNIX time 1-2 s ahead) ...
+    assert clock.slept == [2.0]  # waited for X-Ratelimit-Reset (a UNIX time 2 s ahead) ...
     assert len(fake.requests_to("/v1/search")) == 2  # ... rather than meeting a 429
     provider.close()
 
@@ -288,13 +293,13 @@ def test_unsplash_spent_hourly_limit_is_not_called_a_bad_key(serve) -> None:
 
 
 def test_pixabay_paces_by_the_rate_limit_headers(serve) -> None:
-    fake = serve(BY_NAME["pixabay"], limit=2, window=1.0)
-    provider = PixabayProvider(KEY, fake.url, page_size=5)
-    started = time.monotonic()
+    clock = ManualClock()
+    fake = serve(BY_NAME["pixabay"], limit=2, window=1.0, clock=clock)
+    provider = PixabayProvider(KEY, fake.url, page_size=5, clock=clock)
     found = list(provider.search("hat", 15))
     assert len(found) == 15
-    assert time.monotonic() - started >= 0.95  # the third call waited for X-RateLimit-Reset
-    assert fake.throttled == 0 and len(fake.requests_to("/api/")) == 3
+    assert clock.slept == [1.0]  # the third call waited for X-RateLimit-Reset (1 s) ...
+    assert fake.throttled == 0 and len(fake.requests_to("/api/")) == 3  # ... so no call met a 429
     provider.close()
 
 

@@ -1,13 +1,13 @@
 """The web providers against loopback fakes of their APIs, serving real clothing photos.
 
-Every URL here is 127.0.0.1 (the fakes) or ``.invalid`` (an unreachable provider): no test touches
-the internet.
+Every URL here is 127.0.0.1 (the fakes) or ``.invalid`` (an unreachable provider, which a stand-in
+resolver fails at once): no test touches the internet. Pacing and retry waits run on a
+:class:`ManualClock`: the tests assert the waits a provider chose, not how long the machine took.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tagvision.clock import ManualClock
 from tagvision.fetch import FetchError, fetch
 from tagvision.images import validate
 from tagvision.sources.base import Candidate, ProviderError, ProviderUnavailable
@@ -22,7 +23,7 @@ from tagvision.sources.bing import BingProvider
 from tagvision.sources.openverse import OpenverseProvider
 from tagvision.sources.wikimedia import WikimediaProvider
 from tests.conftest import CLOTHING, photos
-from tests.fake_providers import FakeServer, json_response
+from tests.fake_providers import FakeServer, json_response, unresolvable
 from tests.fake_providers.bing import make_bing
 from tests.fake_providers.openverse import make_openverse
 from tests.fake_providers.wikimedia import make_wikimedia
@@ -34,22 +35,32 @@ KEY = "test-key"
 @dataclass
 class Setup:
     make: Callable[..., FakeServer]
-    build: Callable[..., Any]  # (base url, page size) -> provider
+    build: Callable[..., Any]  # (base url, page size, **options) -> provider
     path: str  # the search route
     page_param: str  # the request parameter that moves through the results
+    pace: float = 0.0  # the seconds the provider leaves between two calls, as built here
 
 
 SETUPS = {
     "openverse": Setup(
-        make_openverse, lambda url, size: OpenverseProvider(url, page_size=size, min_interval=0), "/v1/images/", "page"
+        make_openverse,
+        lambda url, size, **kw: OpenverseProvider(url, page_size=size, min_interval=0, **kw),
+        "/v1/images/",
+        "page",
     ),
     "wikimedia": Setup(
         make_wikimedia,
-        lambda url, size: WikimediaProvider(f"{url}/w/api.php", page_size=size),
+        lambda url, size, **kw: WikimediaProvider(f"{url}/w/api.php", page_size=size, **kw),
         "/w/api.php",
         "gsroffset",
+        pace=0.2,
     ),
-    "bing": Setup(make_bing, lambda url, size: BingProvider(url, KEY, page_size=size), "/v7.0/images/search", "offset"),
+    "bing": Setup(
+        make_bing,
+        lambda url, size, **kw: BingProvider(url, KEY, page_size=size, **kw),
+        "/v7.0/images/search",
+        "offset",
+    ),
 }
 providers = pytest.mark.parametrize("name", sorted(SETUPS))
 
@@ -79,7 +90,7 @@ def searched(fake: FakeServer, name: str) -> list[dict[str, str]]:
 @providers
 def test_search_pages_to_exactly_the_limit(serve, name):
     fake = serve(name, duplicate=True, broken=True, svg=True)
-    provider = SETUPS[name].build(fake.url, 10)
+    provider = SETUPS[name].build(fake.url, 10, clock=ManualClock())  # paced in virtual time
     found = list(provider.search("Dress", 22))
     provider.close()
 
@@ -106,7 +117,7 @@ def test_search_pages_to_exactly_the_limit(serve, name):
 @providers
 def test_search_stops_at_the_last_page(serve, name):
     fake = serve(name)
-    provider = SETUPS[name].build(fake.url, 10)
+    provider = SETUPS[name].build(fake.url, 10, clock=ManualClock())
     assert len(list(provider.search("hat", 100))) == 25
     assert len(searched(fake, name)) == 3  # 10 + 10 + 5, nothing asked past the end
     assert list(provider.search("zebra", 10)) == []
@@ -125,22 +136,26 @@ def test_search_is_lazy(serve, name):
 @providers
 def test_rate_limited_page_is_retried_after_retry_after(serve, name):
     fake = serve(name, rate_limit_nth=2)
-    provider = SETUPS[name].build(fake.url, 10)
-    started = time.monotonic()
+    clock = ManualClock()
+    provider = SETUPS[name].build(fake.url, 10, clock=clock)
     found = list(provider.search("hat", 15))
-    assert time.monotonic() - started >= 0.95
+    pace = SETUPS[name].pace
+    # Page 2 waited for the pace (if any), then met the 429 and waited its Retry-After, not the 0.5 s backoff;
+    # the retry came over a second after page 2, so it needed no pacing.
+    assert clock.slept == pytest.approx([pace, 1.0] if pace else [1.0])
     assert len(found) == 15
     pages = searched(fake, name)
     assert len(pages) == 3 and pages[1] == pages[2]  # page 2, refused with 429, then asked again
 
 
 @providers
-def test_unreachable_provider_fails_fast_naming_the_offline_way(name):
-    provider = SETUPS[name].build("http://no-such-host.invalid", 10)
-    started = time.monotonic()
+def test_unreachable_provider_fails_fast_naming_the_offline_way(name, monkeypatch):
+    looked_up = unresolvable(monkeypatch)
+    clock = ManualClock()
+    provider = SETUPS[name].build("http://no-such-host.invalid", 10, clock=clock)
     with pytest.raises(ProviderUnavailable) as err:
         list(provider.search("dress", 5))
-    assert time.monotonic() - started < 3
+    assert looked_up == ["no-such-host.invalid"] and clock.slept == []  # one try: no retry, no backoff
     assert "--provider library" in str(err.value)
 
 
@@ -256,12 +271,11 @@ def test_providers_from_settings(serve, monkeypatch):
 
 def test_wikimedia_request_user_agent_thumbnails_and_metadata(serve):
     fake = serve("wikimedia", svg=True)
-    started = time.monotonic()
-    found = list(WikimediaProvider(f"{fake.url}/w/api.php", page_size=10).search("dress", 25))
-    elapsed = time.monotonic() - started
+    clock = ManualClock()
+    found = list(WikimediaProvider(f"{fake.url}/w/api.php", page_size=10, clock=clock).search("dress", 25))
     requests = fake.requests_to("/w/api.php")
     assert len(found) == 25 and len(requests) == 3
-    assert elapsed >= 0.38  # paced at most 5 requests a second
+    assert clock.slept == pytest.approx([0.2, 0.2])  # paced at most 5 requests a second
     assert all("tagvision" in r.headers["user-agent"] for r in requests)
     first = requests[0].query
     assert first["gsrsearch"] == "dress filetype:bitmap" and first["iiurlwidth"] == "1024"
@@ -282,8 +296,10 @@ def test_wikimedia_request_user_agent_thumbnails_and_metadata(serve):
 
 def test_wikimedia_waits_out_maxlag(serve):
     fake = serve("wikimedia", lagged=1)
-    found = list(WikimediaProvider(f"{fake.url}/w/api.php", lag_wait=0.05).search("hat", 5))
+    clock = ManualClock()
+    found = list(WikimediaProvider(f"{fake.url}/w/api.php", clock=clock).search("hat", 5))
     assert len(found) == 5 and len(fake.requests_to("/w/api.php")) == 2
+    assert clock.slept == [5.0]  # the default lag_wait, before asking again
 
 
 def test_wikimedia_refuses_clients_without_a_descriptive_user_agent(serve):

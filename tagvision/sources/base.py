@@ -3,15 +3,15 @@
 A provider turns a tag name into :class:`Candidate` images, page by page, and knows nothing
 about projects or storage. Network providers speak their own search API through
 :class:`ProviderHTTP` (timeouts, retries with backoff on 429 and 5xx honouring ``Retry-After``,
-pacing between calls); the local library reads a folder. The downloader
-(:mod:`tagvision.sources.download`) fetches, validates and de-duplicates what they find.
+pacing between calls, all waits on an injectable :class:`~tagvision.clock.Clock`); the local
+library reads a folder. The downloader (:mod:`tagvision.sources.download`) fetches, validates
+and de-duplicates what they find.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from tagvision.clock import SYSTEM, Clock
 from tagvision.errors import TagvisionError
 from tagvision.fetch import retry_after
 
@@ -103,7 +104,8 @@ class ProviderHTTP:
 
     ``min_interval`` seconds separate the starts of two calls (the provider's rate limit);
     429 and 5xx answers and transport errors are retried ``retries`` times with exponential
-    backoff (or the server's ``Retry-After``, capped at ``max_wait``).
+    backoff (or the server's ``Retry-After``, capped at ``max_wait``). ``clock`` is read and slept on
+    for all of it.
     """
 
     provider: str
@@ -115,7 +117,8 @@ class ProviderHTTP:
     max_wait: float = 30.0
     min_interval: float = 0.0
     transport: httpx.BaseTransport | None = None
-    _last: float = 0.0
+    clock: Clock = SYSTEM
+    _last: float = float("-inf")  # when the last call started: the first never waits
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _client: httpx.Client | None = None
 
@@ -155,7 +158,7 @@ class ProviderHTTP:
                     raise ProviderError(
                         f"{self.provider} answered HTTP {response.status_code} {attempt + 1} times; try again later."
                     )
-                self._sleep(attempt, _wait_hint(response))
+                self._sleep(attempt, _wait_hint(response, self.clock))
                 attempt += 1
                 continue
             if response.status_code in (401, 403):
@@ -176,13 +179,13 @@ class ProviderHTTP:
 
     def _pace(self) -> None:
         with self._lock:
-            wait = self._last + self.min_interval - time.monotonic()
+            wait = self._last + self.min_interval - self.clock.monotonic()
             if wait > 0:
-                time.sleep(wait)
-            self._last = time.monotonic()
+                self.clock.sleep(wait)
+            self._last = self.clock.monotonic()
 
     def _sleep(self, attempt: int, hint: float | None) -> None:
-        time.sleep(min(self.max_wait, hint if hint is not None else self.backoff * 2**attempt))
+        self.clock.sleep(min(self.max_wait, hint if hint is not None else self.backoff * 2**attempt))
 
 
 def take_new(
@@ -200,16 +203,16 @@ def take_new(
         yield candidate
 
 
-def _wait_hint(response: httpx.Response) -> float | None:
-    """Seconds to wait from ``Retry-After`` or the common rate-limit reset headers."""
-    hint = retry_after(response.headers.get("Retry-After"))
+def _wait_hint(response: httpx.Response, clock: Clock) -> float | None:
+    """Seconds to wait from ``Retry-After`` or the common rate-limit reset headers (UNIX times read on ``clock``)."""
+    hint = retry_after(response.headers.get("Retry-After"), clock)
     if hint is not None:
         return hint
     for name in ("X-RateLimit-Reset", "X-Ratelimit-Reset"):
         value = response.headers.get(name, "")
         if value.isdigit():
             number = int(value)
-            return max(0.0, number - time.time()) if number > 10**9 else float(number)
+            return max(0.0, number - clock.time()) if number > 10**9 else float(number)
     return None
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tagvision.clock import SYSTEM, Clock
 from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
 
 MAX_COUNT = 150
@@ -41,6 +42,7 @@ class BingProvider:
         market: str = "en-US",
         safe_search: str = "Moderate",
         transport: httpx.BaseTransport | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         if not endpoint or not key:
             raise ProviderError(
@@ -50,7 +52,9 @@ class BingProvider:
             )
         self.page_size = max(1, min(page_size, MAX_COUNT))
         self.market, self.safe_search = market, safe_search
-        self._http = ProviderHTTP(self.name, endpoint, headers={"Ocp-Apim-Subscription-Key": key}, transport=transport)
+        self._http = ProviderHTTP(
+            self.name, endpoint, headers={"Ocp-Apim-Subscription-Key": key}, transport=transport, clock=clock
+        )
 
     @classmethod
     def from_settings(cls) -> BingProvider:

@@ -6,7 +6,7 @@
   refused, redirects re-checked), a size limit enforced before and while reading the body,
   and one deadline per download.
 * 429 and 5xx answers, timeouts and refused connections are retried with exponential
-  backoff, waiting at least what ``Retry-After`` asks.
+  backoff, waiting at least what ``Retry-After`` asks. Waits and deadlines are kept on ``clock``.
 * The bytes are sniffed and validated exactly as uploads are (:func:`tagvision.images.validate`,
   never trusting the URL's extension or the Content-Type); images whose shorter side is under
   ``min_side`` are refused; each good image gets a perceptual hash for near-duplicate checks.
@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from tagvision import fetch, images
+from tagvision.clock import SYSTEM, Clock
 from tagvision.errors import ImageError, TagvisionError
 from tagvision.sources.base import Candidate
 
@@ -50,7 +50,7 @@ class Downloader:
     retries: int = 3
     backoff: float = 0.5
     max_wait: float = 30.0
-    sleep: Callable[[float], None] = time.sleep
+    clock: Clock = SYSTEM
 
     def __post_init__(self) -> None:
         self._hosts: dict[str, threading.Semaphore] = defaultdict(lambda: threading.Semaphore(self.per_host))
@@ -118,12 +118,14 @@ class Downloader:
             attempt = 0
             while True:
                 try:
-                    return fetch.fetch(candidate.url, max_bytes=self.max_bytes, timeout=self.timeout).data
+                    return fetch.fetch(
+                        candidate.url, max_bytes=self.max_bytes, timeout=self.timeout, clock=self.clock
+                    ).data
                 except fetch.FetchError as exc:
                     if not exc.transient or attempt >= self.retries:
                         raise
                     delay = self.backoff * 2**attempt
-                    self.sleep(min(self.max_wait, max(delay, exc.retry_after or 0.0)))
+                    self.clock.sleep(min(self.max_wait, max(delay, exc.retry_after or 0.0)))
                     attempt += 1
 
     def _host(self, url: str) -> threading.Semaphore:

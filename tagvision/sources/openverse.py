@@ -16,12 +16,12 @@ MAX_PAGINATION_DEPTH=20) and ``api/api/views/oauth2_views.py`` (token endpoint, 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
+from tagvision.clock import SYSTEM, Clock
 from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, ProviderUnavailable, setting, take_new
 
 ANONYMOUS_PAGE_SIZE = 20
@@ -52,12 +52,13 @@ class OpenverseProvider:
         page_size: int = AUTHED_PAGE_SIZE,
         min_interval: float = 1.0,
         transport: httpx.BaseTransport | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.credentials = (client_id, client_secret) if client_id and client_secret else None
         self.filters = {k: v for k, v in (("license_type", license_type), ("license", license)) if v}
         cap = AUTHED_PAGE_SIZE if self.credentials else ANONYMOUS_PAGE_SIZE
         self.page_size = max(1, min(page_size, cap))
-        self._http = ProviderHTTP(self.name, base_url, min_interval=min_interval, transport=transport)
+        self._http = ProviderHTTP(self.name, base_url, min_interval=min_interval, transport=transport, clock=clock)
         self._token_expires = 0.0
 
     @classmethod
@@ -92,7 +93,7 @@ class OpenverseProvider:
 
     def _authorize(self) -> None:
         """Fetch (or renew) the bearer token when client credentials are set."""
-        if self.credentials is None or time.monotonic() < self._token_expires:
+        if self.credentials is None or self._http.clock.monotonic() < self._token_expires:
             return
         client_id, client_secret = self.credentials
         form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}
@@ -114,7 +115,7 @@ class OpenverseProvider:
             raise ProviderError(f"openverse answered HTTP {response.status_code} for a token.")
         token = response.json()
         client.headers["Authorization"] = f"Bearer {token['access_token']}"
-        self._token_expires = time.monotonic() + float(token.get("expires_in") or 3600) - 60
+        self._token_expires = self._http.clock.monotonic() + float(token.get("expires_in") or 3600) - 60
 
     def _candidate(self, item: dict[str, Any]) -> Candidate | None:
         filetype = (item.get("filetype") or "jpg").lower()

@@ -21,13 +21,13 @@ What the API documents and asks:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+from tagvision.clock import SYSTEM, Clock
 from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
 
 NAME = "pexels"
@@ -49,9 +49,10 @@ class PexelsProvider:
         *,
         page_size: int = MAX_PAGE,
         transport: httpx.BaseTransport | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.page_size = max(1, min(page_size, MAX_PAGE))
-        self.http = ProviderHTTP(NAME, base_url, headers={"Authorization": key}, transport=transport)
+        self.http = ProviderHTTP(NAME, base_url, headers={"Authorization": key}, transport=transport, clock=clock)
         self.http.client().event_hooks = {"response": [self._watch]}
         self._reset_at: float | None = None  # UNIX time the quota refills, once it ran out
 
@@ -94,7 +95,7 @@ class PexelsProvider:
     def _wait_for_quota(self) -> None:
         if self._reset_at is None:
             return
-        wait = self._reset_at - time.time()
+        wait = self._reset_at - self.http.clock.time()
         if wait > self.http.max_wait:
             until = datetime.fromtimestamp(self._reset_at, UTC)
             raise ProviderError(
@@ -102,7 +103,7 @@ class PexelsProvider:
                 "(X-Ratelimit-Remaining: 0); try again then, or ask Pexels for a higher limit."
             )
         if wait > 0:
-            time.sleep(wait)
+            self.http.clock.sleep(wait)
         self._reset_at = None
 
 

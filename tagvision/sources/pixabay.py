@@ -22,12 +22,12 @@ What the API documents and asks:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
+from tagvision.clock import SYSTEM, Clock
 from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
 
 NAME = "pixabay"
@@ -50,12 +50,13 @@ class PixabayProvider:
         *,
         page_size: int = MAX_PAGE,
         transport: httpx.BaseTransport | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.page_size = max(MIN_PAGE, min(page_size, MAX_PAGE))
         self._key = key
-        self.http = ProviderHTTP(NAME, base_url, transport=transport)
+        self.http = ProviderHTTP(NAME, base_url, transport=transport, clock=clock)
         self.http.client().event_hooks = {"response": [self._watch]}
-        self._resume_at = 0.0  # time.monotonic() when the spent rate-limit window resets
+        self._resume_at = 0.0  # clock.monotonic() when the spent rate-limit window resets
 
     @classmethod
     def from_settings(cls) -> PixabayProvider:
@@ -97,9 +98,9 @@ class PixabayProvider:
         self.http.close()
 
     def _get(self, params: dict[str, Any]) -> Any:
-        wait = self._resume_at - time.monotonic()
+        wait = self._resume_at - self.http.clock.monotonic()
         if wait > 0:
-            time.sleep(wait)
+            self.http.clock.sleep(wait)
         try:
             return self.http.get_json("/api/", params)
         except ProviderError as exc:  # never show the key, whatever the server or httpx put in the text
@@ -112,10 +113,11 @@ class PixabayProvider:
         """Pace by the rate-limit headers; name a refused key as such."""
         remaining, reset = response.headers.get("X-RateLimit-Remaining"), response.headers.get("X-RateLimit-Reset")
         if remaining == "0" and reset:
+            now = self.http.clock.monotonic()
             try:
-                self._resume_at = time.monotonic() + min(MAX_WINDOW, max(0.0, float(reset)))
+                self._resume_at = now + min(MAX_WINDOW, max(0.0, float(reset)))
             except ValueError:
-                self._resume_at = time.monotonic() + MAX_WINDOW
+                self._resume_at = now + MAX_WINDOW
         if response.status_code == 400 and b"api key" in response.read().lower():
             raise ProviderError(
                 "pixabay refused the API key (HTTP 400: invalid or missing API key); check TAGVISION_PIXABAY_KEY.",

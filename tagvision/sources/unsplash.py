@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
+from tagvision.clock import SYSTEM, Clock
 from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
 
 log = logging.getLogger("tagvision.sources")
@@ -51,11 +52,16 @@ class UnsplashProvider:
         page_size: int = MAX_PAGE,
         app_name: str = "tagvision",
         transport: httpx.BaseTransport | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.page_size = max(1, min(page_size, MAX_PAGE))
         self.app_name = app_name
         self.http = ProviderHTTP(
-            NAME, base_url, headers={"Authorization": f"Client-ID {key}", "Accept-Version": "v1"}, transport=transport
+            NAME,
+            base_url,
+            headers={"Authorization": f"Client-ID {key}", "Accept-Version": "v1"},
+            transport=transport,
+            clock=clock,
         )
         self.http.client().event_hooks = {"response": [_watch]}
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import html
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin
 
 import httpx
 
+from tagvision.clock import SYSTEM, Clock
 from tagvision.sources.base import USER_AGENT, Candidate, ProviderError, ProviderHTTP, setting, take_new
 
 DEFAULT_URL = "https://commons.wikimedia.org/w/api.php"
@@ -49,12 +49,13 @@ class WikimediaProvider:
         maxlag: int = 5,
         lag_wait: float = 5.0,
         transport: httpx.BaseTransport | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.api_url = api_url
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self.maxlag, self.lag_wait = maxlag, lag_wait
         self._http = ProviderHTTP(
-            self.name, api_url, headers={"User-Agent": user_agent}, min_interval=0.2, transport=transport
+            self.name, api_url, headers={"User-Agent": user_agent}, min_interval=0.2, transport=transport, clock=clock
         )
 
     @classmethod
@@ -88,7 +89,7 @@ class WikimediaProvider:
             error = data.get("error") or {}
             if error.get("code") == "maxlag" and lagged < 3:
                 lagged += 1
-                time.sleep(self.lag_wait)
+                self._http.clock.sleep(self.lag_wait)
                 continue
             if error:
                 raise ProviderError(f"wikimedia answered {error.get('code')}: {error.get('info')}")

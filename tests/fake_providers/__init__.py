@@ -2,13 +2,15 @@
 
 Each provider module builds a :class:`FakeServer` and adds the routes of that provider's
 documented search API. The server also serves the photos themselves under ``/img/<id>.jpg``
-with knobs for the faults a downloader meets: per-image latency, broken links (404), a slow
-drip, redirects, rate-limit answers (429 with ``Retry-After``) and exact duplicates.
+with knobs for the faults a downloader meets: per-image latency, broken links (404), redirects,
+rate-limit answers (429 with ``Retry-After``) and exact duplicates. :func:`unresolvable` stands in
+for a resolver that cannot find a provider's host.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
 
 Handler = Callable[["Request"], tuple[int, dict[str, str], bytes]]
 
@@ -40,7 +44,6 @@ class FakeServer:
     photos: dict[str, Path] = field(default_factory=dict)  # image id -> file served at /img/<id>.jpg
     image_latency: float = 0.0  # seconds before each image answer
     broken: set[str] = field(default_factory=set)  # image ids answered 404
-    slow: set[str] = field(default_factory=set)  # image ids sent as a slow drip (1 byte / 50 ms)
     rate_limited_once: set[str] = field(default_factory=set)  # image ids answered 429 on their first request
     log: list[Request] = field(default_factory=list)
 
@@ -63,16 +66,9 @@ class FakeServer:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                drip = request.path.startswith("/img/") and request.path[5:].rsplit(".", 1)[0] in server.slow
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if drip:
-                    for i in range(len(body)):
-                        self.wfile.write(body[i : i + 1])
-                        self.wfile.flush()
-                        time.sleep(0.05)
-                else:
-                    self.wfile.write(body)
+                self.wfile.write(body)
 
             def log_message(self, *_args) -> None:
                 return None
@@ -119,3 +115,20 @@ class FakeServer:
 
     def __exit__(self, *_exc) -> None:
         self.close()
+
+
+def unresolvable(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make every ``.invalid`` host fail to resolve at once, as glibc's resolver says it; the names looked up
+    are appended to the list returned. Real DNS on a test machine may be slow, absent or answer otherwise."""
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name.endswith(".invalid"):
+            asked.append(name)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked

@@ -9,11 +9,11 @@ Images are the real photos, served at ``/img/<id>.jpg``.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from PIL import Image
 
+from tagvision.clock import SYSTEM, Clock
 from tests.fake_providers import FakeServer, Request, json_response
 
 MAX_PAGE = 80
@@ -27,10 +27,11 @@ def make_pexels(
     quota: int = 20_000,
     quota_reset: float | None = None,
     overlap: int = 0,
+    clock: Clock = SYSTEM,
 ) -> FakeServer:
     """``rate_limit_at``: the Nth search (1-based) is answered 429 with ``Retry-After: 1``.
-    ``quota``: searches allowed until ``quota_reset`` (UNIX time; default in 30 days), when it refills.
-    ``overlap``: each page repeats that many photos of the previous one (results that shift)."""
+    ``quota``: searches allowed until ``quota_reset`` (UNIX time on ``clock``; default in 30 days), when it
+    refills. ``overlap``: each page repeats that many photos of the previous one (results that shift)."""
     server = FakeServer()
     by_tag: dict[str, list[dict]] = {}
     for tag, paths in photos_by_tag.items():
@@ -41,7 +42,7 @@ def make_pexels(
             by_tag[tag.lower()].append(_photo(server, photo_id, path, tag))
     month = 30 * 86400
     lock = threading.Lock()
-    state = {"searches": 0, "used": 0, "reset": int(quota_reset if quota_reset is not None else time.time() + month)}
+    state = {"searches": 0, "used": 0, "reset": int(quota_reset if quota_reset is not None else clock.time() + month)}
 
     def search(request: Request):
         if request.headers.get("authorization") != key:
@@ -50,7 +51,7 @@ def make_pexels(
             state["searches"] += 1
             if state["searches"] == rate_limit_at:
                 return 429, {"Retry-After": "1", "Content-Type": "text/plain"}, b"Too Many Requests"
-            if time.time() >= state["reset"]:  # a new month: the quota refills
+            if clock.time() >= state["reset"]:  # a new month: the quota refills
                 state["used"], state["reset"] = 0, state["reset"] + month
             if state["used"] >= quota:
                 return 429, {"Content-Type": "text/plain"}, b"Too Many Requests"

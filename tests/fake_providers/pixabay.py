@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from pathlib import Path
 
 from PIL import Image
 
+from tagvision.clock import SYSTEM, Clock
 from tests.fake_providers import FakeServer, Request, json_response
 
 
@@ -28,9 +28,10 @@ def make_pixabay(
     window: float = 60.0,
     echoing_404s: int = 0,
     overlap: int = 0,
+    clock: Clock = SYSTEM,
 ) -> FakeServer:
     """``rate_limit_at``: the Nth search (1-based) is answered 429 with ``Retry-After: 1``.
-    ``limit`` requests per ``window`` seconds. ``echoing_404s``: the first N searches answer 404
+    ``limit`` requests per ``window`` seconds of ``clock``. ``echoing_404s``: the first N searches answer 404
     with a page that echoes the request (key included), as some proxies do. ``overlap``: each
     page repeats that many photos of the previous one (results that shift)."""
     server = FakeServer()
@@ -42,7 +43,7 @@ def make_pixabay(
             photo_id = 2_000_000 + len(server.photos)
             server.photos[str(photo_id)] = path
             by_tag[tag.lower()].append(_hit(server, photo_id, path, tag))
-    lock, state = threading.Lock(), {"searches": 0, "start": 0.0, "used": 0}
+    lock, state = threading.Lock(), {"searches": 0, "start": float("-inf"), "used": 0}  # the first opens a window
 
     def text(status: int, body: str, headers: dict[str, str]):
         return status, {"Content-Type": "text/plain; charset=utf-8", **headers}, body.encode()
@@ -50,7 +51,7 @@ def make_pixabay(
     def search(request: Request):
         with lock:
             state["searches"] += 1
-            now = time.monotonic()
+            now = clock.monotonic()
             if now - state["start"] >= window:
                 state["start"], state["used"] = now, 0
             state["used"] += 1
