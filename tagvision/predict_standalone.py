@@ -21,8 +21,15 @@ import onnxruntime as ort
 from PIL import Image
 
 GREY_16_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
-             7: "TRANSVERSE", 8: "ROTATE_90"}  # fmt: skip
+TRANSPOSE = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
 
 
 def upright_rgb(path: str, resize: int) -> Image.Image:

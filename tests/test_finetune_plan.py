@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from tagvision.clock import ManualClock
 from tagvision.finetune import Recipe
 from tagvision.finetune.loop import Hooks, Loop, Schedule, Scored, Stop, learning_rate
 from tagvision.finetune.planner import Costs, OutOfTime, Planner, Sizes, TooSlow
@@ -77,31 +78,29 @@ def test_the_reserve_grows_when_the_machine_slows_down() -> None:
 # --------------------------------------------------------------------------- one schedule
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class FakeNetwork:
     """Steps cost ``step_seconds[precision]`` of the fake clock; scores come from ``scores`` in turn."""
 
-    def __init__(self, clock: FakeClock, step_seconds: dict[str, float], scores: list[float] | None = None,
-                 precision: str | None = None, score_seconds: float = 0.1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        clock: ManualClock,
+        step_seconds: dict[str, float],
+        scores: list[float] | None = None,
+        precision: str | None = None,
+        score_seconds: float = 0.1,
+    ) -> None:
         self.clock, self.step_seconds, self.scores = clock, step_seconds, list(scores or [])
         self.precision, self.score_seconds = precision, score_seconds
         self.state = 0  # steps taken: what a snapshot keeps
         self.steps: list[tuple[float, float, str, int]] = []  # (when, lr, precision, batch size)
 
     def step(self, rows: np.ndarray, lr: float, precision: str) -> None:
-        self.steps.append((self.clock.now, lr, precision, len(rows)))
-        self.clock.now += self.step_seconds[precision]
+        self.steps.append((self.clock.monotonic(), lr, precision, len(rows)))
+        self.clock.advance(self.step_seconds[precision])
         self.state += 1
 
     def score(self) -> Scored:
-        self.clock.now += self.score_seconds
+        self.clock.advance(self.score_seconds)
         primary = self.scores.pop(0) if self.scores else 0.5
         return Scored(primary, {"primary": primary}, np.full((1, 2), float(self.state)))
 
@@ -113,11 +112,22 @@ class FakeNetwork:
         self.state = snapshot
 
 
-def run(network: FakeNetwork, clock: FakeClock, *, rows: int = 64, end: float = 100.0, epochs: float = 1000.0,
-        validate: bool = False, stop_epoch: float | None = None, recipe: Recipe | None = None,
-        **hooks) -> tuple[Loop, list[tuple[str, int, int, float | None, float]]]:  # fmt: skip
+def run(
+    network: FakeNetwork,
+    clock: ManualClock,
+    *,
+    rows: int = 64,
+    end: float = 100.0,
+    epochs: float = 1000.0,
+    validate: bool = False,
+    stop_epoch: float | None = None,
+    recipe: Recipe | None = None,
+    **hooks,
+) -> tuple[Loop, list[tuple[str, int, int, float | None, float]]]:
     events: list[tuple[str, int, int, float | None, float]] = []
-    hooks.setdefault("report", lambda stage, done, total, eta: events.append((stage, done, total, eta, clock.now)))
+    hooks.setdefault(
+        "report", lambda stage, done, total, eta: events.append((stage, done, total, eta, clock.monotonic()))
+    )
     schedule = Schedule(np.arange(rows), end, epochs, validate, stop_epoch)
     loop = Loop(network, schedule, recipe or Recipe(batch_size=32), clock, np.random.default_rng(0), Hooks(**hooks))
     loop.run()
@@ -125,7 +135,7 @@ def run(network: FakeNetwork, clock: FakeClock, *, rows: int = 64, end: float = 
 
 
 def test_a_schedule_measures_the_faster_precision_and_ends_on_time() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     network = FakeNetwork(clock, {"float32": 2.0, "bfloat16": 1.0})
     loop, _ = run(network, clock, end=50.0)
     log = loop.log
@@ -133,12 +143,12 @@ def test_a_schedule_measures_the_faster_precision_and_ends_on_time() -> None:
     assert log.probed == {"float32": 2.0, "bfloat16": 1.0} and log.precision == network.precision == "bfloat16"
     assert {p for _, _, p, _ in network.steps[4:]} == {"bfloat16"}
     # 6 s of probing, then 1 s steps: the last step ends exactly at the end, never past it.
-    assert log.stopped is Stop.TIME and clock.now == 50.0 and log.steps == 4 + 44
+    assert log.stopped is Stop.TIME and clock.monotonic() == 50.0 and log.steps == 4 + 44
     assert all(size == 32 for *_, size in network.steps)
 
 
 def test_a_schedule_shorter_than_the_probe_still_settles_its_precision() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     network = FakeNetwork(clock, {"float32": 1.0, "bfloat16": 0.5})
     loop, _ = run(network, clock, rows=32, end=1e6, epochs=2.0)  # two steps: bfloat16 is never timed
     assert loop.log.steps == 2 and network.precision == loop.log.precision == "float32"
@@ -146,7 +156,7 @@ def test_a_schedule_shorter_than_the_probe_still_settles_its_precision() -> None
 
 def test_the_learning_rate_warms_up_then_follows_a_cosine_to_zero() -> None:
     recipe = Recipe(batch_size=32, warmup_fraction=0.05, lr=1e-3)
-    clock = FakeClock()
+    clock = ManualClock()
     network = FakeNetwork(clock, {"float32": 1.0}, precision="float32")
     run(network, clock, end=100.0, recipe=recipe)
     lrs = [lr for _, lr, _, _ in network.steps]
@@ -158,7 +168,7 @@ def test_the_learning_rate_warms_up_then_follows_a_cosine_to_zero() -> None:
 
 
 def test_a_schedule_ends_after_its_epochs_when_time_is_plentiful() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     network = FakeNetwork(clock, {"float32": 1.0, "bfloat16": 1.5})
     loop, _ = run(network, clock, rows=64, end=1e6, epochs=3.0)
     assert loop.log.stopped is Stop.EPOCHS and loop.log.steps == 6 and loop.log.epochs == 3.0
@@ -166,7 +176,7 @@ def test_a_schedule_ends_after_its_epochs_when_time_is_plentiful() -> None:
 
 def test_early_stopping_keeps_the_best_state() -> None:
     """Scores from half-way on; two in a row below the best stop the schedule and the best state comes back."""
-    clock = FakeClock()
+    clock = ManualClock()
     network = FakeNetwork(clock, {"float32": 1.0}, scores=[0.5, 0.7, 0.6, 0.55], precision="float32")
     loop, events = run(network, clock, end=100.0, validate=True, recipe=Recipe(batch_size=32, evaluations=5))
     log = loop.log
@@ -179,34 +189,34 @@ def test_early_stopping_keeps_the_best_state() -> None:
 
 
 def test_scoring_that_would_eat_the_schedule_happens_once_at_the_end() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     network = FakeNetwork(clock, {"float32": 1.0}, precision="float32", score_seconds=5.0)
     loop, _ = run(network, clock, end=40.0, validate=True, score_seconds=lambda step: 5.0)
     assert len(loop.log.history) == 1 and loop.log.history[0]["step"] == loop.log.steps
 
 
 def test_the_schedule_is_replanned_from_its_measured_step() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     network = FakeNetwork(clock, {"float32": 3.0, "bfloat16": 2.0})
     asked: list[float] = []
 
     def replan(step: float) -> tuple[float, float]:
         asked.append(step)
-        return clock.now + 20.0, 7.5
+        return clock.monotonic() + 20.0, 7.5
 
     loop, _ = run(network, clock, end=1000.0, replan=replan)
     assert asked == [2.0]  # once, with the faster precision's timed step
     assert loop.log.planned_epochs == 7.5 and loop.log.stopped is Stop.TIME
-    assert clock.now == 10.0 + 20.0  # 10 s of probing, then the 20 s it was given
+    assert clock.monotonic() == 10.0 + 20.0  # 10 s of probing, then the 20 s it was given
 
 
 def test_the_time_left_is_the_time_that_was_left() -> None:
     """Unknown (None) until the steps are timed, then exact on a fake clock: the schedule's own time left plus
     what the job says comes after it."""
-    clock = FakeClock()
+    clock = ManualClock()
     network = FakeNetwork(clock, {"float32": 1.0, "bfloat16": 1.0})
     loop, events = run(network, clock, end=60.0, after=lambda: 7.0)
-    end = clock.now
+    end = clock.monotonic()
     assert [eta for *_, eta, _ in events[:3]] == [None, None, None]
     for _, done, total, eta, when in events[3:]:
         assert eta == pytest.approx(end - when + 7.0, abs=1.0), (done, eta, end - when)
@@ -215,7 +225,7 @@ def test_the_time_left_is_the_time_that_was_left() -> None:
 
 def test_a_machine_that_slows_down_ends_the_schedule_early_enough() -> None:
     """Steps get three times slower half-way: the schedule stops where what follows it still fits the budget."""
-    clock = FakeClock()
+    clock = ManualClock()
     network = FakeNetwork(clock, {"float32": 1.0}, precision="float32")
     reserve = 5.0
 
@@ -225,17 +235,17 @@ def test_a_machine_that_slows_down_ends_the_schedule_early_enough() -> None:
     original = network.step
 
     def slowing(rows: np.ndarray, lr: float, precision: str) -> None:
-        network.step_seconds["float32"] = 3.0 if clock.now >= 40 else 1.0
+        network.step_seconds["float32"] = 3.0 if clock.monotonic() >= 40 else 1.0
         original(rows, lr, precision)
 
     network.step = slowing  # type: ignore[method-assign]
     loop, _ = run(network, clock, end=95.0, latest_end=latest_end)
     assert loop.log.stopped is Stop.TIME
-    assert clock.now <= 100.0 - 3 * reserve, clock.now  # the reserve, at the slower pace, is left
+    assert clock.monotonic() <= 100.0 - 3 * reserve, clock.monotonic()  # the reserve, at the slower pace, is left
 
 
 def test_a_refit_stops_at_the_epoch_where_its_first_run_was_best() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     network = FakeNetwork(clock, {"float32": 1.0}, precision="float32")
     loop, _ = run(network, clock, rows=64, end=1e6, epochs=10.0, stop_epoch=2.5)
     # Two steps an epoch: the fifth step reaches epoch 2.5.

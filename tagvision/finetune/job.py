@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from tagvision import backbone, learn, metrics
+from tagvision.clock import SYSTEM, Clock
 from tagvision.finetune import choice, loop
 from tagvision.finetune.data import Decoded
 from tagvision.finetune.network import Network, Task, export
@@ -39,14 +39,14 @@ SLACK = 0.03  # of the budget, kept for the unforeseen: everything is planned to
 class _Countdown:
     """The budget on the injected clock, and progress reports whose time left never goes up."""
 
-    def __init__(self, budget: float, clock: loop.Clock, progress: Progress | None) -> None:
+    def __init__(self, budget: float, clock: Clock, progress: Progress | None) -> None:
         self.clock, self.progress = clock, progress
-        self.started = clock()
+        self.started = clock.monotonic()
         self.deadline = self.started + budget * (1 - SLACK)
         self.eta = math.inf
 
     def left(self) -> float:
-        return self.deadline - self.clock()
+        return self.deadline - self.clock.monotonic()
 
     def report(self, stage: str, done: int, total: int, eta: float | None = None) -> None:
         if self.progress is None:
@@ -72,7 +72,7 @@ class Job:
         seed: int,
         threads: int,
         recipe: Recipe,
-        clock: loop.Clock,
+        clock: Clock,
     ) -> None:
         if labels.ndim != 2 or len(labels) != len(sources) or labels.shape[1] < 2:
             raise ValueError(f"labels {labels.shape} do not match {len(sources)} images with at least two tags")
@@ -88,14 +88,14 @@ class Job:
         self.report = Report(spec.model_name, budget, threads)
 
     def timed(self, name: str, since: float) -> float:
-        now = self.clock()
+        now = self.clock.monotonic()
         self.report.seconds[name] = round(self.report.seconds.get(name, 0.0) + now - since, 3)
         return now
 
     # -- stages
 
     def run(self) -> FineTuneResult:
-        t = self.clock()
+        t = self.clock.monotonic()
         self.data = Decoded(
             self.sources, self.specs, self.threads, lambda done, n: self.countdown.report("decoding", done, n)
         )
@@ -122,13 +122,13 @@ class Job:
         embedder = backbone.Embedder(spec, self.models_dir, threads=self.threads)
         centre = self.data.centres[spec.domain]
         plain, flipped = [], []
-        started = self.clock()
+        started = self.clock.monotonic()
         for s in range(0, n, embedder.batch_size):
             p, f = embedder.forward_pairs(backbone.normalise(centre[s : s + embedder.batch_size]))
             plain.append(p)
             flipped.append(f)
             self.countdown.report("embedding", min(n, s + embedder.batch_size), n)
-        speed = 2 * n / max(self.clock() - started, 1e-6)
+        speed = 2 * n / max(self.clock.monotonic() - started, 1e-6)
         self.report.stock_images_per_second[spec.model_name] = round(speed, 1)
         return np.concatenate(plain), np.concatenate(flipped)
 
@@ -203,7 +203,7 @@ class Job:
         """The first schedule, the choice against quick, and the refit when the plan holds one and it won."""
         import torch
 
-        t = self.clock()
+        t = self.clock.monotonic()
         self.countdown.report("preparing", 0, 1)
         torch.manual_seed(self.seed)
         task = Task(self.data, self.labels, self.validation, spec, self.multilabel, self.recipe, self.rng)
@@ -253,7 +253,7 @@ class Job:
                 self.planner.larger_fits(self.countdown.left(), self.costs, guessed=False)
             plan = self.planner.plan(self.countdown.left(), self.costs)
             self.refit, self.after = plan.refit, plan.after
-            return self.clock() + plan.seconds, plan.epochs
+            return self.clock.monotonic() + plan.seconds, plan.epochs
 
         return loop.Hooks(
             step_guess=self.costs.step(self.planner.sizes),
@@ -307,7 +307,7 @@ class Job:
         self.report.chosen = "fine-tuned"
         self.report.tuning = tuning
         spec = next(s for s in self.specs if s.model_name == tuning.backbone)
-        t = self.clock()
+        t = self.clock.monotonic()
         self.countdown.report("exporting", 0, 1)
         onnx = export(self.served, spec)
         self.timed("export", t)
@@ -320,7 +320,7 @@ class Job:
         return FineTuneResult(onnx, head, evaluation, self.report, spec)
 
     def finish(self) -> None:
-        self.report.seconds["total"] = round(self.clock() - self.countdown.started, 3)
+        self.report.seconds["total"] = round(self.clock.monotonic() - self.countdown.started, 3)
 
 
 def fine_tune(
@@ -336,7 +336,7 @@ def fine_tune(
     threads: int | None = None,
     recipe: Recipe | None = None,
     backbones: Sequence[backbone.BackboneSpec] | None = None,
-    clock: loop.Clock = time.perf_counter,
+    clock: Clock = SYSTEM,
 ) -> FineTuneResult:
     """Fine-tune a backbone on ``images`` (callables returning encoded bytes) with ``labels`` (n, T) bool.
 

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tagvision.clock import Clock
 from tagvision.finetune.recipe import Recipe
 
-Clock = Callable[[], float]
 Report = Callable[[str, int, int, float | None], None]
 PROBE = ("float32", "float32", "bfloat16", "bfloat16")  # the second step of each is timed (the first sets up)
 
@@ -148,10 +148,10 @@ class Loop:
         self.best_state: object = None
 
     def run(self) -> Log:
-        self.begin = self.clock()
+        self.begin = self.clock.monotonic()
         self.score_cost = self.hooks.score_seconds(self.hooks.step_guess)
         self.order, self.pos = self.rng.permutation(len(self.rows)), 0
-        while (stop := self._stop(self.clock())) is None:
+        while (stop := self._stop(self.clock.monotonic())) is None:
             if self._score_due():
                 if not self._score():
                     stop = Stop.EARLY
@@ -167,7 +167,7 @@ class Loop:
             self._score()
         if self.log.best is not None:
             self.trainee.restore(self.best_state)
-        self.log.seconds = self.clock() - self.begin
+        self.log.seconds = self.clock.monotonic() - self.begin
         self.log.epochs = self.epoch()
         if not self.validate:
             self.log.best_step = self.log.steps
@@ -207,7 +207,7 @@ class Loop:
     def _score_due(self) -> bool:
         """Whether a scoring point has been passed; points that would cost more than a tenth of the
         schedule's time are dropped (the last score at the end always happens)."""
-        fraction = self.fraction(self.clock())
+        fraction = self.fraction(self.clock.monotonic())
         if not self.score_at or fraction < self.score_at[0]:
             return False
         self.score_at = [p for p in self.score_at if p > fraction]
@@ -215,7 +215,7 @@ class Loop:
 
     def _score(self) -> bool:
         """Score the validation split and keep the best state; False when two scores in a row fell below it."""
-        started = self.clock()
+        started = self.clock.monotonic()
         self.hooks.report("validating", self.log.steps, self.log.steps, None)
         scored = self.trainee.score()
         entry = {"step": self.log.steps, "epoch": round(self.epoch(), 2), "seconds": round(started - self.begin, 1)}
@@ -226,13 +226,13 @@ class Loop:
             self.best_state = self.trainee.snapshot()
         else:
             self.below += 1
-        self.score_cost = self.clock() - started
+        self.score_cost = self.clock.monotonic() - started
         return self.below < 2
 
     # -- training
 
     def _step(self) -> None:
-        started = self.clock()
+        started = self.clock.monotonic()
         if self.pos + self.batch_size > len(self.rows):
             self.order, self.pos = self.rng.permutation(len(self.rows)), 0
         batch = self.rows[self.order[self.pos : self.pos + self.batch_size]]
@@ -241,7 +241,7 @@ class Loop:
         precision = self.probe[steps] if steps < len(self.probe) else self.trainee.precision
         assert precision is not None
         self.trainee.step(batch, learning_rate(self.recipe, self.fraction(started)), precision)
-        self.log.step_times.append(self.clock() - started)
+        self.log.step_times.append(self.clock.monotonic() - started)
         self.log.steps += 1
         if self.probe and self.log.steps in (2, 4):
             self.log.probed[precision] = self.log.step_times[-1]
@@ -263,7 +263,7 @@ class Loop:
 
     def _report(self) -> None:
         """Steps done of the steps expected, and the time left: unknown (None) until the schedule is planned."""
-        now = self.clock()
+        now = self.clock.monotonic()
         left = max(1e-6, 1 - self.fraction(now))
         steps = self.log.steps
         eta = None
