@@ -578,7 +578,7 @@ def serve(
 
     import uvicorn
 
-    from tagvision.api.app import create_app
+    from tagvision.server import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs, and some hold API keys
@@ -623,7 +623,7 @@ def keys(
 ) -> None:
     """Show the server's endpoint, Training-Key and Prediction-Key."""
     settings = Settings.load(data_dir)
-    store = KeyStore(settings.data_dir)
+    store = KeyStore(settings.data_dir, settings.training_key, settings.prediction_key)
     current = store.regenerate(regenerate) if regenerate else store.current()
     try:
         endpoint = json.loads((settings.data_dir / "server.json").read_text())["endpoint"]

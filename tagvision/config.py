@@ -11,11 +11,11 @@ DEFAULT_DATA_DIR = Path("tagvision-data")
 
 @dataclass(frozen=True)
 class Settings:
-    """Where tagvision keeps its state.
+    """Where tagvision keeps its state, and what its operator allows.
 
-    The embedded default is one data directory holding ``tagvision.db`` (SQLite, WAL) and
-    ``blobs/`` (content-addressed files) and ``models/`` (the backbones exported to ONNX);
-    ``TAGVISION_DATABASE_URL``, ``TAGVISION_BLOB_ROOT`` and ``TAGVISION_MODELS_DIR`` move
+    The embedded default is one data directory (``TAGVISION_DATA_DIR``) holding ``tagvision.db``
+    (SQLite, WAL) and ``blobs/`` (content-addressed files) and ``models/`` (the backbones exported
+    to ONNX); ``TAGVISION_DATABASE_URL``, ``TAGVISION_BLOB_ROOT`` and ``TAGVISION_MODELS_DIR`` move
     them elsewhere (PostgreSQL, shared storage, a read-only model cache).
     """
 
@@ -23,6 +23,9 @@ class Settings:
     database_url: str
     blob_root: Path
     models_dir: Path  # exported backbones (ONNX), shared by every project
+    # TAGVISION_TRAINING_KEY / TAGVISION_PREDICTION_KEY: keys the operator gives, winning over keys.json.
+    training_key: str | None = None
+    prediction_key: str | None = None
 
     @classmethod
     def load(cls, data_dir: Path | str | None = None) -> Settings:
@@ -32,4 +35,11 @@ class Settings:
         url = env.get("TAGVISION_DATABASE_URL") or f"sqlite:///{root / 'tagvision.db'}"
         blobs = Path(env.get("TAGVISION_BLOB_ROOT") or root / "blobs").expanduser().resolve()
         models = Path(env.get("TAGVISION_MODELS_DIR") or root / "models").expanduser().resolve()
-        return cls(data_dir=root, database_url=url, blob_root=blobs, models_dir=models)
+        return cls(
+            data_dir=root,
+            database_url=url,
+            blob_root=blobs,
+            models_dir=models,
+            training_key=env.get("TAGVISION_TRAINING_KEY") or None,
+            prediction_key=env.get("TAGVISION_PREDICTION_KEY") or None,
+        )

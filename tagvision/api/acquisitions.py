@@ -28,7 +28,7 @@ def _json(request: Request, view: AcquisitionView) -> dict[str, Any]:
     body = view.to_json()
     for item in body["items"]:
         if item.get("sha256"):
-            item["thumbnailUri"] = request.app.state.links.url(request, "thumbnail", item["sha256"])
+            item["thumbnailUri"] = render.link(request, "thumbnail", item["sha256"])
     return body
 
 
