@@ -15,6 +15,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from tagvision.config import Settings
+from tagvision.service import Service
 from tests.conftest import CLOTHING, REPO, photos
 from tests.fake_providers.openverse import make_openverse
 from tests.server import Server
@@ -41,11 +43,26 @@ def openverse(tmp_path: Path, monkeypatch):
     fake.close()
 
 
+@pytest.fixture
+def open_service(data_dir: Path):
+    """Opens the service from the environment as it is by then: settings are read once, when it opens."""
+    opened: list[Service] = []
+
+    def open_() -> Service:
+        opened.append(Service.open(Settings.load(data_dir)))
+        return opened[-1]
+
+    yield open_
+    for service in opened:
+        service.close()
+
+
 def image_requests(fake) -> list[str]:
     return [r.path for r in fake.requests_to("/img/")]
 
 
-def test_acquisition_fills_each_tag_keeps_licences_and_resumes(svc, openverse) -> None:
+def test_acquisition_fills_each_tag_keeps_licences_and_resumes(openverse, open_service) -> None:
+    svc = open_service()
     svc.projects.create("shop", domain="general-compact")
     started = svc.acquisitions.start("shop", ["hat", "Shoes", "dress"], per_tag=8, providers=("openverse",))
     assert [t["tag"] for t in started.to_json()["tags"]] == ["hat", "Shoes", "dress"]
@@ -84,7 +101,8 @@ def test_acquisition_fills_each_tag_keeps_licences_and_resumes(svc, openverse) -
     assert len(image_requests(openverse)) == before
 
 
-def test_interrupted_acquisition_fetches_only_what_is_missing(svc, openverse) -> None:
+def test_interrupted_acquisition_fetches_only_what_is_missing(openverse, open_service) -> None:
+    svc = open_service()
     svc.projects.create("shop", domain="general-compact")
     first = svc.acquisitions.start("shop", ["hat"], per_tag=10)
     seen: list[int] = []
@@ -104,8 +122,9 @@ def test_interrupted_acquisition_fetches_only_what_is_missing(svc, openverse) ->
     assert not set(image_requests(openverse)[len(fetched) :]) & set(fetched)
 
 
-def test_unreachable_provider_fails_fast_and_names_the_offline_way(svc, monkeypatch) -> None:
+def test_unreachable_provider_fails_fast_and_names_the_offline_way(open_service, monkeypatch) -> None:
     monkeypatch.setenv("TAGVISION_OPENVERSE_URL", "http://no-such-host.invalid")
+    svc = open_service()
     svc.projects.create("offline", domain="general-compact")
     started = time.monotonic()
     done = svc.acquisitions.run(svc.acquisitions.start("offline", ["hat"], per_tag=5).id)
@@ -181,12 +200,11 @@ def test_api_runs_acquisitions_in_the_background_with_review(openverse, tmp_path
         assert library.status_code == 400 and "TAGVISION_LIBRARY_ROOTS" in library.json()["message"]
 
 
-def test_library_finds_by_name_then_by_look_offline(svc, tmp_path: Path, monkeypatch) -> None:
+def test_library_finds_by_name_then_by_look_offline(svc, tmp_path: Path) -> None:
     """A catalogue folder: a 'Hats' folder found by name; unnamed files ranked by likeness to the tag's images."""
     import hashlib
     import shutil
 
-    monkeypatch.setenv("TAGVISION_OPENVERSE_URL", "http://no-such-host.invalid")  # no network needed
     library = tmp_path / "catalogue"
     (library / "Hats").mkdir(parents=True)
     for path in photos(CLOTHING, "train", "hat", 4, skip=20):

@@ -15,8 +15,8 @@ from tests.fake_providers import FakeServer
 
 
 @pytest.fixture
-def host(monkeypatch):
-    monkeypatch.setenv("TAGVISION_ALLOW_PRIVATE_URLS", "1")
+def host():
+    """A loopback image host (downloaders here allow private addresses to reach it)."""
     fake = FakeServer()
     for n, path in enumerate(photos(CLOTHING, "train", "hat", 12)):
         fake.photos[f"p{n}"] = path
@@ -50,7 +50,7 @@ def test_good_broken_slow_redirected_and_rate_limited_links(host: FakeServer, tm
         "html": host.image_url("html"),
         "private": "http://169.254.169.254/latest/meta-data",
     }
-    downloader = Downloader(timeout=1.0, backoff=0.1)
+    downloader = Downloader(timeout=1.0, backoff=0.1, allow_private=True)
     started = time.monotonic()
     results = {
         r.candidate.provider_id: r for r in downloader.download([candidate(url, name) for name, url in urls.items()])
@@ -93,7 +93,9 @@ def test_concurrency_is_bounded_overall_and_per_host(host: FakeServer) -> None:
     host._answer = counting
     started = time.monotonic()
     results = list(
-        Downloader(workers=8, per_host=3).download([candidate(host.image_url(f"p{n}"), n) for n in range(12)])
+        Downloader(workers=8, per_host=3, allow_private=True).download(
+            [candidate(host.image_url(f"p{n}"), n) for n in range(12)]
+        )
     )
     elapsed = time.monotonic() - started
     assert [r.status for r in results] == ["OK"] * 12
@@ -111,7 +113,7 @@ def test_stop_and_window_limit_what_is_taken(host: FakeServer) -> None:
 
     stop = threading.Event()
     out = []
-    for result in Downloader(workers=8).download(lazily(), stop, window=lambda: 2):
+    for result in Downloader(workers=8, allow_private=True).download(lazily(), stop, window=lambda: 2):
         out.append(result)
         if len(out) == 3:
             stop.set()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tagvision.config import Settings
 from tagvision.fetch import FetchError, fetch
 from tagvision.images import validate
 from tagvision.sources.base import Candidate, ProviderError, ProviderUnavailable
@@ -244,7 +245,7 @@ def test_providers_from_settings(serve, monkeypatch):
     }.items():
         monkeypatch.setenv(f"TAGVISION_{name}", value)
     for kind in (OpenverseProvider, WikimediaProvider, BingProvider):
-        provider = kind.from_settings()
+        provider = kind.from_settings(Settings.load().providers)
         assert len(list(provider.search("dress", 3))) == 3
         provider.close()
     assert fakes["openverse"].requests_to("/v1/images/")[0].query["license_type"] == "modification"
@@ -319,7 +320,7 @@ def test_bing_without_endpoint_or_key_is_not_configured(endpoint, key, monkeypat
     monkeypatch.delenv("TAGVISION_BING_KEY", raising=False)
     monkeypatch.setenv("TAGVISION_BING_ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(ProviderError, match="TAGVISION_BING_KEY"):
-        BingProvider.from_settings()
+        BingProvider.from_settings(Settings.load().providers)
 
 
 def test_bing_wrong_key_is_unauthorized(serve):

@@ -12,7 +12,6 @@ good ones as tagged training images with their source, licence and attribution. 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 from sqlalchemy import select
 
 from tagvision import images, sources
+from tagvision.config import LIBRARY_ROOTS_ENV
 from tagvision.errors import InvalidInput, NotFound, TagvisionError
 from tagvision.service.context import Context, Progress, get_project, no_progress
 from tagvision.service.images import Images, NewImage
@@ -53,7 +53,6 @@ MAX_PER_TAG = 1000
 MAX_TAGS = 50
 NEAR_DUPLICATE_BITS = 6  # dHash distance at or under which two images count as the same picture
 SEARCH_FACTOR = 3  # candidates asked for per image wanted: some links break, some are duplicates
-LIBRARY_ROOTS_ENV = "TAGVISION_LIBRARY_ROOTS"
 # Candidates in these states are never fetched again by a later run. "Spare": downloaded after the
 # target was met (downloads run in parallel); kept as a blob and used first by a later run.
 SETTLED = ("Added", "Duplicate", "Refused", "Rejected", "Pending", "Spare")
@@ -133,10 +132,10 @@ class Acquisitions:
         chosen = tuple(dict.fromkeys(providers))
         if not chosen:
             raise InvalidInput("Choose at least one provider.", code="BadRequestInvalid")
-        folder = _library_folder(library, library_anywhere) if "library" in chosen else None
+        folder = self._library_folder(library, library_anywhere) if "library" in chosen else None
         for name in chosen:  # unknown or unconfigured providers fail now, not in the background
             if name != "library":
-                _close(sources.make(name))
+                _close(sources.make(name, self.ctx.settings.providers))
         existing = {t.name.casefold(): t for t in self.projects.list_tags(ref)}
         missing = [n for n in names if n.casefold() not in existing]
         if missing:
@@ -251,6 +250,26 @@ class Acquisitions:
         with self.ctx.db.session() as session:
             return list(session.scalars(select(Acquisition.id).where(Acquisition.status == "Running")))
 
+    @property
+    def library_roots(self) -> tuple[Path, ...]:
+        """The folders the operator lets API and portal users search as a library (none: no library there)."""
+        return self.ctx.settings.library_roots
+
+    def _library_folder(self, library: str | None, anywhere: bool) -> Path:
+        if not library:
+            raise InvalidInput("The library provider needs a folder.", code="BadRequestInvalid")
+        folder = Path(library).expanduser().resolve()
+        if anywhere:
+            return folder
+        roots = [root.expanduser().resolve() for root in self.library_roots]
+        if not any(folder == root or root in folder.parents for root in roots):
+            raise InvalidInput(
+                f"The server reads libraries only under the folders its operator lists in "
+                f"{LIBRARY_ROOTS_ENV}; {library!r} is not under one.",
+                code="BadRequestInvalid",
+            )
+        return folder
+
     # ------------------------------------------------------------------ the work
 
     def run(self, acquisition_id: str, progress: Progress = no_progress) -> AcquisitionView:
@@ -301,7 +320,9 @@ class Acquisitions:
             }
             domain = get_project(session, project_id).domain
         hashes = self._project_hashes(project_id)
-        downloader = Downloader(min_side=request.get("minSide", 224))
+        downloader = Downloader(
+            min_side=request.get("minSide", 224), allow_private=self.ctx.settings.allow_private_urls
+        )
         providers = self._providers(request, project_id, domain)
         try:
             for tag in request["tags"]:
@@ -470,6 +491,7 @@ class Acquisitions:
                 made.append(
                     sources.make(
                         "library",
+                        self.ctx.settings.providers,
                         library=Path(request["library"]),
                         seeds=self._seeds(project_id, domain, request["tags"]),
                         embedder=self.ctx.embedder(domain),
@@ -477,7 +499,7 @@ class Acquisitions:
                     )
                 )
             else:
-                made.append(sources.make(name))
+                made.append(sources.make(name, self.ctx.settings.providers))
         return made
 
     def _seeds(self, project_id: str, domain: str, tags: list[dict]) -> dict[str, np.ndarray]:
@@ -529,22 +551,6 @@ def _acquired_counts(session, project_id: str) -> dict[str, int]:
         if key:
             counts[tag_id] = counts.get(tag_id, 0) + 1
     return counts
-
-
-def _library_folder(library: str | None, anywhere: bool) -> Path:
-    if not library:
-        raise InvalidInput("The library provider needs a folder.", code="BadRequestInvalid")
-    folder = Path(library).expanduser().resolve()
-    if anywhere:
-        return folder
-    roots = [Path(r).expanduser().resolve() for r in os.environ.get(LIBRARY_ROOTS_ENV, "").split(os.pathsep) if r]
-    if not any(folder == root or root in folder.parents for root in roots):
-        raise InvalidInput(
-            f"The server reads libraries only under the folders its operator lists in "
-            f"{LIBRARY_ROOTS_ENV}; {library!r} is not under one.",
-            code="BadRequestInvalid",
-        )
-    return folder
 
 
 def _close(provider) -> None:

@@ -145,7 +145,9 @@ class Images:
 
         def download(url: str) -> bytes | TagvisionError:
             try:
-                return fetch.fetch(url, max_bytes=images.MAX_TRAINING_BYTES).data
+                return fetch.fetch(
+                    url, max_bytes=images.MAX_TRAINING_BYTES, allow_private=self.ctx.settings.allow_private_urls
+                ).data
             except TagvisionError as exc:
                 return exc
 

@@ -219,7 +219,7 @@ class Prediction:
         """Download an image through the SSRF guard and classify it (see :meth:`classify`)."""
         self.model(ref, options.get("iteration_ref"), published=options.get("published"))  # 404 before fetching
         try:
-            data = fetch.fetch(url, max_bytes=max_bytes).data
+            data = fetch.fetch(url, max_bytes=max_bytes, allow_private=self.ctx.settings.allow_private_urls).data
         except TagvisionError as exc:
             raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
         return self.classify(ref, data, max_bytes=max_bytes, source=url, **options)

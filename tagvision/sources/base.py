@@ -9,7 +9,6 @@ pacing between calls); the local library reads a folder. The downloader
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -226,8 +225,3 @@ def _no_network(exc: Exception) -> bool:
             "nodename nor servname",
         )
     )
-
-
-def setting(name: str, default: str | None = None) -> str | None:
-    """A provider setting from the environment (``TAGVISION_<NAME>``)."""
-    return os.environ.get(f"TAGVISION_{name}") or default

@@ -16,12 +16,15 @@ https://learn.microsoft.com/en-us/bing/search-apis/bing-web-search/page-results 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
+from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, take_new
+
+if TYPE_CHECKING:
+    from tagvision.config import ProviderSettings
 
 MAX_COUNT = 150
 FORMATS = frozenset({"jpeg", "png", "gif", "animatedgif", "bmp", "webp"})
@@ -53,12 +56,12 @@ class BingProvider:
         self._http = ProviderHTTP(self.name, endpoint, headers={"Ocp-Apim-Subscription-Key": key}, transport=transport)
 
     @classmethod
-    def from_settings(cls) -> BingProvider:
+    def from_settings(cls, settings: ProviderSettings) -> BingProvider:
         return cls(
-            setting("BING_ENDPOINT"),
-            setting("BING_KEY"),
-            market=setting("BING_MARKET", "en-US") or "en-US",
-            safe_search=setting("BING_SAFESEARCH", "Moderate") or "Moderate",
+            settings.bing_endpoint,
+            settings.bing_key,
+            market=settings.bing_market or "en-US",
+            safe_search=settings.bing_safesearch or "Moderate",
         )
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:

@@ -9,7 +9,6 @@ unticked ones are rejected and never offered again.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -20,7 +19,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from tagvision.errors import InvalidInput, TagvisionError
 from tagvision.service import Service
-from tagvision.service.acquisitions import LIBRARY_ROOTS_ENV, MAX_PER_TAG, AcquisitionView
+from tagvision.service.acquisitions import MAX_PER_TAG, AcquisitionView
 from tagvision.web import session as sessions
 from tagvision.web import shape
 from tagvision.web.routing import JsonRoute, PageRoute
@@ -47,12 +46,8 @@ LIBRARY_HINT = (
 )
 
 
-def library_roots() -> list[str]:
-    return [r for r in os.environ.get(LIBRARY_ROOTS_ENV, "").split(os.pathsep) if r]
-
-
-def providers() -> list[tuple[str, str]]:
-    return [*PROVIDERS, LIBRARY] if library_roots() else list(PROVIDERS)
+def providers(svc: Service) -> list[tuple[str, str]]:
+    return [*PROVIDERS, LIBRARY] if svc.acquisitions.library_roots else list(PROVIDERS)
 
 
 # ---------------------------------------------------------------------- what the page shows
@@ -153,7 +148,8 @@ def tag_sentence(t: dict[str, Any], status: str, current: bool) -> str:
     return f"{name}: {added} of {wanted} candidates{tail}."
 
 
-def status_sentence(view: AcquisitionView, counts: dict[str, int]) -> str:
+def status_sentence(view: AcquisitionView, counts: dict[str, int], library: bool) -> str:
+    """What the search is doing or did; ``library``: the server offers the library provider."""
     pending, added, rejected = counts.get("Pending", 0), counts.get("Added", 0), counts.get("Rejected", 0)
     provider = ", ".join(view.request.get("providers", []))
     tags = ", ".join(t["name"] for t in view.request.get("tags", []))
@@ -161,7 +157,7 @@ def status_sentence(view: AcquisitionView, counts: dict[str, int]) -> str:
         return f"Searching {provider} for {tags}: {plural(pending, 'candidate')} so far."
     if view.status == "Failed":
         message = view.error or "The server log has the reason."
-        hint = f" {LIBRARY_HINT}" if "--provider library" in message and library_roots() else ""
+        hint = f" {LIBRARY_HINT}" if "--provider library" in message and library else ""
         return f"The search failed: {message}{hint}"
     if added or rejected:
         if pending:
@@ -187,7 +183,9 @@ def state_json(request: Request, view: AcquisitionView, after: int = 0) -> dict[
     return {
         "status": view.status,
         "running": view.status == "Running",
-        "message": status_sentence(view, item_counts(view.items)),
+        "message": status_sentence(
+            view, item_counts(view.items), bool(shape.service(request).acquisitions.library_roots)
+        ),
         "tags": tag_progress(view),
         "seen": len(view.items),
         "pending": sum(i["status"] == "Pending" for i in view.items),
@@ -246,8 +244,8 @@ def search_page(
         state=state,
         groups=by_tag(request, view) if view else [],
         recent=recent,
-        providers=providers(),
-        library_roots=library_roots(),
+        providers=providers(svc),
+        library_roots=[str(root) for root in svc.acquisitions.library_roots],
         max_per_tag=MAX_PER_TAG,
         form={
             "tags": tags,
@@ -277,7 +275,7 @@ async def start_search(request: Request, project_id: str) -> Response:
         names = [n.strip() for n in text.split(",") if n.strip()]
         if not names:
             raise InvalidInput("Type at least one tag name; separate several with commas.", code="BadRequestTagName")
-        if provider not in {name for name, _ in providers()}:
+        if provider not in {name for name, _ in providers(svc)}:
             raise InvalidInput("Choose one of the providers in the list.", code="BadRequestInvalid")
         try:
             per_tag = int(per_tag_text)
