@@ -24,7 +24,7 @@ from tagvision.errors import InvalidInput
 from tagvision.images import MAX_TRAINING_BYTES
 from tagvision.service import NewImage, Service
 from tagvision.service.images import parse_metadata_filter
-from tagvision.service.prediction import PredictionQuery, QueryTag
+from tagvision.service.prediction import PredictionQuery, QueryTag, SuggestionQuery
 from tagvision.service.views import ImageCreateSummary
 
 VERSIONS = ("v3.0", "v3.1", "v3.2", "v3.3", "v3.4-preview")
@@ -369,11 +369,7 @@ def get_images_by_ids(
     iteration_id: OptionalIteration = None,
 ) -> list[dict]:
     ids = csv(image_ids, limit=MAX_IDS, what="image ids")
-    views = service.images.by_ids(project_id, ids)
-    if iteration_id is not None:
-        trained = {v.id for v in service.images.list(project_id, iteration=iteration_id)}
-        views = [v for v in views if v.id in trained]
-    return [render.image(request, v) for v in views]
+    return [render.image(request, v) for v in service.images.by_ids(project_id, ids, iteration=iteration_id)]
 
 
 # --------------------------------------------------------------------------- images: adding
@@ -448,7 +444,6 @@ def create_images_from_urls(
     check_batch(len(batch.images), batch.tagIds)
     if any(e.regions for e in batch.images):
         raise not_supported("Regions")
-    service.projects.get(project_id)  # unknown project: 404 before any download
     summary = service.images.add_urls(
         project_id, [(e.url, union(batch.tagIds, e.tagIds)) for e in batch.images], batch.metadata
     )
@@ -579,16 +574,15 @@ def query_suggested_images(
     iteration_id: Annotated[str, Query(alias="iterationId")],
     query: schemas.SuggestedTagAndRegionQueryToken,
 ) -> dict:
-    views = service.prediction.suggest(
-        project_id, iteration_id, tag_ids=query.tagIds or None, threshold=query.threshold or 0.0
+    asked = SuggestionQuery(
+        tag_ids=tuple(query.tagIds or ()),
+        threshold=query.threshold or 0.0,
+        sort_by=query.sortBy or "UncertaintyDescending",
+        max_count=query.maxCount or 50,
+        continuation=query.continuation,
     )
-    descending = (query.sortBy or "UncertaintyDescending") != "UncertaintyAscending"
-    views.sort(key=lambda v: -v.uncertainty if descending else v.uncertainty)
-    start = int(query.continuation or 0) if (query.continuation or "0").isdigit() else 0
-    count = max(1, min(query.maxCount or 50, MAX_TAKE))
-    page = views[start : start + count]
-    more = start + count < len(views)
-    token = {**query.model_dump(), "continuation": str(start + count) if more else None}
+    page, continuation = service.prediction.suggested(project_id, iteration_id, asked)
+    token = {**query.model_dump(), "continuation": continuation}
     return {"token": token, "results": [render.suggestion(request, v) for v in page]}
 
 
@@ -603,13 +597,9 @@ def query_suggested_image_count(
     iteration_id: Annotated[str, Query(alias="iterationId")],
     tag_filter: schemas.TagFilter,
 ) -> dict[str, int]:
-    threshold = tag_filter.threshold or 0.0
-    views = service.prediction.suggest(project_id, iteration_id)
-    wanted = tag_filter.tagIds or sorted({p.tag_id for v in views for p in v.predictions})
-    return {
-        tag_id: sum(any(p.tag_id == tag_id and p.probability >= threshold for p in v.predictions) for v in views)
-        for tag_id in wanted
-    }
+    return service.prediction.suggested_counts(
+        project_id, iteration_id, tag_filter.tagIds or None, threshold=tag_filter.threshold or 0.0
+    )
 
 
 # --------------------------------------------------------------------------- training and iterations
@@ -723,10 +713,8 @@ def get_image_performances(
 def get_image_performance_count(
     service: Svc, project_id: ProjectId, iteration_id: IterationId, tag_ids: TagIdsQuery = None
 ) -> int:
-    return len(
-        service.training.image_performances(
-            project_id, iteration_id, tag_ids=csv(tag_ids, limit=MAX_TAG_IDS, what="tag ids")
-        )
+    return service.training.image_performance_count(
+        project_id, iteration_id, tag_ids=csv(tag_ids, limit=MAX_TAG_IDS, what="tag ids")
     )
 
 

@@ -72,6 +72,14 @@ class AcquisitionView:
     last_modified: datetime
     items: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def item_counts(self) -> dict[str, int]:
+        """How many of ``items`` are in each status (Pending, Added, Rejected, ...)."""
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[item["status"]] = counts.get(item["status"], 0) + 1
+        return counts
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -192,6 +200,17 @@ class Acquisitions:
                     select(Acquisition).where(Acquisition.project_id == project.id).order_by(Acquisition.created)
                 )
             ]
+
+    def reviewing(self, ref: str) -> AcquisitionView | None:
+        """The project's newest acquisition (with its items) if it is in review mode and still runs or has
+        candidates waiting for the user; else None."""
+        recent = self.list(ref)
+        if not recent or not recent[-1].review:
+            return None
+        newest = self.get(ref, recent[-1].id, with_items=True)
+        if newest.status == "Running" or newest.item_counts.get("Pending", 0):
+            return newest
+        return None
 
     def cancel(self, ref: str, acquisition_id: str) -> AcquisitionView:
         with self.ctx.db.session() as session:

@@ -148,8 +148,9 @@ def tag_sentence(t: dict[str, Any], status: str, current: bool) -> str:
     return f"{name}: {added} of {wanted} candidates{tail}."
 
 
-def status_sentence(view: AcquisitionView, counts: dict[str, int], library: bool) -> str:
+def status_sentence(view: AcquisitionView, library: bool) -> str:
     """What the search is doing or did; ``library``: the server offers the library provider."""
+    counts = view.item_counts
     pending, added, rejected = counts.get("Pending", 0), counts.get("Added", 0), counts.get("Rejected", 0)
     provider = ", ".join(view.request.get("providers", []))
     tags = ", ".join(t["name"] for t in view.request.get("tags", []))
@@ -169,13 +170,6 @@ def status_sentence(view: AcquisitionView, counts: dict[str, int], library: bool
     return f"{stopped}: {plural(pending, 'candidate')}. Untick the ones that do not fit their tag, then add the rest."
 
 
-def item_counts(items: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item["status"]] = counts.get(item["status"], 0) + 1
-    return counts
-
-
 def state_json(request: Request, view: AcquisitionView, after: int = 0) -> dict[str, Any]:
     """Status, progress per tag, and the pending candidates among the items from index ``after`` on."""
     names = {t["id"]: t["name"] for t in view.request.get("tags", [])}
@@ -183,12 +177,10 @@ def state_json(request: Request, view: AcquisitionView, after: int = 0) -> dict[
     return {
         "status": view.status,
         "running": view.status == "Running",
-        "message": status_sentence(
-            view, item_counts(view.items), bool(shape.service(request).acquisitions.library_roots)
-        ),
+        "message": status_sentence(view, bool(shape.service(request).acquisitions.library_roots)),
         "tags": tag_progress(view),
         "seen": len(view.items),
-        "pending": sum(i["status"] == "Pending" for i in view.items),
+        "pending": view.item_counts.get("Pending", 0),
         "candidates": [
             {"id": i["id"], "tagId": i["tagId"], "html": candidate_html(candidate(request, i, names))} for i in fresh
         ],
@@ -203,19 +195,6 @@ def by_tag(request: Request, view: AcquisitionView) -> list[dict[str, Any]]:
         {**row, "candidates": [candidate(request, i, names) for i in pending if i["tagId"] == row["tagId"]]}
         for row in tag_progress(view)
     ]
-
-
-def shown_acquisition(svc: Service, project_id: str, acquisition: str) -> AcquisitionView | None:
-    """The acquisition asked for, else the newest one while it runs or has candidates waiting."""
-    if acquisition:
-        return svc.acquisitions.get(project_id, acquisition, with_items=True)
-    recent = svc.acquisitions.list(project_id)
-    if not recent or not recent[-1].review:
-        return None
-    newest = svc.acquisitions.get(project_id, recent[-1].id, with_items=True)
-    if newest.status == "Running" or any(i["status"] == "Pending" for i in newest.items):
-        return newest
-    return None
 
 
 # ---------------------------------------------------------------------- routes
@@ -233,7 +212,11 @@ def search_page(
 ) -> Response:
     svc = shape.service(request)
     context = shape.project_page(svc, project_id, "search")
-    view = shown_acquisition(svc, project_id, acquisition)
+    # The acquisition asked for, else the newest one while it runs or has candidates waiting.
+    if acquisition:
+        view = svc.acquisitions.get(project_id, acquisition, with_items=True)
+    else:
+        view = svc.acquisitions.reviewing(project_id)
     recent = [v for v in reversed(svc.acquisitions.list(project_id)) if not view or v.id != view.id][:RECENT]
     state = state_json(request, view) if view else None
     return render(
