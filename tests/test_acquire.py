@@ -129,6 +129,7 @@ def test_unreachable_provider_fails_fast_and_names_the_offline_way(open_service,
     started = time.monotonic()
     done = svc.acquisitions.run(svc.acquisitions.start("offline", ["hat"], per_tag=5).id)
     assert done.status == "Failed" and "--provider library" in done.error
+    assert done.provider_unreachable and svc.acquisitions.list("offline")[0].provider_unreachable
     assert time.monotonic() - started < 10
 
 

@@ -142,7 +142,7 @@ def test_unreachable_provider_fails_fast_naming_the_offline_way(name):
     with pytest.raises(ProviderUnavailable) as err:
         list(provider.search("dress", 5))
     assert time.monotonic() - started < 3
-    assert "--provider library" in str(err.value)
+    assert "--provider library" in str(err.value) and err.value.code == "ErrorSourceUnreachable"
 
 
 @pytest.mark.parametrize(

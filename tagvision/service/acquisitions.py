@@ -30,7 +30,7 @@ from tagvision.service.images import Images, NewImage
 from tagvision.service.projects import Projects, clean_name
 from tagvision.service.training import Training
 from tagvision.service.views import ImageCreateSummary, iso_time
-from tagvision.sources.base import Candidate
+from tagvision.sources.base import Candidate, ProviderUnavailable
 from tagvision.sources.download import Downloaded, Downloader
 from tagvision.store import queries
 from tagvision.store.models import Acquisition, AcquisitionItem, Image, ImageTag, utcnow
@@ -71,6 +71,12 @@ class AcquisitionView:
     created: datetime
     last_modified: datetime
     items: list[dict[str, Any]] = field(default_factory=list)
+    error_code: str | None = None  # the failure's stable code (not in the JSON, which has the message)
+
+    @property
+    def provider_unreachable(self) -> bool:
+        """It failed because a provider could not be reached at all: gathering from a library may work."""
+        return self.error_code == ProviderUnavailable.code
 
     @property
     def item_counts(self) -> dict[str, int]:
@@ -296,11 +302,12 @@ class Acquisitions:
         stop = threading.Event()
         with self._lock:
             self._cancel[acquisition_id] = stop
+        code = None
         try:
             self._run(acquisition_id, stop, progress)
             status, error = ("Cancelled" if stop.is_set() else "Completed"), None
         except TagvisionError as exc:
-            status, error = "Failed", exc.message
+            status, error, code = "Failed", exc.message, exc.code
         except Exception as exc:  # recorded on the acquisition; the job runner logs it
             log.exception("acquisition %s failed", acquisition_id)
             status, error = "Failed", f"{type(exc).__name__}: {exc}"
@@ -315,7 +322,7 @@ class Acquisitions:
             if row is None:
                 raise NotFound(f"No acquisition {acquisition_id!r}.", code="NotFound")
             if row.status == "Running":
-                row.status, row.error, row.last_modified = status, error, utcnow()
+                row.status, row.error, row.error_code, row.last_modified = status, error, code, utcnow()
             return _view(row)
 
     def _run(self, acquisition_id: str, stop: threading.Event, progress: Progress) -> None:
@@ -608,4 +615,5 @@ def _view(row: Acquisition, items: list[dict[str, Any]] | None = None) -> Acquis
         row.created,
         row.last_modified,
         items or [],
+        row.error_code,
     )

@@ -32,13 +32,17 @@ class ProviderError(TagvisionError):
 
 
 class ProviderUnavailable(ProviderError):
-    """The provider cannot be reached at all (no network, DNS failure): fail fast, name the offline way."""
+    """The provider cannot be reached at all (no network, DNS failure): fail fast, name the offline way.
+
+    Its own code tells interfaces that a local library is the way out, without reading the message.
+    """
+
+    code = "ErrorSourceUnreachable"
 
     def __init__(self, provider: str, cause: str) -> None:
         super().__init__(
             f"{provider} cannot be reached ({cause}). Without network access, gather images from "
-            "a folder instead: --provider library --library DIR.",
-            code="ErrorSource",
+            "a folder instead: --provider library --library DIR."
         )
 
 

@@ -158,7 +158,7 @@ def status_sentence(view: AcquisitionView, library: bool) -> str:
         return f"Searching {provider} for {tags}: {plural(pending, 'candidate')} so far."
     if view.status == "Failed":
         message = view.error or "The server log has the reason."
-        hint = f" {LIBRARY_HINT}" if "--provider library" in message and library else ""
+        hint = f" {LIBRARY_HINT}" if view.provider_unreachable and library else ""
         return f"The search failed: {message}{hint}"
     if added or rejected:
         if pending:
