@@ -547,15 +547,15 @@ def acquire(
         print_json(view.to_json())
         return
     table = Table("tag", "added", "wanted", "had before", "duplicates", "refused", "candidates")
-    for tag in view.to_json()["tags"]:
+    for tag in view.tags:
         table.add_row(
-            tag["tag"],
-            str(tag["added"]),
-            str(tag["wanted"]),
-            str(tag.get("hadBefore", 0)),
-            str(tag["duplicates"]),
-            str(tag["refused"]),
-            str(tag["found"]),
+            tag.tag,
+            str(tag.added),
+            str(tag.wanted),
+            str(tag.had_before),
+            str(tag.duplicates),
+            str(tag.refused),
+            str(tag.found),
         )
     out.print(table)
     if view.status != "Completed":

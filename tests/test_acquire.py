@@ -91,6 +91,8 @@ def test_acquisition_fills_each_tag_keeps_licences_and_resumes(openverse, open_s
     assert not set(again) & set(fetched), "nothing fetched twice"
     by_tag = {t["tag"]: t for t in more.to_json()["tags"]}
     assert all(t["hadBefore"] == 8 and t["wanted"] == 4 and t["added"] == 4 for t in by_tag.values())
+    typed = [(t.tag_id, t.tag, t.had_before, t.wanted, t.added, t.done) for t in more.tags]
+    assert typed == [(t["tagId"], t["tag"], 8, 4, 4, True) for t in more.to_json()["tags"]]
     assert all(t["duplicates"] == 0 and t["refused"] == 0 for t in by_tag.values()), by_tag
     assert len(svc.images.list("shop")) == 36
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,8 @@ from tagvision.service.context import Context, Progress, get_project, no_progres
 from tagvision.service.images import Images, NewImage
 from tagvision.service.projects import Projects, clean_name
 from tagvision.service.training import Training
-from tagvision.service.views import ImageCreateSummary, iso_time
-from tagvision.sources.base import Candidate, ProviderUnavailable
+from tagvision.service.views import AcquisitionView, ImageCreateSummary
+from tagvision.sources.base import Candidate
 from tagvision.sources.download import Downloaded, Downloader
 from tagvision.store import queries
 from tagvision.store.models import Acquisition, AcquisitionItem, Image, ImageTag, utcnow
@@ -57,51 +55,6 @@ SEARCH_FACTOR = 3  # candidates asked for per image wanted: some links break, so
 # target was met (downloads run in parallel); kept as a blob and used first by a later run.
 SETTLED = ("Added", "Duplicate", "Refused", "Rejected", "Pending", "Spare")
 SLACK = 2  # downloads in flight beyond what is still needed (some fail or turn out duplicates)
-
-
-@dataclass(frozen=True)
-class AcquisitionView:
-    id: str
-    project_id: str
-    status: str
-    review: bool
-    request: dict[str, Any]
-    progress: dict[str, Any]
-    error: str | None
-    created: datetime
-    last_modified: datetime
-    items: list[dict[str, Any]] = field(default_factory=list)
-    error_code: str | None = None  # the failure's stable code (not in the JSON, which has the message)
-
-    @property
-    def provider_unreachable(self) -> bool:
-        """It failed because a provider could not be reached at all: gathering from a library may work."""
-        return self.error_code == ProviderUnavailable.code
-
-    @property
-    def item_counts(self) -> dict[str, int]:
-        """How many of ``items`` are in each status (Pending, Added, Rejected, ...)."""
-        counts: dict[str, int] = {}
-        for item in self.items:
-            counts[item["status"]] = counts.get(item["status"], 0) + 1
-        return counts
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "projectId": self.project_id,
-            "status": self.status,
-            "review": self.review,
-            "providers": self.request.get("providers", []),
-            "perTag": self.request.get("perTag"),
-            "tags": [
-                self.progress.get(t["id"], {"tagId": t["id"], "tag": t["name"]}) for t in self.request.get("tags", [])
-            ],
-            "error": self.error,
-            "created": iso_time(self.created),
-            "lastModified": iso_time(self.last_modified),
-            "items": self.items,
-        }
 
 
 class Acquisitions:

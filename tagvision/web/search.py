@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from tagvision.errors import InvalidInput, TagvisionError
 from tagvision.service import Service
-from tagvision.service.acquisitions import MAX_PER_TAG, AcquisitionView
+from tagvision.service.acquisitions import MAX_PER_TAG
+from tagvision.service.views import AcquisitionView, TagProgress
 from tagvision.web import session as sessions
 from tagvision.web import shape
 from tagvision.web.routing import JsonRoute, PageRoute
@@ -100,40 +101,37 @@ def candidate_html(cell: Candidate) -> str:
 
 def tag_progress(view: AcquisitionView) -> list[dict[str, Any]]:
     """Per tag: the counts, a progress bar's value and maximum, and a sentence."""
-    rows = view.to_json()["tags"]
-    current = next((t["tagId"] for t in rows if not t.get("done")), None)
-    out = []
-    for t in rows:
-        wanted, added = int(t.get("wanted", 0)), int(t.get("added", 0))
-        out.append(
-            {
-                "tagId": t["tagId"],
-                "tag": t["tag"],
-                "wanted": wanted,
-                "added": added,
-                "done": bool(t.get("done")),
-                "value": min(added, wanted) if wanted else 1,
-                "max": wanted or 1,
-                "text": tag_sentence(t, view.status, t["tagId"] == current),
-            }
-        )
-    return out
+    tags = view.tags
+    current = next((t.tag_id for t in tags if not t.done), None)
+    return [
+        {
+            "tagId": t.tag_id,
+            "tag": t.tag,
+            "wanted": t.wanted,
+            "added": t.added,
+            "done": t.done,
+            "value": min(t.added, t.wanted) if t.wanted else 1,
+            "max": t.wanted or 1,
+            "text": tag_sentence(t, view.status, t.tag_id == current),
+        }
+        for t in tags
+    ]
 
 
-def tag_sentence(t: dict[str, Any], status: str, current: bool) -> str:
-    name, wanted, added = t["tag"], int(t.get("wanted", 0)), int(t.get("added", 0))
+def tag_sentence(t: TagProgress, status: str, current: bool) -> str:
+    name, wanted, added = t.tag, t.wanted, t.added
     extras = []
-    if t.get("duplicates"):
-        extras.append(f"{t['duplicates']} already in the project")
-    if t.get("refused"):
-        extras.append(f"{t['refused']} could not be used (broken link, too small or not a photo)")
+    if t.duplicates:
+        extras.append(f"{t.duplicates} already in the project")
+    if t.refused:
+        extras.append(f"{t.refused} could not be used (broken link, too small or not a photo)")
     tail = f" ({'; '.join(extras)})" if extras else ""
-    if wanted == 0 and t.get("hadBefore"):
+    if wanted == 0 and t.had_before:
         return (
-            f"{name}: already has {plural(int(t['hadBefore']), 'image')} from earlier searches, as many as "
+            f"{name}: already has {plural(t.had_before, 'image')} from earlier searches, as many as "
             "asked for; nothing more to find."
         )
-    if t.get("done"):
+    if t.done:
         if added >= wanted:
             return f"{name}: done, {plural(added, 'candidate')} found{tail}."
         return f"{name}: done, but only {added} of {wanted} usable images found{tail}."

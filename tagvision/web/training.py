@@ -204,7 +204,7 @@ def performance_page(request: Request, project_id: str, iteration: str = "", thr
     ]
     figures = next(c.performance for c in compared if c.iteration.id == selected.id)
     evaluation = svc.training.evaluation(project_id, selected.id)
-    at_threshold = {t["id"]: (t["precision"], t["recall"]) for t in figures.to_json()["perTagPerformance"]}
+    at_threshold = {t.id: (t.figures.precision, t.figures.recall) for t in figures.per_tag}
     curves = charts.pr_curves(evaluation.probabilities, evaluation.labels, figures.tags, at_threshold)
     matrix = charts.confusion(evaluation.probabilities, evaluation.labels, figures.tags)
     wrong = svc.training.misclassified(project_id, selected.id, threshold)
