@@ -1,8 +1,9 @@
 """The HTTP API: Custom Vision's Training and Prediction APIs, and tagvision's extensions in their style.
 
 Routers translate HTTP into service calls and service views into Custom Vision JSON: ``training``
-(projects, tags, images, iterations, exports, stored predictions), ``acquisitions`` (images for
-tags from providers), ``prediction`` and ``files`` (signed downloads). ``errors`` gives every error
+(projects, tags, iterations, exports, stored predictions), ``images`` (training images),
+``acquisitions`` (images for tags from providers), ``prediction`` and ``files`` (signed
+downloads); ``params`` holds what the Training API's routers share. ``errors`` gives every error
 the ``{"code", "message"}`` body, ``auth`` checks the key headers, ``middleware`` matches paths
 case-insensitively and bounds request bodies. ``tagvision.server`` mounts it beside the portal.
 """
@@ -26,9 +27,9 @@ server with the keys from `tagvision keys`: the Training API lives under `/custo
 
 def routers() -> tuple[APIRouter, ...]:
     # Imported here: the route modules import from this package (auth, render, ...).
-    from tagvision.api import acquisitions, files, prediction, training
+    from tagvision.api import acquisitions, files, images, prediction, training
 
-    return (training.router, acquisitions.router, prediction.router, files.router)
+    return (training.router, images.router, acquisitions.router, prediction.router, files.router)
 
 
 def install(app: FastAPI) -> None:
@@ -42,7 +43,7 @@ def install(app: FastAPI) -> None:
 
 def path_words() -> set[str]:
     """The literal words of the API's paths and its version names, which clients may write in any case."""
-    from tagvision.api import prediction, training
+    from tagvision.api import params, prediction
 
     # From the routers themselves: FastAPI >= 0.163 lists an included router as one lazy entry in app.routes.
     return {
@@ -52,7 +53,7 @@ def path_words() -> set[str]:
         if isinstance(route, APIRoute)
         for segment in route.path.split("/")
         if segment and not re.fullmatch(r"\{.*\}", segment)
-    } | set(training.VERSIONS + prediction.VERSIONS)
+    } | set(params.VERSIONS + prediction.VERSIONS)
 
 
 __all__ = ["BODY_LIMITS", "DESCRIPTION", "install", "path_words", "routers"]

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from tagvision.api import render, schemas
 from tagvision.api.auth import require_training_key, version_gate
-from tagvision.api.training import VERSIONS, ProjectId, Svc
+from tagvision.api.params import VERSIONS, ProjectId, Svc
 from tagvision.service.views import AcquisitionView
 
 router = APIRouter(
