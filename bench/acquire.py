@@ -37,7 +37,7 @@ TAGS = ("hat", "shoes", "dress")
 def downloader_rate(provider: OpenverseProvider, workers: int, count: int) -> float:
     candidates = list(provider.search("hat", count))
     started = time.perf_counter()
-    results = list(Downloader(workers=workers).download(candidates))
+    results = list(Downloader(workers=workers, allow_private=True).download(candidates))
     elapsed = time.perf_counter() - started
     assert sum(r.status == "OK" for r in results) == len(candidates), [r.message for r in results if r.message]
     return len(results) / elapsed

@@ -544,15 +544,15 @@ def acquire(
         print_json(view.to_json())
         return
     table = Table("tag", "added", "wanted", "had before", "duplicates", "refused", "candidates")
-    for tag in view.to_json()["tags"]:
+    for tag in view.tags:
         table.add_row(
-            tag["tag"],
-            str(tag["added"]),
-            str(tag["wanted"]),
-            str(tag.get("hadBefore", 0)),
-            str(tag["duplicates"]),
-            str(tag["refused"]),
-            str(tag["found"]),
+            tag.tag,
+            str(tag.added),
+            str(tag.wanted),
+            str(tag.had_before),
+            str(tag.duplicates),
+            str(tag.refused),
+            str(tag.found),
         )
     out.print(table)
     if view.status != "Completed":
@@ -575,7 +575,7 @@ def serve(
 
     import uvicorn
 
-    from tagvision.api.app import create_app
+    from tagvision.server import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs, and some hold API keys
@@ -620,7 +620,7 @@ def keys(
 ) -> None:
     """Show the server's endpoint, Training-Key and Prediction-Key."""
     settings = Settings.load(data_dir)
-    store = KeyStore(settings.data_dir)
+    store = KeyStore(settings.data_dir, settings.training_key, settings.prediction_key)
     current = store.regenerate(regenerate) if regenerate else store.current()
     try:
         endpoint = json.loads((settings.data_dir / "server.json").read_text())["endpoint"]

@@ -1,21 +1,61 @@
-"""One settings object, read from ``TAGVISION_*`` environment variables and CLI flags."""
+"""One settings object, read from ``TAGVISION_*`` environment variables and CLI flags.
+
+:meth:`Settings.load` is the only place that reads the environment; everything else is handed
+the settings (or the one value it needs) by whoever opened the service.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_DATA_DIR = Path("tagvision-data")
+ALLOW_PRIVATE_URLS_ENV = "TAGVISION_ALLOW_PRIVATE_URLS"
+LIBRARY_ROOTS_ENV = "TAGVISION_LIBRARY_ROOTS"
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """Keys and endpoints of the image-search providers (``tagvision.sources``).
+
+    Each field comes from ``TAGVISION_`` + its name in capitals (``pexels_key`` from
+    ``TAGVISION_PEXELS_KEY``); an unset or empty variable is None, and the provider then uses
+    its public endpoint, or refuses to start naming the variable its key needs.
+    """
+
+    openverse_url: str | None = None
+    openverse_client_id: str | None = None  # with the secret: pages of 500 instead of 20
+    openverse_client_secret: str | None = None
+    openverse_license_type: str | None = None  # Openverse's license_type filter, e.g. "commercial"
+    openverse_license: str | None = None  # Openverse's license filter, e.g. "by,by-sa"
+    wikimedia_url: str | None = None
+    wikimedia_user_agent: str | None = None  # Wikimedia asks API clients to name themselves
+    pexels_key: str | None = None
+    pexels_url: str | None = None
+    unsplash_key: str | None = None
+    unsplash_url: str | None = None
+    unsplash_app: str | None = None  # the app name Unsplash's attribution links carry
+    pixabay_key: str | None = None
+    pixabay_url: str | None = None
+    bing_endpoint: str | None = None
+    bing_key: str | None = None
+    bing_market: str | None = None
+    bing_safesearch: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ProviderSettings:
+        return cls(**{f.name: env.get(f"TAGVISION_{f.name.upper()}") or None for f in fields(cls)})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Where tagvision keeps its state.
+    """Where tagvision keeps its state, and what its operator allows.
 
-    The embedded default is one data directory holding ``tagvision.db`` (SQLite, WAL) and
-    ``blobs/`` (content-addressed files) and ``models/`` (the backbones exported to ONNX);
-    ``TAGVISION_DATABASE_URL``, ``TAGVISION_BLOB_ROOT`` and ``TAGVISION_MODELS_DIR`` move
+    The embedded default is one data directory (``TAGVISION_DATA_DIR``) holding ``tagvision.db``
+    (SQLite, WAL) and ``blobs/`` (content-addressed files) and ``models/`` (the backbones exported
+    to ONNX); ``TAGVISION_DATABASE_URL``, ``TAGVISION_BLOB_ROOT`` and ``TAGVISION_MODELS_DIR`` move
     them elsewhere (PostgreSQL, shared storage, a read-only model cache).
     """
 
@@ -23,6 +63,16 @@ class Settings:
     database_url: str
     blob_root: Path
     models_dir: Path  # exported backbones (ONNX), shared by every project
+    # TAGVISION_TRAINING_KEY / TAGVISION_PREDICTION_KEY: keys the operator gives, winning over keys.json.
+    training_key: str | None = None
+    prediction_key: str | None = None
+    # TAGVISION_ALLOW_PRIVATE_URLS=1 (exactly "1"): image URLs may name loopback, private and link-local
+    # addresses (an intranet image server, tests); otherwise they are refused (SSRF).
+    allow_private_urls: bool = False
+    # TAGVISION_LIBRARY_ROOTS (os.pathsep-separated): the only folders the library provider may read over
+    # the API and the portal (the CLI names any folder).
+    library_roots: tuple[Path, ...] = ()
+    providers: ProviderSettings = field(default_factory=ProviderSettings)
 
     @classmethod
     def load(cls, data_dir: Path | str | None = None) -> Settings:
@@ -32,4 +82,14 @@ class Settings:
         url = env.get("TAGVISION_DATABASE_URL") or f"sqlite:///{root / 'tagvision.db'}"
         blobs = Path(env.get("TAGVISION_BLOB_ROOT") or root / "blobs").expanduser().resolve()
         models = Path(env.get("TAGVISION_MODELS_DIR") or root / "models").expanduser().resolve()
-        return cls(data_dir=root, database_url=url, blob_root=blobs, models_dir=models)
+        return cls(
+            data_dir=root,
+            database_url=url,
+            blob_root=blobs,
+            models_dir=models,
+            training_key=env.get("TAGVISION_TRAINING_KEY") or None,
+            prediction_key=env.get("TAGVISION_PREDICTION_KEY") or None,
+            allow_private_urls=env.get(ALLOW_PRIVATE_URLS_ENV) == "1",
+            library_roots=tuple(Path(r) for r in env.get(LIBRARY_ROOTS_ENV, "").split(os.pathsep) if r),
+            providers=ProviderSettings.from_env(env),
+        )

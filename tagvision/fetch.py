@@ -20,7 +20,7 @@ cloud metadata service (``http://169.254.169.254/``) and hand back what it finds
   :class:`~tagvision.clock.Clock`.
 
 The operator can allow non-public addresses (an intranet image server, tests) by
-setting the environment variable ``TAGVISION_ALLOW_PRIVATE_URLS=1``.
+setting ``TAGVISION_ALLOW_PRIVATE_URLS=1``; callers pass that setting as ``allow_private``.
 
 Only the bytes are returned; the Content-Type and the URL's extension are not
 trusted, the caller validates the data with :func:`tagvision.images.validate`.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
-import os
 import re
 import socket
 from dataclasses import dataclass
@@ -44,7 +43,6 @@ import httpx
 from tagvision.clock import SYSTEM, Clock
 from tagvision.errors import ImageError, InvalidInput
 
-ALLOW_PRIVATE_ENV = "TAGVISION_ALLOW_PRIVATE_URLS"
 MAX_URL_LENGTH = 2048
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -88,25 +86,21 @@ class _Deadline:
         return remaining
 
 
-def private_urls_allowed() -> bool:
-    """Whether the operator allowed non-public addresses (read on every call)."""
-    return os.environ.get(ALLOW_PRIVATE_ENV) == "1"
-
-
 def fetch(
     url: str,
     *,
     max_bytes: int,
     timeout: float = 15.0,
     max_redirects: int = 5,
-    allow_private: bool | None = None,
+    allow_private: bool = False,
     client: httpx.Client | None = None,
     user_agent: str = "tagvision/0.1 (+https://github.com/tagvision)",
     clock: Clock = SYSTEM,
 ) -> Fetched:
-    """Download ``url`` within ``timeout`` seconds in all; raise :class:`InvalidInput` or :class:`ImageError`."""
-    if allow_private is None:
-        allow_private = private_urls_allowed()
+    """Download ``url`` within ``timeout`` seconds in all; raise :class:`InvalidInput` or :class:`ImageError`.
+
+    ``allow_private``: the operator's ``Settings.allow_private_urls`` (non-public addresses allowed).
+    """
     deadline = _Deadline(clock, timeout, clock.monotonic() + timeout)
     session = client if client is not None else httpx.Client(follow_redirects=False, timeout=timeout, trust_env=False)
     headers = {"User-Agent": user_agent, "Accept": "image/*", "Accept-Encoding": "identity", "Connection": "close"}
@@ -188,7 +182,7 @@ def _check(url: str, allow_private: bool) -> _Hop:
         if reason:
             raise _bad(
                 f"The image URL's host {host} is {ip}, a {reason} address; downloads from non-public addresses "
-                f"are refused (the operator can set {ALLOW_PRIVATE_ENV}=1 to allow them)."
+                "are refused (the operator can set TAGVISION_ALLOW_PRIVATE_URLS=1 to allow them)."
             )
     return _Hop(parsed, addresses)
 

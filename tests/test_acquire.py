@@ -15,6 +15,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from tagvision.config import Settings
+from tagvision.service import Service
 from tests.conftest import CLOTHING, REPO, photos
 from tests.fake_providers import unresolvable
 from tests.fake_providers.openverse import make_openverse
@@ -42,11 +44,26 @@ def openverse(tmp_path: Path, monkeypatch):
     fake.close()
 
 
+@pytest.fixture
+def open_service(data_dir: Path):
+    """Opens the service from the environment as it is by then: settings are read once, when it opens."""
+    opened: list[Service] = []
+
+    def open_() -> Service:
+        opened.append(Service.open(Settings.load(data_dir)))
+        return opened[-1]
+
+    yield open_
+    for service in opened:
+        service.close()
+
+
 def image_requests(fake) -> list[str]:
     return [r.path for r in fake.requests_to("/img/")]
 
 
-def test_acquisition_fills_each_tag_keeps_licences_and_resumes(svc, openverse) -> None:
+def test_acquisition_fills_each_tag_keeps_licences_and_resumes(openverse, open_service) -> None:
+    svc = open_service()
     svc.projects.create("shop", domain="general-compact")
     started = svc.acquisitions.start("shop", ["hat", "Shoes", "dress"], per_tag=8, providers=("openverse",))
     assert [t["tag"] for t in started.to_json()["tags"]] == ["hat", "Shoes", "dress"]
@@ -75,6 +92,8 @@ def test_acquisition_fills_each_tag_keeps_licences_and_resumes(svc, openverse) -
     assert not set(again) & set(fetched), "nothing fetched twice"
     by_tag = {t["tag"]: t for t in more.to_json()["tags"]}
     assert all(t["hadBefore"] == 8 and t["wanted"] == 4 and t["added"] == 4 for t in by_tag.values())
+    typed = [(t.tag_id, t.tag, t.had_before, t.wanted, t.added, t.done) for t in more.tags]
+    assert typed == [(t["tagId"], t["tag"], 8, 4, 4, True) for t in more.to_json()["tags"]]
     assert all(t["duplicates"] == 0 and t["refused"] == 0 for t in by_tag.values()), by_tag
     assert len(svc.images.list("shop")) == 36
 
@@ -85,7 +104,8 @@ def test_acquisition_fills_each_tag_keeps_licences_and_resumes(svc, openverse) -
     assert len(image_requests(openverse)) == before
 
 
-def test_interrupted_acquisition_fetches_only_what_is_missing(svc, openverse) -> None:
+def test_interrupted_acquisition_fetches_only_what_is_missing(openverse, open_service) -> None:
+    svc = open_service()
     svc.projects.create("shop", domain="general-compact")
     first = svc.acquisitions.start("shop", ["hat"], per_tag=10)
     seen: list[int] = []
@@ -105,12 +125,14 @@ def test_interrupted_acquisition_fetches_only_what_is_missing(svc, openverse) ->
     assert not set(image_requests(openverse)[len(fetched) :]) & set(fetched)
 
 
-def test_unreachable_provider_fails_fast_and_names_the_offline_way(svc, monkeypatch) -> None:
+def test_unreachable_provider_fails_fast_and_names_the_offline_way(open_service, monkeypatch) -> None:
     looked_up = unresolvable(monkeypatch)
     monkeypatch.setenv("TAGVISION_OPENVERSE_URL", "http://no-such-host.invalid")
+    svc = open_service()
     svc.projects.create("offline", domain="general-compact")
     done = svc.acquisitions.run(svc.acquisitions.start("offline", ["hat"], per_tag=5).id)
     assert done.status == "Failed" and "--provider library" in done.error
+    assert done.provider_unreachable and svc.acquisitions.list("offline")[0].provider_unreachable
     assert looked_up == ["no-such-host.invalid"]  # failed at the first try: no retries, no backoff
 
 
@@ -182,12 +204,11 @@ def test_api_runs_acquisitions_in_the_background_with_review(openverse, tmp_path
         assert library.status_code == 400 and "TAGVISION_LIBRARY_ROOTS" in library.json()["message"]
 
 
-def test_library_finds_by_name_then_by_look_offline(svc, tmp_path: Path, monkeypatch) -> None:
+def test_library_finds_by_name_then_by_look_offline(svc, tmp_path: Path) -> None:
     """A catalogue folder: a 'Hats' folder found by name; unnamed files ranked by likeness to the tag's images."""
     import hashlib
     import shutil
 
-    monkeypatch.setenv("TAGVISION_OPENVERSE_URL", "http://no-such-host.invalid")  # no network needed
     library = tmp_path / "catalogue"
     (library / "Hats").mkdir(parents=True)
     for path in photos(CLOTHING, "train", "hat", 4, skip=20):

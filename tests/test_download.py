@@ -22,8 +22,8 @@ SLOW = 3600.0  # seconds of virtual time the slow link takes, far beyond any dow
 
 
 @pytest.fixture
-def host(monkeypatch):
-    monkeypatch.setenv("TAGVISION_ALLOW_PRIVATE_URLS", "1")
+def host():
+    """A loopback image host (downloaders here allow private addresses to reach it)."""
     fake = FakeServer()
     for n, path in enumerate(photos(CLOTHING, "train", "hat", 12)):
         fake.photos[f"p{n}"] = path
@@ -65,7 +65,7 @@ def test_good_broken_slow_redirected_and_rate_limited_links(host: FakeServer, tm
         "private": "http://169.254.169.254/latest/meta-data",
     }
     # One at a time: the slow link moves the shared clock, which must not cut into another download's deadline.
-    downloader = Downloader(workers=1, timeout=600.0, backoff=0.1, clock=clock)
+    downloader = Downloader(workers=1, timeout=600.0, backoff=0.1, clock=clock, allow_private=True)
     results = {
         r.candidate.provider_id: r for r in downloader.download([candidate(url, name) for name, url in urls.items()])
     }
@@ -109,7 +109,7 @@ def test_concurrency_is_bounded_overall_and_per_host(host: FakeServer) -> None:
 
     host._answer = held
     results = []
-    downloader = Downloader(workers=8, per_host=3)
+    downloader = Downloader(workers=8, per_host=3, allow_private=True)
     candidates = [candidate(host.image_url(f"p{n}"), n) for n in range(12)]
     worker = threading.Thread(target=lambda: results.extend(downloader.download(candidates)), daemon=True)
     worker.start()
@@ -136,7 +136,7 @@ def test_stop_and_window_limit_what_is_taken(host: FakeServer) -> None:
 
     stop = threading.Event()
     out = []
-    for result in Downloader(workers=8).download(lazily(), stop, window=lambda: 2):
+    for result in Downloader(workers=8, allow_private=True).download(lazily(), stop, window=lambda: 2):
         out.append(result)
         if len(out) == 3:
             stop.set()

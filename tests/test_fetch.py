@@ -21,8 +21,9 @@ import pytest
 
 from tagvision import fetch as fetch_module
 from tagvision.clock import ManualClock
+from tagvision.config import ALLOW_PRIVATE_URLS_ENV, Settings
 from tagvision.errors import ImageError, InvalidInput
-from tagvision.fetch import ALLOW_PRIVATE_ENV, fetch, private_urls_allowed
+from tagvision.fetch import fetch
 from tagvision.images import MAX_TRAINING_BYTES, validate
 from tests.conftest import CLOTHING, photos
 
@@ -174,7 +175,7 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
     """Every test runs without real DNS and with the env var unset."""
     fake = FakeDNS()
     monkeypatch.setattr(socket, "getaddrinfo", fake.getaddrinfo)
-    monkeypatch.delenv(ALLOW_PRIVATE_ENV, raising=False)
+    monkeypatch.delenv(ALLOW_PRIVATE_URLS_ENV, raising=False)
     return fake
 
 
@@ -217,23 +218,23 @@ def test_caller_client_lends_only_its_transport(server: Server, photo: bytes) ->
 # --- private addresses -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("allow_private", [False, None])
-def test_private_address_refused_before_connecting(server: Server, allow_private: bool | None) -> None:
-    error = refused(server.url("/photo.jpg"), allow_private=allow_private)
+@pytest.mark.parametrize("options", [{"allow_private": False}, {}])
+def test_private_address_refused_before_connecting(server: Server, options: dict[str, bool]) -> None:
+    error = refused(server.url("/photo.jpg"), **options)
     assert "127.0.0.1, a loopback address" in error.message
-    assert f"{ALLOW_PRIVATE_ENV}=1" in error.message
+    assert f"{ALLOW_PRIVATE_URLS_ENV}=1" in error.message
     assert server.seen == []
 
 
 def test_env_var_allows_private_addresses(server: Server, photo: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     url = server.url("/photo.jpg")
-    monkeypatch.setenv(ALLOW_PRIVATE_ENV, "true")  # only "1" counts
-    assert not private_urls_allowed()
-    refused(url)
-    monkeypatch.setenv(ALLOW_PRIVATE_ENV, "1")  # read at call time
-    assert private_urls_allowed()
-    assert fetch(url, max_bytes=MB).data == photo
-    refused(url, allow_private=False)  # an explicit argument wins over the env var
+    monkeypatch.setenv(ALLOW_PRIVATE_URLS_ENV, "true")  # only "1" counts
+    assert not Settings.load().allow_private_urls
+    monkeypatch.setenv(ALLOW_PRIVATE_URLS_ENV, "1")
+    allowed = Settings.load().allow_private_urls
+    assert allowed
+    assert fetch(url, max_bytes=MB, allow_private=allowed).data == photo
+    refused(url)  # fetch itself never reads the environment: the caller passes the setting
     assert server.paths() == ["/photo.jpg"]
 
 
@@ -270,7 +271,7 @@ def test_env_var_allows_private_addresses(server: Server, photo: bytes, monkeypa
 def test_literal_private_ips_in_any_spelling(url: str, kind: str, dns: FakeDNS) -> None:
     error = refused(url)
     assert f", a {kind} address" in error.message
-    assert f"{ALLOW_PRIVATE_ENV}=1" in error.message
+    assert f"{ALLOW_PRIVATE_URLS_ENV}=1" in error.message
     assert dns.asked == []  # normalised without a lookup
 
 

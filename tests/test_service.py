@@ -195,6 +195,69 @@ def test_multilabel_project_trains_independent_sigmoids(svc) -> None:
     assert not np.isclose(sum(probabilities.values()), 1.0)
 
 
+def test_suggestions_for_untagged_images_page_and_count(svc) -> None:
+    from tagvision.service.prediction import SuggestionQuery
+
+    svc.projects.create("s")
+    add_classes(svc, "s", {"hat": 6, "shoes": 6})
+    iteration = svc.training.train("s")
+    untagged = [new(p) for tag in ("hat", "shoes", "pants") for p in photos(CLOTHING, "test", tag, 2)][:5]
+    added = svc.images.add("s", untagged)
+    assert added.is_batch_successful
+
+    pages, token = [], None
+    while True:
+        page, token = svc.prediction.suggested("s", iteration.id, SuggestionQuery(max_count=2, continuation=token))
+        pages.append(page)
+        if token is None:
+            break
+    assert [len(p) for p in pages] == [2, 2, 1]
+    descending = [v.uncertainty for p in pages for v in p]
+    assert descending == sorted(descending, reverse=True)
+    everything = SuggestionQuery(sort_by="UncertaintyAscending", max_count=10, continuation="x")  # a bad token
+    ascending, token = svc.prediction.suggested("s", iteration.id, everything)
+    assert [v.uncertainty for v in ascending] == sorted(descending) and token is None
+
+    tags = {t.name: t.id for t in svc.projects.list_tags("s")}
+    assert svc.prediction.suggested_counts("s", iteration.id) == {t: 5 for t in sorted(tags.values())}
+    counts = svc.prediction.suggested_counts("s", iteration.id, [tags["hat"]], threshold=0.5)
+    assert list(counts) == [tags["hat"]] and 0 <= counts[tags["hat"]] <= 5
+    sure = SuggestionQuery(tag_ids=(tags["hat"],), threshold=0.5, max_count=10)
+    assert len(svc.prediction.suggested("s", iteration.id, sure)[0]) == counts[tags["hat"]]
+
+    trained = [v.id for v in svc.images.list("s", tagged=True)][:2]
+    fresh = [r.image_id for r in added.results][:2]
+    assert [v.id for v in svc.images.by_ids("s", fresh + trained)] == fresh + trained
+    assert [v.id for v in svc.images.by_ids("s", fresh + trained, iteration=iteration.id)] == trained
+    with pytest.raises(NotFound):
+        svc.images.by_ids("s", trained, iteration="no such iteration")
+
+
+def test_mistakes_and_confirmed_predictions(svc) -> None:
+    svc.projects.create("c")
+    add_classes(svc, "c", {"shirt": 8, "t-shirt": 8})  # easily confused: some cross-validation mistakes
+    iteration = svc.training.train("c")
+    assert svc.training.image_performance_count("c", iteration.id) == 16
+    wrong = svc.training.misclassified("c", iteration.id)
+    assert all(w.predictions[0].tag_id != w.image.tags[0][0] for w in wrong)
+    confidence = [w.predictions[0].probability for w in wrong]
+    assert confidence == sorted(confidence, reverse=True)
+    right = len(svc.training.image_performances("c", iteration.id)) - len(wrong)
+    assert right == sum(
+        p.predictions[0].tag_id == p.image.tags[0][0] for p in svc.training.image_performances("c", iteration.id)
+    )
+
+    shirt = photos(CLOTHING, "test", "shirt", 1)[0]
+    stored = svc.prediction.classify("c", shirt.read_bytes())
+    tag_id = next(t.id for t in svc.projects.list_tags("c") if t.name == "shirt")
+    result = svc.prediction.to_training_image("c", stored.id, (tag_id,))
+    assert result.ok and svc.images.by_ids("c", [result.image_id])[0].tags[0][0] == tag_id
+    with pytest.raises(NotFound):
+        svc.prediction.stored("c", stored.id)  # it left the review list
+    again = svc.prediction.to_training_image("c", stored.id, (tag_id,))
+    assert not again.ok
+
+
 def test_uncertainty_orders_sure_before_unsure() -> None:
     from tagvision.service.prediction import uncertainty
 

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from tagvision.clock import ManualClock
+from tagvision.config import Settings
 from tagvision.fetch import fetch
 from tagvision.images import validate
 from tagvision.sources.base import ProviderError
@@ -179,7 +180,7 @@ def test_candidates_carry_licence_attribution_and_download(spec: Spec, serve) ->
 def test_missing_key_names_the_setting(spec: Spec, monkeypatch) -> None:
     monkeypatch.delenv(f"TAGVISION_{spec.env}_KEY", raising=False)
     with pytest.raises(ProviderError) as caught:
-        spec.provider.from_settings()
+        spec.provider.from_settings(Settings.load().providers)
     assert caught.value.code == "BadRequestProviderNotConfigured"
     assert f"TAGVISION_{spec.env}_KEY" in caught.value.message
 
@@ -189,7 +190,7 @@ def test_settings_configure_key_and_url(spec: Spec, serve, monkeypatch) -> None:
     fake = serve(spec)
     monkeypatch.setenv(f"TAGVISION_{spec.env}_KEY", KEY)
     monkeypatch.setenv(f"TAGVISION_{spec.env}_URL", fake.url)
-    provider = spec.provider.from_settings()
+    provider = spec.provider.from_settings(Settings.load().providers)
     assert provider.name == spec.name
     assert len(list(provider.search("hat", 4))) == 4
     provider.close()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tagvision.clock import ManualClock
+from tagvision.config import Settings
 from tagvision.fetch import FetchError, fetch
 from tagvision.images import validate
 from tagvision.sources.base import Candidate, ProviderError, ProviderUnavailable
@@ -156,7 +157,7 @@ def test_unreachable_provider_fails_fast_naming_the_offline_way(name, monkeypatc
     with pytest.raises(ProviderUnavailable) as err:
         list(provider.search("dress", 5))
     assert looked_up == ["no-such-host.invalid"] and clock.slept == []  # one try: no retry, no backoff
-    assert "--provider library" in str(err.value)
+    assert "--provider library" in str(err.value) and err.value.code == "ErrorSourceUnreachable"
 
 
 @pytest.mark.parametrize(
@@ -259,7 +260,7 @@ def test_providers_from_settings(serve, monkeypatch):
     }.items():
         monkeypatch.setenv(f"TAGVISION_{name}", value)
     for kind in (OpenverseProvider, WikimediaProvider, BingProvider):
-        provider = kind.from_settings()
+        provider = kind.from_settings(Settings.load().providers)
         assert len(list(provider.search("dress", 3))) == 3
         provider.close()
     assert fakes["openverse"].requests_to("/v1/images/")[0].query["license_type"] == "modification"
@@ -335,7 +336,7 @@ def test_bing_without_endpoint_or_key_is_not_configured(endpoint, key, monkeypat
     monkeypatch.delenv("TAGVISION_BING_KEY", raising=False)
     monkeypatch.setenv("TAGVISION_BING_ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(ProviderError, match="TAGVISION_BING_KEY"):
-        BingProvider.from_settings()
+        BingProvider.from_settings(Settings.load().providers)
 
 
 def test_bing_wrong_key_is_unauthorized(serve):

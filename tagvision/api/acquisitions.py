@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from tagvision.api import render, schemas
 from tagvision.api.auth import require_training_key, version_gate
-from tagvision.api.training import VERSIONS, ProjectId, Svc
-from tagvision.service.acquisitions import AcquisitionView
+from tagvision.api.params import VERSIONS, ProjectId, Svc
+from tagvision.service.views import AcquisitionView
 
 router = APIRouter(
     prefix="/customvision/{version}/training",
@@ -28,7 +28,7 @@ def _json(request: Request, view: AcquisitionView) -> dict[str, Any]:
     body = view.to_json()
     for item in body["items"]:
         if item.get("sha256"):
-            item["thumbnailUri"] = request.app.state.links.url(request, "thumbnail", item["sha256"])
+            item["thumbnailUri"] = render.link(request, "thumbnail", item["sha256"])
     return body
 
 

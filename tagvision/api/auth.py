@@ -2,13 +2,12 @@
 
 Every training route needs the Training-Key, every prediction route the Prediction-Key.
 
-Header names match case-insensitively (Microsoft's samples send ``Training-key``), and keys
-are compared in constant time. A missing or wrong key is 401 with code ``Unauthorized``.
+Header names match case-insensitively (Microsoft's samples send ``Training-key``), and the
+service compares keys in constant time. A missing or wrong key is 401 with code ``Unauthorized``.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from typing import Annotated
 
@@ -24,10 +23,6 @@ prediction_header = APIKeyHeader(
 )
 
 
-def matches(given: str | None, expected: str) -> bool:
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
-
-
 def _refuse(header: str, given: str | None) -> HTTPException:
     what = "is missing" if not given else "is not valid"
     return HTTPException(
@@ -40,12 +35,12 @@ def _refuse(header: str, given: str | None) -> HTTPException:
 
 
 def require_training_key(request: Request, key: str | None = Security(training_header)) -> None:
-    if not matches(key, request.app.state.service.keys.current().training):
+    if not request.app.state.service.keys.is_training_key(key):
         raise _refuse("Training-Key", key)
 
 
 def require_prediction_key(request: Request, key: str | None = Security(prediction_header)) -> None:
-    if not matches(key, request.app.state.service.keys.current().prediction):
+    if not request.app.state.service.keys.is_prediction_key(key):
         raise _refuse("Prediction-Key", key)
 
 

@@ -2,25 +2,23 @@
 
 A link from the API (``originalImageUri``, ``thumbnailUri``, ``downloadUri``) works without a
 key header until it expires; a request that carries the Training-Key works without a link.
+The links and the bytes come from the service (``tagvision.service.files``).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from tagvision import images
-from tagvision.api.auth import matches
-from tagvision.api.links import FILES_PATH, KINDS
 from tagvision.errors import NotFound
 from tagvision.service import Service
+from tagvision.service.files import FILES_PATH, KINDS
 
 router = APIRouter(prefix=FILES_PATH, tags=["Files"])
-SHA256 = re.compile(r"[0-9a-f]{64}")
+CACHE = {"Cache-Control": "private, max-age=3600"}
 
 
 @router.get(
@@ -35,8 +33,8 @@ async def download(
     service: Service = request.app.state.service
     if kind not in KINDS:
         raise NotFound(f"Unknown file kind {kind!r}.", code="NotFound")
-    keyed = matches(request.headers.get("training-key"), service.keys.current().training)
-    if not keyed and not request.app.state.links.valid(kind, ident, expires, sig):
+    keyed = service.keys.is_training_key(request.headers.get("training-key"))
+    if not keyed and not service.files.valid(kind, ident, expires, sig):
         raise HTTPException(
             401,
             detail={
@@ -45,23 +43,8 @@ async def download(
                 "expired; ask the API for a fresh one, or send the Training-Key.",
             },
         )
-    return await run_in_threadpool(_file, service, kind, ident)
-
-
-def _file(service: Service, kind: str, ident: str) -> Response:
-    cache = {"Cache-Control": "private, max-age=3600"}
-    if kind == "export":
-        name, data = service.exports.file(ident)
-        return Response(
-            data,
-            media_type="application/zip",
-            headers={**cache, "Content-Disposition": f'attachment; filename="{name}"'},
-        )
-    blobs = service.ctx.blobs
-    if not SHA256.fullmatch(ident) or not blobs.exists(ident):
-        raise NotFound("This image is no longer stored.", code="NotFoundImage")
-    data = blobs.get(ident)
-    if kind.endswith("thumbnail"):
-        return Response(images.thumbnail_jpeg(data), media_type="image/jpeg", headers=cache)
-    fmt = images.sniff_format(data)
-    return Response(data, media_type=images.FORMATS.get(fmt or "", "application/octet-stream"), headers=cache)
+    file = await run_in_threadpool(service.files.get, kind, ident)
+    headers = dict(CACHE)
+    if file.filename is not None:
+        headers["Content-Disposition"] = f'attachment; filename="{file.filename}"'
+    return Response(file.data, media_type=file.media_type, headers=headers)

@@ -16,15 +16,19 @@ from tagvision.service.views import (
 )
 
 
+def link(request: Request, kind: str, ident: str) -> str:
+    """A signed link to a file (``tagvision.service.files``) under the address the request came to."""
+    return request.app.state.service.files.url(str(request.base_url), kind, ident)
+
+
 def _with_links(request: Request, body: dict[str, Any], sha256: str, kind: str = "image") -> dict[str, Any]:
     """``body`` with signed links to the original (also standing for the resized image) and its thumbnail."""
-    links = request.app.state.links
-    original = links.url(request, kind, sha256)
+    original = link(request, kind, sha256)
     return {
         **body,
         "originalImageUri": original,
         "resizedImageUri": original,
-        "thumbnailUri": links.url(request, f"{kind}-thumbnail" if kind != "image" else "thumbnail", sha256),
+        "thumbnailUri": link(request, f"{kind}-thumbnail" if kind != "image" else "thumbnail", sha256),
     }
 
 
@@ -56,5 +60,5 @@ def suggestion(request: Request, view: SuggestionView) -> dict[str, Any]:
 
 
 def export(request: Request, view: ExportView) -> dict[str, Any]:
-    uri = request.app.state.links.url(request, "export", view.id) if view.status == "Done" else ""
+    uri = link(request, "export", view.id) if view.status == "Done" else ""
     return {**view.to_json(), "downloadUri": uri}

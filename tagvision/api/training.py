@@ -1,4 +1,6 @@
-"""The Custom Vision Training API (classification), under ``/customvision/{version}/training``.
+"""The Custom Vision Training API (classification), under ``/customvision/{version}/training``: domains,
+projects, tags, training and iterations, performance, publishing, exports, stored predictions and quick
+tests. The image routes are in ``images``, the parameters both share in ``params``.
 
 Routes translate HTTP into service calls and service views into Custom Vision JSON; every
 rule lives in the service. Paths, query names, bodies and status codes follow the v3.4-preview
@@ -8,110 +10,36 @@ the handlers (v3.0-v3.2 clients get 200 instead of 207 for partly failed image b
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import Body, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 
 from tagvision import domains
 from tagvision.api import render, schemas
-from tagvision.api.auth import require_training_key, version_gate
-from tagvision.api.uploads import IMAGE_BODY, image_parts, one_image
+from tagvision.api.params import (
+    MAX_BATCH,
+    MAX_TAG_IDS,
+    IterationId,
+    OptionalIteration,
+    OrderQuery,
+    ProjectId,
+    Skip,
+    Svc,
+    TagId,
+    TagIdsQuery,
+    Take,
+    csv,
+    newest_first,
+    training_router,
+)
+from tagvision.api.uploads import IMAGE_BODY, one_image
 from tagvision.errors import InvalidInput
 from tagvision.images import MAX_TRAINING_BYTES
-from tagvision.service import NewImage, Service
-from tagvision.service.images import parse_metadata_filter
+from tagvision.service import Service
 from tagvision.service.prediction import PredictionQuery, QueryTag
-from tagvision.service.views import ImageCreateSummary
 
-VERSIONS = ("v3.0", "v3.1", "v3.2", "v3.3", "v3.4-preview")
-MAX_BATCH, MAX_TAG_IDS, MAX_IDS, MAX_TAKE = 64, 20, 256, 256
-
-
-router = APIRouter(
-    prefix="/customvision/{version}/training",
-    tags=["Training API"],
-    dependencies=[Depends(version_gate("Training API", VERSIONS)), Depends(require_training_key)],
-)
-
-ProjectId = Annotated[str, Path(alias="projectId")]
-IterationId = Annotated[str, Path(alias="iterationId")]
-TagId = Annotated[str, Path(alias="tagId")]
-OptionalIteration = Annotated[str | None, Query(alias="iterationId")]
-Take = Annotated[int, Query(ge=0, le=MAX_TAKE)]
-Skip = Annotated[int, Query(ge=0, le=2**31 - 1)]  # int32 in the spec; SQLite overflows past 2**63
-
-
-def svc(request: Request) -> Service:
-    return request.app.state.service
-
-
-Svc = Annotated[Service, Depends(svc)]
-
-
-def csv(value: str | None, *, limit: int, what: str) -> list[str]:
-    """Custom Vision sends lists as one comma-separated value (``tagIds=a,b``)."""
-    items = [v.strip() for v in (value or "").split(",") if v.strip()]
-    if len(items) > limit:
-        raise InvalidInput(
-            f"At most {limit} {what} per request; {len(items)} were given.", code="BadRequestExceededBatchSize"
-        )
-    return items
-
-
-def batch_status(version: str, summary_ok: bool) -> int:
-    """200 when every image made it; 207 otherwise (v3.3 on; v3.0-v3.2 clients only accept 200)."""
-    return 200 if summary_ok or version in ("v3.0", "v3.1", "v3.2") else 207
-
-
-def summary_response(request: Request, version: str, summary: ImageCreateSummary) -> JSONResponse:
-    return JSONResponse(
-        render.create_summary(request, summary), status_code=batch_status(version, summary.is_batch_successful)
-    )
-
-
-def newest_first(order_by: str | None) -> bool:
-    if order_by in (None, "", "Newest"):
-        return True
-    if order_by == "Oldest":
-        return False
-    raise InvalidInput(f"Unknown orderBy {order_by!r}; use Newest or Oldest.", code="BadRequestInvalid")
-
-
-def tagging(status: str | None) -> tuple[bool, bool]:
-    """taggingStatus -> (tagged only, untagged only)."""
-    match (status or "All").lower():
-        case "all":
-            return False, False
-        case "tagged":
-            return True, False
-        case "untagged":
-            return False, True
-    raise InvalidInput(f"Unknown taggingStatus {status!r}; use All, Tagged or Untagged.", code="BadRequestInvalid")
-
-
-def check_batch(count: int, tag_ids: list[str] | None) -> None:
-    if count > MAX_BATCH:
-        raise InvalidInput(
-            f"At most {MAX_BATCH} images per batch; {count} were sent.", code="BadRequestExceededBatchSize"
-        )
-    if count == 0:
-        raise InvalidInput("The batch has no images.", code="BadRequestImageBatch")
-    if tag_ids and len(tag_ids) > MAX_TAG_IDS:
-        raise InvalidInput(f"At most {MAX_TAG_IDS} tags per image.", code="BadRequestExceedTagPerImageLimit")
-
-
-def union(*lists: list[str] | None) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(t for tags in lists for t in tags or []))
-
-
-def not_supported(what: str) -> InvalidInput:
-    return InvalidInput(
-        f"{what} belongs to object detection; tagvision trains image classifiers only.", code="BadRequestNotSupported"
-    )
+router = training_router()
 
 
 # --------------------------------------------------------------------------- domains and projects
@@ -209,407 +137,6 @@ def update_tag(service: Svc, project_id: ProjectId, tag_id: TagId, body: schemas
 def delete_tag(service: Svc, project_id: ProjectId, tag_id: TagId) -> Response:
     service.projects.delete_tag(project_id, tag_id)
     return Response(status_code=204)
-
-
-# --------------------------------------------------------------------------- images: listing
-
-
-def _list_images(
-    request: Request,
-    service: Service,
-    project_id: str,
-    *,
-    iteration_id=None,
-    tag_ids=None,
-    tagging_status=None,
-    filter_=None,
-    order_by=None,
-    take=50,
-    skip=0,
-) -> list[dict]:
-    tagged, untagged = tagging(tagging_status)
-    views = service.images.list(
-        project_id,
-        tag_ids=csv(tag_ids, limit=MAX_TAG_IDS, what="tag ids"),
-        tagged=tagged,
-        untagged=untagged,
-        iteration=iteration_id,
-        metadata=parse_metadata_filter(filter_) if filter_ else None,
-        newest_first=newest_first(order_by),
-        skip=skip,
-        take=take,
-    )
-    return [render.image(request, v) for v in views]
-
-
-def _count_images(
-    service: Service, project_id: str, *, iteration_id=None, tag_ids=None, tagging_status=None, filter_=None
-) -> int:
-    tagged, untagged = tagging(tagging_status)
-    return service.images.count(
-        project_id,
-        tag_ids=csv(tag_ids, limit=MAX_TAG_IDS, what="tag ids"),
-        tagged=tagged,
-        untagged=untagged,
-        iteration=iteration_id,
-        metadata=parse_metadata_filter(filter_) if filter_ else None,
-    )
-
-
-TagIdsQuery = Annotated[str | None, Query(alias="tagIds", description="Comma-separated tag ids.")]
-FilterQuery = Annotated[str | None, Query(alias="$filter", description="metadata=key eq 'value' and key2 ne 'v'")]
-OrderQuery = Annotated[str | None, Query(alias="orderBy", description="Newest or Oldest")]
-
-
-@router.get("/projects/{projectId}/images", response_model=list[schemas.Image], summary="List images")
-def get_images(
-    request: Request,
-    service: Svc,
-    project_id: ProjectId,
-    iteration_id: OptionalIteration = None,
-    tag_ids: TagIdsQuery = None,
-    tagging_status: Annotated[str | None, Query(alias="taggingStatus")] = None,
-    filter_: FilterQuery = None,
-    order_by: OrderQuery = None,
-    take: Take = 50,
-    skip: Skip = 0,
-) -> list[dict]:
-    return _list_images(
-        request,
-        service,
-        project_id,
-        iteration_id=iteration_id,
-        tag_ids=tag_ids,
-        tagging_status=tagging_status,
-        filter_=filter_,
-        order_by=order_by,
-        take=take,
-        skip=skip,
-    )
-
-
-@router.get("/projects/{projectId}/images/count", response_model=int, summary="Count images")
-def get_image_count(
-    service: Svc,
-    project_id: ProjectId,
-    iteration_id: OptionalIteration = None,
-    tagging_status: Annotated[str | None, Query(alias="taggingStatus")] = None,
-    filter_: FilterQuery = None,
-    tag_ids: TagIdsQuery = None,
-) -> int:
-    return _count_images(
-        service, project_id, iteration_id=iteration_id, tag_ids=tag_ids, tagging_status=tagging_status, filter_=filter_
-    )
-
-
-@router.get("/projects/{projectId}/images/tagged", response_model=list[schemas.Image], summary="List tagged images")
-def get_tagged_images(
-    request: Request,
-    service: Svc,
-    project_id: ProjectId,
-    iteration_id: OptionalIteration = None,
-    tag_ids: TagIdsQuery = None,
-    order_by: OrderQuery = None,
-    take: Take = 50,
-    skip: Skip = 0,
-) -> list[dict]:
-    return _list_images(
-        request,
-        service,
-        project_id,
-        iteration_id=iteration_id,
-        tag_ids=tag_ids,
-        tagging_status="Tagged",
-        order_by=order_by,
-        take=take,
-        skip=skip,
-    )
-
-
-@router.get("/projects/{projectId}/images/tagged/count", response_model=int, summary="Count tagged images")
-def get_tagged_image_count(
-    service: Svc, project_id: ProjectId, iteration_id: OptionalIteration = None, tag_ids: TagIdsQuery = None
-) -> int:
-    return _count_images(service, project_id, iteration_id=iteration_id, tag_ids=tag_ids, tagging_status="Tagged")
-
-
-@router.get("/projects/{projectId}/images/untagged", response_model=list[schemas.Image], summary="List untagged images")
-def get_untagged_images(
-    request: Request,
-    service: Svc,
-    project_id: ProjectId,
-    iteration_id: OptionalIteration = None,
-    order_by: OrderQuery = None,
-    take: Take = 50,
-    skip: Skip = 0,
-) -> list[dict]:
-    return _list_images(
-        request,
-        service,
-        project_id,
-        iteration_id=iteration_id,
-        tagging_status="Untagged",
-        order_by=order_by,
-        take=take,
-        skip=skip,
-    )
-
-
-@router.get("/projects/{projectId}/images/untagged/count", response_model=int, summary="Count untagged images")
-def get_untagged_image_count(service: Svc, project_id: ProjectId, iteration_id: OptionalIteration = None) -> int:
-    return _count_images(service, project_id, iteration_id=iteration_id, tagging_status="Untagged")
-
-
-@router.get("/projects/{projectId}/images/id", response_model=list[schemas.Image], summary="Get images by id")
-def get_images_by_ids(
-    request: Request,
-    service: Svc,
-    project_id: ProjectId,
-    image_ids: Annotated[str | None, Query(alias="imageIds")] = None,
-    iteration_id: OptionalIteration = None,
-) -> list[dict]:
-    ids = csv(image_ids, limit=MAX_IDS, what="image ids")
-    views = service.images.by_ids(project_id, ids)
-    if iteration_id is not None:
-        trained = {v.id for v in service.images.list(project_id, iteration=iteration_id)}
-        views = [v for v in views if v.id in trained]
-    return [render.image(request, v) for v in views]
-
-
-# --------------------------------------------------------------------------- images: adding
-
-
-@router.post(
-    "/projects/{projectId}/images",
-    response_model=schemas.ImageCreateSummary,
-    openapi_extra={"requestBody": IMAGE_BODY},
-    responses={207: {"model": schemas.ImageCreateSummary}},
-    summary="Add images (multipart imageData parts, or one raw image)",
-)
-async def create_images_from_data(
-    request: Request, project_id: ProjectId, version: Annotated[str, Path()], tag_ids: TagIdsQuery = None
-) -> JSONResponse:
-    service: Service = request.app.state.service
-    tags = csv(tag_ids, limit=MAX_TAG_IDS, what="tag ids")
-    parts = await image_parts(request)
-    check_batch(len(parts), tags)
-    items = [NewImage(f'"{p.name}"' if p.name else "", lambda d=p.data: d, tuple(tags)) for p in parts]
-    summary = await run_in_threadpool(service.images.add, project_id, items)
-    return summary_response(request, version, summary)
-
-
-@router.post(
-    "/projects/{projectId}/images/files",
-    response_model=schemas.ImageCreateSummary,
-    responses={207: {"model": schemas.ImageCreateSummary}},
-    summary="Add images from base64 files",
-)
-def create_images_from_files(
-    request: Request,
-    service: Svc,
-    project_id: ProjectId,
-    version: Annotated[str, Path()],
-    batch: schemas.ImageFileCreateBatch,
-) -> JSONResponse:
-    check_batch(len(batch.images), batch.tagIds)
-    if any(e.regions for e in batch.images):
-        raise not_supported("Regions")
-    items = [
-        NewImage(e.name or "", _base64_reader(e.contents), union(batch.tagIds, e.tagIds), metadata=batch.metadata or {})
-        for e in batch.images
-    ]
-    summary = service.images.add(project_id, items)
-    return summary_response(request, version, summary)
-
-
-def _base64_reader(contents: str):
-    def read() -> bytes:
-        try:
-            return base64.b64decode(contents, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidInput("The contents are not valid base64.", code="ErrorImageFormat") from None
-
-    return read
-
-
-@router.post(
-    "/projects/{projectId}/images/urls",
-    response_model=schemas.ImageCreateSummary,
-    responses={207: {"model": schemas.ImageCreateSummary}},
-    summary="Add images from URLs",
-)
-def create_images_from_urls(
-    request: Request,
-    service: Svc,
-    project_id: ProjectId,
-    version: Annotated[str, Path()],
-    batch: schemas.ImageUrlCreateBatch,
-) -> JSONResponse:
-    check_batch(len(batch.images), batch.tagIds)
-    if any(e.regions for e in batch.images):
-        raise not_supported("Regions")
-    service.projects.get(project_id)  # unknown project: 404 before any download
-    summary = service.images.add_urls(
-        project_id, [(e.url, union(batch.tagIds, e.tagIds)) for e in batch.images], batch.metadata
-    )
-    return summary_response(request, version, summary)
-
-
-@router.post(
-    "/projects/{projectId}/images/predictions",
-    response_model=schemas.ImageCreateSummary,
-    responses={207: {"model": schemas.ImageCreateSummary}},
-    summary="Add stored predictions' images as training images",
-)
-def create_images_from_predictions(
-    request: Request,
-    service: Svc,
-    project_id: ProjectId,
-    version: Annotated[str, Path()],
-    batch: schemas.ImageIdCreateBatch,
-) -> JSONResponse:
-    check_batch(len(batch.images), batch.tagIds)
-    summary = service.prediction.to_training_images(
-        project_id, [(e.id, union(batch.tagIds, e.tagIds)) for e in batch.images], batch.metadata
-    )
-    return summary_response(request, version, summary)
-
-
-@router.post(
-    "/projects/{projectId}/images/metadata",
-    response_model=schemas.ImageMetadataUpdateSummary,
-    responses={207: {"model": schemas.ImageMetadataUpdateSummary}},
-    summary="Update image metadata",
-)
-def update_image_metadata(
-    service: Svc,
-    project_id: ProjectId,
-    version: Annotated[str, Path()],
-    metadata: Annotated[dict[str, str], Body()],
-    image_ids: Annotated[str | None, Query(alias="imageIds")] = None,
-) -> JSONResponse:
-    ids = csv(image_ids, limit=MAX_IDS, what="image ids")
-    if not ids:
-        raise InvalidInput("Name the images with imageIds.", code="BadRequestRequiredParamIsNull")
-    results = service.images.set_metadata(project_id, ids, metadata)
-    ok = all(status == "OK" for _, status, _ in results)
-    return JSONResponse(
-        {
-            "isBatchSuccessful": ok,
-            "images": [{"imageId": i, "status": status, "metadata": meta or None} for i, status, meta in results],
-        },
-        status_code=batch_status(version, ok),
-    )
-
-
-@router.delete("/projects/{projectId}/images", status_code=204, responses={202: {}}, summary="Delete images")
-def delete_images(
-    service: Svc,
-    project_id: ProjectId,
-    image_ids: Annotated[str | None, Query(alias="imageIds")] = None,
-    all_images: Annotated[bool, Query(alias="allImages")] = False,
-    all_iterations: Annotated[bool, Query(alias="allIterations")] = False,
-) -> Response:
-    ids = csv(image_ids, limit=MAX_IDS, what="image ids")
-    if not ids and not all_images:
-        raise InvalidInput(
-            "Name the images with imageIds, or set allImages=true.", code="BadRequestRequiredParamIsNull"
-        )
-    service.images.delete(project_id, ids, every=all_images)
-    return Response(status_code=202 if all_images or all_iterations else 204)
-
-
-@router.post("/projects/{projectId}/images/tags", response_model=schemas.ImageTagCreateSummary, summary="Tag images")
-def create_image_tags(service: Svc, project_id: ProjectId, batch: schemas.ImageTagCreateBatch) -> dict:
-    if len(batch.tags) > MAX_BATCH * MAX_TAG_IDS:
-        raise InvalidInput("Too many taggings in one batch.", code="BadRequestExceededBatchSize")
-    return service.images.tag(project_id, [(e.imageId, e.tagId) for e in batch.tags]).to_json()
-
-
-@router.delete("/projects/{projectId}/images/tags", status_code=204, summary="Remove tags from images")
-def delete_image_tags(
-    service: Svc,
-    project_id: ProjectId,
-    image_ids: Annotated[str | None, Query(alias="imageIds")] = None,
-    tag_ids: TagIdsQuery = None,
-) -> Response:
-    images = csv(image_ids, limit=MAX_BATCH, what="image ids")
-    tags = csv(tag_ids, limit=MAX_TAG_IDS, what="tag ids")
-    if not images or not tags:
-        raise InvalidInput("Name imageIds and tagIds.", code="BadRequestRequiredParamIsNull")
-    service.images.untag(project_id, images, tags)
-    return Response(status_code=204)
-
-
-@router.post("/projects/{projectId}/images/regions", summary="Object detection: not supported")
-@router.delete("/projects/{projectId}/images/regions", summary="Object detection: not supported")
-@router.post("/projects/{projectId}/images/{imageId}/regionproposals", summary="Object detection: not supported")
-def regions(project_id: ProjectId) -> None:
-    raise not_supported("Regions")
-
-
-# --------------------------------------------------------------------------- suggestions for untagged images
-
-
-@router.post(
-    "/projects/{projectId}/tagsandregions/suggestions",
-    response_model=list[schemas.StoredSuggestedTagAndRegion],
-    summary="Suggest tags for images",
-)
-def suggest_tags_and_regions(
-    request: Request,
-    service: Svc,
-    project_id: ProjectId,
-    iteration_id: Annotated[str, Query(alias="iterationId")],
-    image_ids: Annotated[str | None, Query(alias="imageIds")] = None,
-) -> list[dict]:
-    ids = csv(image_ids, limit=MAX_BATCH, what="image ids")
-    return [render.suggestion(request, v) for v in service.prediction.suggest(project_id, iteration_id, ids)]
-
-
-@router.post(
-    "/projects/{projectId}/images/suggested",
-    response_model=schemas.SuggestedTagAndRegionQuery,
-    summary="Untagged images with suggested tags, most uncertain first by default",
-)
-def query_suggested_images(
-    request: Request,
-    service: Svc,
-    project_id: ProjectId,
-    iteration_id: Annotated[str, Query(alias="iterationId")],
-    query: schemas.SuggestedTagAndRegionQueryToken,
-) -> dict:
-    views = service.prediction.suggest(
-        project_id, iteration_id, tag_ids=query.tagIds or None, threshold=query.threshold or 0.0
-    )
-    descending = (query.sortBy or "UncertaintyDescending") != "UncertaintyAscending"
-    views.sort(key=lambda v: -v.uncertainty if descending else v.uncertainty)
-    start = int(query.continuation or 0) if (query.continuation or "0").isdigit() else 0
-    count = max(1, min(query.maxCount or 50, MAX_TAKE))
-    page = views[start : start + count]
-    more = start + count < len(views)
-    token = {**query.model_dump(), "continuation": str(start + count) if more else None}
-    return {"token": token, "results": [render.suggestion(request, v) for v in page]}
-
-
-@router.post(
-    "/projects/{projectId}/images/suggested/count",
-    response_model=dict[str, int],
-    summary="Count untagged images suggested per tag",
-)
-def query_suggested_image_count(
-    service: Svc,
-    project_id: ProjectId,
-    iteration_id: Annotated[str, Query(alias="iterationId")],
-    tag_filter: schemas.TagFilter,
-) -> dict[str, int]:
-    threshold = tag_filter.threshold or 0.0
-    views = service.prediction.suggest(project_id, iteration_id)
-    wanted = tag_filter.tagIds or sorted({p.tag_id for v in views for p in v.predictions})
-    return {
-        tag_id: sum(any(p.tag_id == tag_id and p.probability >= threshold for p in v.predictions) for v in views)
-        for tag_id in wanted
-    }
 
 
 # --------------------------------------------------------------------------- training and iterations
@@ -723,10 +250,8 @@ def get_image_performances(
 def get_image_performance_count(
     service: Svc, project_id: ProjectId, iteration_id: IterationId, tag_ids: TagIdsQuery = None
 ) -> int:
-    return len(
-        service.training.image_performances(
-            project_id, iteration_id, tag_ids=csv(tag_ids, limit=MAX_TAG_IDS, what="tag ids")
-        )
+    return service.training.image_performance_count(
+        project_id, iteration_id, tag_ids=csv(tag_ids, limit=MAX_TAG_IDS, what="tag ids")
     )
 
 

@@ -3,8 +3,8 @@
 ``Service.open(settings)`` gives one object whose parts are ``projects`` (projects and
 tags), ``images``, ``training`` (iterations, performance, publishing), ``prediction``
 (classifying, stored predictions, suggestions), ``exports``, ``acquisitions`` (gathering
-images for tags from providers), ``jobs`` (background training, exports and acquisitions)
-and ``keys`` (the API keys).
+images for tags from providers), ``jobs`` (background training, exports and acquisitions),
+``keys`` (the API keys) and ``files`` (signed links to images and exports, and their bytes).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from tagvision.config import Settings
 from tagvision.service.acquisitions import Acquisitions
 from tagvision.service.context import Context, Progress, no_progress
 from tagvision.service.exports import Exports
+from tagvision.service.files import Files
 from tagvision.service.images import Images, NewImage
 from tagvision.service.jobs import Jobs
 from tagvision.service.keys import KeyStore
@@ -31,7 +32,8 @@ class Service:
         self.exports = Exports(ctx)
         self.acquisitions = Acquisitions(ctx, self.training)
         self.jobs = Jobs(self.training, self.exports, self.acquisitions)
-        self.keys = KeyStore(ctx.settings.data_dir)
+        self.keys = KeyStore(ctx.settings.data_dir, ctx.settings.training_key, ctx.settings.prediction_key)
+        self.files = Files(ctx, self.keys, self.exports)
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> Service:

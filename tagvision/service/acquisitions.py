@@ -12,11 +12,8 @@ good ones as tagged training images with their source, licence and attribution. 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +21,13 @@ import numpy as np
 from sqlalchemy import select
 
 from tagvision import images, sources
+from tagvision.config import LIBRARY_ROOTS_ENV
 from tagvision.errors import InvalidInput, NotFound, TagvisionError
 from tagvision.service.context import Context, Progress, get_project, no_progress
 from tagvision.service.images import Images, NewImage
 from tagvision.service.projects import Projects, clean_name
 from tagvision.service.training import Training
-from tagvision.service.views import ImageCreateSummary, iso_time
+from tagvision.service.views import AcquisitionView, ImageCreateSummary
 from tagvision.sources.base import Candidate
 from tagvision.sources.download import Downloaded, Downloader
 from tagvision.store import queries
@@ -53,42 +51,10 @@ MAX_PER_TAG = 1000
 MAX_TAGS = 50
 NEAR_DUPLICATE_BITS = 6  # dHash distance at or under which two images count as the same picture
 SEARCH_FACTOR = 3  # candidates asked for per image wanted: some links break, some are duplicates
-LIBRARY_ROOTS_ENV = "TAGVISION_LIBRARY_ROOTS"
 # Candidates in these states are never fetched again by a later run. "Spare": downloaded after the
 # target was met (downloads run in parallel); kept as a blob and used first by a later run.
 SETTLED = ("Added", "Duplicate", "Refused", "Rejected", "Pending", "Spare")
 SLACK = 2  # downloads in flight beyond what is still needed (some fail or turn out duplicates)
-
-
-@dataclass(frozen=True)
-class AcquisitionView:
-    id: str
-    project_id: str
-    status: str
-    review: bool
-    request: dict[str, Any]
-    progress: dict[str, Any]
-    error: str | None
-    created: datetime
-    last_modified: datetime
-    items: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "projectId": self.project_id,
-            "status": self.status,
-            "review": self.review,
-            "providers": self.request.get("providers", []),
-            "perTag": self.request.get("perTag"),
-            "tags": [
-                self.progress.get(t["id"], {"tagId": t["id"], "tag": t["name"]}) for t in self.request.get("tags", [])
-            ],
-            "error": self.error,
-            "created": iso_time(self.created),
-            "lastModified": iso_time(self.last_modified),
-            "items": self.items,
-        }
 
 
 class Acquisitions:
@@ -133,10 +99,10 @@ class Acquisitions:
         chosen = tuple(dict.fromkeys(providers))
         if not chosen:
             raise InvalidInput("Choose at least one provider.", code="BadRequestInvalid")
-        folder = _library_folder(library, library_anywhere) if "library" in chosen else None
+        folder = self._library_folder(library, library_anywhere) if "library" in chosen else None
         for name in chosen:  # unknown or unconfigured providers fail now, not in the background
             if name != "library":
-                _close(sources.make(name))
+                _close(sources.make(name, self.ctx.settings.providers))
         existing = {t.name.casefold(): t for t in self.projects.list_tags(ref)}
         missing = [n for n in names if n.casefold() not in existing]
         if missing:
@@ -193,6 +159,17 @@ class Acquisitions:
                     select(Acquisition).where(Acquisition.project_id == project.id).order_by(Acquisition.created)
                 )
             ]
+
+    def reviewing(self, ref: str) -> AcquisitionView | None:
+        """The project's newest acquisition (with its items) if it is in review mode and still runs or has
+        candidates waiting for the user; else None."""
+        recent = self.list(ref)
+        if not recent or not recent[-1].review:
+            return None
+        newest = self.get(ref, recent[-1].id, with_items=True)
+        if newest.status == "Running" or newest.item_counts.get("Pending", 0):
+            return newest
+        return None
 
     def cancel(self, ref: str, acquisition_id: str) -> AcquisitionView:
         with self.ctx.db.session() as session:
@@ -251,6 +228,26 @@ class Acquisitions:
         with self.ctx.db.session() as session:
             return list(session.scalars(select(Acquisition.id).where(Acquisition.status == "Running")))
 
+    @property
+    def library_roots(self) -> tuple[Path, ...]:
+        """The folders the operator lets API and portal users search as a library (none: no library there)."""
+        return self.ctx.settings.library_roots
+
+    def _library_folder(self, library: str | None, anywhere: bool) -> Path:
+        if not library:
+            raise InvalidInput("The library provider needs a folder.", code="BadRequestInvalid")
+        folder = Path(library).expanduser().resolve()
+        if anywhere:
+            return folder
+        roots = [root.expanduser().resolve() for root in self.library_roots]
+        if not any(folder == root or root in folder.parents for root in roots):
+            raise InvalidInput(
+                f"The server reads libraries only under the folders its operator lists in "
+                f"{LIBRARY_ROOTS_ENV}; {library!r} is not under one.",
+                code="BadRequestInvalid",
+            )
+        return folder
+
     # ------------------------------------------------------------------ the work
 
     def run(self, acquisition_id: str, progress: Progress = no_progress) -> AcquisitionView:
@@ -258,11 +255,12 @@ class Acquisitions:
         stop = threading.Event()
         with self._lock:
             self._cancel[acquisition_id] = stop
+        code = None
         try:
             self._run(acquisition_id, stop, progress)
             status, error = ("Cancelled" if stop.is_set() else "Completed"), None
         except TagvisionError as exc:
-            status, error = "Failed", exc.message
+            status, error, code = "Failed", exc.message, exc.code
         except Exception as exc:  # recorded on the acquisition; the job runner logs it
             log.exception("acquisition %s failed", acquisition_id)
             status, error = "Failed", f"{type(exc).__name__}: {exc}"
@@ -277,7 +275,7 @@ class Acquisitions:
             if row is None:
                 raise NotFound(f"No acquisition {acquisition_id!r}.", code="NotFound")
             if row.status == "Running":
-                row.status, row.error, row.last_modified = status, error, utcnow()
+                row.status, row.error, row.error_code, row.last_modified = status, error, code, utcnow()
             return _view(row)
 
     def _run(self, acquisition_id: str, stop: threading.Event, progress: Progress) -> None:
@@ -301,7 +299,9 @@ class Acquisitions:
             }
             domain = get_project(session, project_id).domain
         hashes = self._project_hashes(project_id)
-        downloader = Downloader(min_side=request.get("minSide", 224))
+        downloader = Downloader(
+            min_side=request.get("minSide", 224), allow_private=self.ctx.settings.allow_private_urls
+        )
         providers = self._providers(request, project_id, domain)
         try:
             for tag in request["tags"]:
@@ -470,6 +470,7 @@ class Acquisitions:
                 made.append(
                     sources.make(
                         "library",
+                        self.ctx.settings.providers,
                         library=Path(request["library"]),
                         seeds=self._seeds(project_id, domain, request["tags"]),
                         embedder=self.ctx.embedder(domain),
@@ -477,7 +478,7 @@ class Acquisitions:
                     )
                 )
             else:
-                made.append(sources.make(name))
+                made.append(sources.make(name, self.ctx.settings.providers))
         return made
 
     def _seeds(self, project_id: str, domain: str, tags: list[dict]) -> dict[str, np.ndarray]:
@@ -531,22 +532,6 @@ def _acquired_counts(session, project_id: str) -> dict[str, int]:
     return counts
 
 
-def _library_folder(library: str | None, anywhere: bool) -> Path:
-    if not library:
-        raise InvalidInput("The library provider needs a folder.", code="BadRequestInvalid")
-    folder = Path(library).expanduser().resolve()
-    if anywhere:
-        return folder
-    roots = [Path(r).expanduser().resolve() for r in os.environ.get(LIBRARY_ROOTS_ENV, "").split(os.pathsep) if r]
-    if not any(folder == root or root in folder.parents for root in roots):
-        raise InvalidInput(
-            f"The server reads libraries only under the folders its operator lists in "
-            f"{LIBRARY_ROOTS_ENV}; {library!r} is not under one.",
-            code="BadRequestInvalid",
-        )
-    return folder
-
-
 def _close(provider) -> None:
     getattr(provider, "close", lambda: None)()
 
@@ -583,4 +568,5 @@ def _view(row: Acquisition, items: list[dict[str, Any]] | None = None) -> Acquis
         row.created,
         row.last_modified,
         items or [],
+        row.error_code,
     )

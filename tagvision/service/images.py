@@ -164,11 +164,18 @@ class Images:
     def add_urls(
         self, ref: str, entries: list[tuple[str, tuple[str, ...]]], metadata: dict[str, str] | None = None
     ) -> ImageCreateSummary:
-        """Download (url, tags) entries concurrently through the SSRF guard, then add them like uploads."""
+        """Download (url, tags) entries concurrently through the SSRF guard, then add them like uploads.
+
+        An unknown project is refused before anything is downloaded.
+        """
+        with self.ctx.db.session() as session:
+            get_project(session, ref)
 
         def download(url: str) -> bytes | TagvisionError:
             try:
-                return fetch.fetch(url, max_bytes=images.MAX_TRAINING_BYTES).data
+                return fetch.fetch(
+                    url, max_bytes=images.MAX_TRAINING_BYTES, allow_private=self.ctx.settings.allow_private_urls
+                ).data
             except TagvisionError as exc:
                 return exc
 
@@ -238,15 +245,14 @@ class Images:
             query = query.where(Image.id.in_(IterationDetails.from_json(trained.details).image_ids))
         return query
 
-    def by_ids(self, ref: str, image_ids: list[str]) -> list[ImageView]:
-        """The named images, in the order asked; unknown ids are left out (as Custom Vision does)."""
+    def by_ids(self, ref: str, image_ids: list[str], iteration: str | None = None) -> list[ImageView]:
+        """The named images, in the order asked; unknown ids (and, given an ``iteration``, images it was not
+        trained on) are left out, as Custom Vision does."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             names = {t.id: t.name for t in project.tags}
-            found = {
-                img.id: img
-                for img in session.scalars(select(Image).where(Image.project_id == project.id, Image.id.in_(image_ids)))
-            }
+            query = self._filtered(session, project, None, None, False, False, iteration)
+            found = {img.id: img for img in session.scalars(query.where(Image.id.in_(image_ids)))}
             return [image_view(found[i], names) for i in dict.fromkeys(image_ids) if i in found]
 
     def data(self, ref: str, image_id: str) -> bytes:

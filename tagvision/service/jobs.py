@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from tagvision.service.acquisitions import Acquisitions, AcquisitionView
+from tagvision.service.acquisitions import Acquisitions
 from tagvision.service.exports import Exports
 from tagvision.service.training import Training
-from tagvision.service.views import ExportView, IterationView
+from tagvision.service.views import AcquisitionView, ExportView, IterationView
 
 log = logging.getLogger("tagvision.jobs")
 

@@ -2,12 +2,15 @@
 
 Keys are made at first start (32 hex digits, as Azure's) and written to ``keys.json``
 readable by its owner only, or given by the operator in ``TAGVISION_TRAINING_KEY`` /
-``TAGVISION_PREDICTION_KEY`` (which then win over the file). A running server re-reads
-the file when it changes, so ``tagvision keys --regenerate`` takes effect at once.
+``TAGVISION_PREDICTION_KEY`` (``Settings.training_key`` / ``prediction_key``, which then win
+over the file). A running server re-reads the file when it changes, so ``tagvision keys
+--regenerate`` takes effect at once. Keys given by a client are compared in constant time
+(:func:`matches`), by the API's key headers and the portal's login alike.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import secrets
@@ -26,9 +29,16 @@ class Keys:
     prediction: str
 
 
+def matches(given: str | None, expected: str) -> bool:
+    """Whether a client's key is ``expected``, in constant time (no timing hints for guessing)."""
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
 class KeyStore:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, training: str | None = None, prediction: str | None = None) -> None:
+        """``training`` / ``prediction``: keys the operator gives, which win over the stored ones."""
         self.path = data_dir / "keys.json"
+        self.given = Keys(training or "", prediction or "")
         self._lock = threading.Lock()
         self._cached: tuple[float, Keys] | None = None
 
@@ -44,10 +54,13 @@ class KeyStore:
                 stored = json.loads(self.path.read_text())
                 self._cached = (mtime, Keys(stored["trainingKey"], stored["predictionKey"]))
             keys = self._cached[1]
-        return Keys(
-            os.environ.get("TAGVISION_TRAINING_KEY") or keys.training,
-            os.environ.get("TAGVISION_PREDICTION_KEY") or keys.prediction,
-        )
+        return Keys(self.given.training or keys.training, self.given.prediction or keys.prediction)
+
+    def is_training_key(self, given: str | None) -> bool:
+        return matches(given, self.current().training)
+
+    def is_prediction_key(self, given: str | None) -> bool:
+        return matches(given, self.current().prediction)
 
     def regenerate(self, kind: str) -> Keys:
         if kind not in KINDS:

@@ -21,6 +21,7 @@ from tagvision.service.details import IterationDetails
 from tagvision.service.images import Images, NewImage, image_view
 from tagvision.service.training import Training
 from tagvision.service.views import (
+    ImageCreateResult,
     ImageCreateSummary,
     ImagePrediction,
     PredictionView,
@@ -65,6 +66,21 @@ class PredictionQuery:
     start_time: datetime | None = None
     end_time: datetime | None = None
     application: str | None = None
+    max_count: int = 50
+    continuation: str | None = None
+
+
+@dataclass(frozen=True)
+class SuggestionQuery:
+    """Custom Vision's SuggestedTagAndRegionQueryToken: which untagged images, in which order, which page.
+
+    With ``tag_ids``, only images where one of those tags reaches ``threshold``; ``continuation`` is the
+    token of the previous page (anything else starts at the first).
+    """
+
+    tag_ids: tuple[str, ...] = ()
+    threshold: float = 0.0
+    sort_by: str = "UncertaintyDescending"  # or UncertaintyAscending; anything else sorts descending
     max_count: int = 50
     continuation: str | None = None
 
@@ -220,7 +236,7 @@ class Prediction:
         """Download an image through the SSRF guard and classify it (see :meth:`classify`)."""
         self.model(ref, options.get("iteration_ref"), published=options.get("published"))  # 404 before fetching
         try:
-            data = fetch.fetch(url, max_bytes=max_bytes).data
+            data = fetch.fetch(url, max_bytes=max_bytes, allow_private=self.ctx.settings.allow_private_urls).data
         except TagvisionError as exc:
             raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
         return self.classify(ref, data, max_bytes=max_bytes, source=url, **options)
@@ -333,6 +349,14 @@ class Prediction:
             items.append(NewImage(prediction_id, read, tags, source, metadata or {}))
         return Images(self.ctx).add(ref, items)
 
+    def to_training_image(self, ref: str, prediction_id: str, tag_ids: tuple[str, ...]) -> ImageCreateResult:
+        """Confirm or correct a stored prediction's tags: it becomes a training image and leaves the review
+        list (it stays there when it could not be added)."""
+        result = self.to_training_images(ref, [(prediction_id, tag_ids)]).results[0]
+        if result.ok:
+            self.delete(ref, [prediction_id])
+        return result
+
     # ------------------------------------------------------------------ suggestions for untagged images
 
     def suggest(
@@ -379,6 +403,35 @@ class Prediction:
                 )
             )
         return out
+
+    def suggested(
+        self, ref: str, iteration_ref: str, query: SuggestionQuery
+    ) -> tuple[list[SuggestionView], str | None]:
+        """A page of the untagged images with suggested tags, most uncertain first unless asked otherwise;
+        -> (page, continuation token or None at the end)."""
+        views = self.suggest(ref, iteration_ref, tag_ids=list(query.tag_ids) or None, threshold=query.threshold)
+        return _page(views, query)
+
+    def suggested_counts(
+        self, ref: str, iteration_ref: str, tag_ids: list[str] | None = None, threshold: float = 0.0
+    ) -> dict[str, int]:
+        """Per tag (the given ones, else every suggested tag), how many untagged images it reaches
+        ``threshold`` on."""
+        views = self.suggest(ref, iteration_ref)
+        wanted = tag_ids or sorted({p.tag_id for v in views for p in v.predictions})
+        return {
+            tag_id: sum(any(p.tag_id == tag_id and p.probability >= threshold for p in v.predictions) for v in views)
+            for tag_id in wanted
+        }
+
+
+def _page(views: list[SuggestionView], query: SuggestionQuery) -> tuple[list[SuggestionView], str | None]:
+    """Sorted by uncertainty as asked; -> (the page after ``continuation``, the next token or None at the end)."""
+    descending = query.sort_by != "UncertaintyAscending"
+    ordered = sorted(views, key=lambda v: -v.uncertainty if descending else v.uncertainty)
+    start = int(query.continuation) if (query.continuation or "").isdecimal() else 0
+    end = start + max(1, min(query.max_count or 50, MAX_QUERY_RESULTS))
+    return ordered[start:end], (str(end) if end < len(ordered) else None)
 
 
 def _ranked(tags: list[tuple[str, str]], row: np.ndarray, types: dict[str, str] | None = None) -> list[TagProbability]:

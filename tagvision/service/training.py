@@ -484,6 +484,24 @@ class Training:
         end = None if take is None else skip + take
         return out[skip:end]
 
+    def image_performance_count(self, ref: str, iteration_ref: str, *, tag_ids: list[str] | None = None) -> int:
+        return len(self.image_performances(ref, iteration_ref, tag_ids=tag_ids))
+
+    def misclassified(self, ref: str, iteration_ref: str, threshold: float = 0.5) -> list[ImagePerformanceView]:
+        """Cross-validation mistakes, most confident first: the top tag is not the image's (multiclass), or
+        the tags at or above ``threshold`` differ from the image's (multilabel)."""
+        multilabel = self.iteration(ref, iteration_ref).classification_type == "Multilabel"
+        wrong = []
+        for item in self.image_performances(ref, iteration_ref):
+            truth = {tag_id for tag_id, _, _ in item.image.tags}
+            if multilabel:
+                predicted = {p.tag_id for p in item.predictions if p.probability >= threshold}
+            else:
+                predicted = {item.predictions[0].tag_id} if item.predictions else set()
+            if predicted != truth:
+                wrong.append(item)
+        return sorted(wrong, key=lambda w: -(w.predictions[0].probability if w.predictions else 0))
+
     def evaluation(self, ref: str, iteration_ref: str | None = None) -> Evaluation:
         with self.ctx.db.session() as session:
             iteration = get_iteration(session, get_project(session, ref), iteration_ref)

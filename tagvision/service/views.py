@@ -1,8 +1,9 @@
 """Plain values the service hands to its interfaces, with their Custom Vision JSON shapes.
 
 ``to_json()`` gives the camelCase objects of the Custom Vision REST API (Project, Tag,
-Image, Iteration, IterationPerformance, ImagePrediction), so the CLI's ``--json`` and the
-HTTP API print the same thing.
+Image, Iteration, IterationPerformance, ImagePrediction) and of tagvision's extensions in
+their style (Acquisition), so the CLI's ``--json`` and the HTTP API print the same thing.
+Interfaces read the typed attributes; only the wire takes the JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from tagvision import metrics
+from tagvision.sources.base import ProviderUnavailable
 
 CLASSIFICATION_TYPES = ("Multiclass", "Multilabel")
 TAG_TYPES = ("Regular", "Negative", "GeneralProduct")
@@ -218,6 +220,28 @@ class IterationView:
 
 
 @dataclass(frozen=True)
+class TagPerformanceView:
+    """One tag's cross-validated figures at the threshold (Custom Vision's TagPerformance)."""
+
+    id: str
+    name: str
+    figures: metrics.TagPerformance
+
+    def to_json(self) -> dict[str, Any]:
+        f = self.figures
+        return {
+            "id": self.id,
+            "name": self.name,
+            "precision": f.precision,
+            "precisionStdDeviation": f.precision_std,
+            "recall": f.recall,
+            "recallStdDeviation": f.recall_std,
+            "averagePrecision": f.average_precision,
+            "imageCount": f.support,
+        }
+
+
+@dataclass(frozen=True)
 class PerformanceView:
     """An iteration's cross-validated figures at one threshold, with the tag names."""
 
@@ -228,22 +252,15 @@ class PerformanceView:
     image_count: int
     measured_on: metrics.MeasuredOn | None = None
 
+    @property
+    def per_tag(self) -> list[TagPerformanceView]:
+        """Each tag's figures with its id and name, in column order."""
+        return [TagPerformanceView(*self.tags[t.index], t) for t in self.performance.per_tag]
+
     def to_json(self) -> dict[str, Any]:
         p = self.performance
         return {
-            "perTagPerformance": [
-                {
-                    "id": self.tags[t.index][0],
-                    "name": self.tags[t.index][1],
-                    "precision": t.precision,
-                    "precisionStdDeviation": t.precision_std,
-                    "recall": t.recall,
-                    "recallStdDeviation": t.recall_std,
-                    "averagePrecision": t.average_precision,
-                    "imageCount": t.support,
-                }
-                for t in p.per_tag
-            ],
+            "perTagPerformance": [t.to_json() for t in self.per_tag],
             "precision": p.precision,
             "precisionStdDeviation": p.precision_std,
             "recall": p.recall,
@@ -397,3 +414,89 @@ class ExportView:
             "newerVersionAvailable": False,
             "error": self.error,
         }
+
+
+@dataclass(frozen=True)
+class TagProgress:
+    """How far an acquisition got with one tag (the ``tags`` entries of its JSON)."""
+
+    tag_id: str
+    tag: str  # the tag's name
+    wanted: int = 0  # images to add: the images asked per tag, less those acquired before (had_before)
+    had_before: int = 0
+    found: int = 0  # candidates the providers offered
+    skipped: int = 0  # of those, seen by an earlier run
+    downloaded: int = 0
+    added: int = 0  # in review mode: waiting for the user
+    duplicates: int = 0  # the same picture (or nearly) was already in the project
+    refused: int = 0  # broken links, too small, not an image
+    done: bool = False
+
+    @classmethod
+    def from_json(cls, state: dict[str, Any]) -> TagProgress:
+        return cls(
+            state["tagId"],
+            state["tag"],
+            int(state.get("wanted", 0)),
+            int(state.get("hadBefore", 0)),
+            int(state.get("found", 0)),
+            int(state.get("skipped", 0)),
+            int(state.get("downloaded", 0)),
+            int(state.get("added", 0)),
+            int(state.get("duplicates", 0)),
+            int(state.get("refused", 0)),
+            bool(state.get("done", False)),
+        )
+
+
+@dataclass(frozen=True)
+class AcquisitionView:
+    """Gathering images for tags from providers or a library: its request, progress per tag and candidates."""
+
+    id: str
+    project_id: str
+    status: str  # Running | Completed | Failed | Cancelled
+    review: bool
+    request: dict[str, Any]
+    progress: dict[str, Any]  # tag id -> its progress, as stored (TagProgress's JSON)
+    error: str | None
+    created: datetime
+    last_modified: datetime
+    items: list[dict[str, Any]] = field(default_factory=list)
+    error_code: str | None = None  # the failure's stable code (not in the JSON, which has the message)
+
+    @property
+    def tags(self) -> list[TagProgress]:
+        """Progress per tag, in the order asked."""
+        return [TagProgress.from_json(state) for state in self._tag_states()]
+
+    @property
+    def provider_unreachable(self) -> bool:
+        """It failed because a provider could not be reached at all: gathering from a library may work."""
+        return self.error_code == ProviderUnavailable.code
+
+    @property
+    def item_counts(self) -> dict[str, int]:
+        """How many of ``items`` are in each status (Pending, Added, Rejected, ...)."""
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[item["status"]] = counts.get(item["status"], 0) + 1
+        return counts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "projectId": self.project_id,
+            "status": self.status,
+            "review": self.review,
+            "providers": self.request.get("providers", []),
+            "perTag": self.request.get("perTag"),
+            "tags": self._tag_states(),
+            "error": self.error,
+            "created": iso_time(self.created),
+            "lastModified": iso_time(self.last_modified),
+            "items": self.items,
+        }
+
+    def _tag_states(self) -> list[dict[str, Any]]:
+        return [self.progress.get(t["id"], {"tagId": t["id"], "tag": t["name"]}) for t in self.request.get("tags", [])]

@@ -1,18 +1,23 @@
 """Image sources: search providers and the local library behind one interface (see ``base``).
 
-``make(name)`` builds a provider from its ``TAGVISION_*`` settings; ``NAMES`` lists them.
+``make(name, settings)`` builds a provider from its keys and endpoints (``ProviderSettings``,
+read from ``TAGVISION_*`` by ``tagvision.config``); ``NAMES`` lists them.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tagvision.backbone import Embedder
 from tagvision.errors import InvalidInput
 from tagvision.sources.base import Candidate, Provider, ProviderError, ProviderUnavailable
+
+if TYPE_CHECKING:
+    from tagvision.config import ProviderSettings
 
 # name -> (module, class); imported when used, so one provider's dependencies never burden another.
 _CLASSES = {
@@ -29,13 +34,14 @@ NAMES = tuple(_CLASSES)
 
 def make(
     name: str,
+    settings: ProviderSettings,
     *,
     library: Path | None = None,
     seeds: dict[str, np.ndarray] | None = None,
     embedder: Embedder | None = None,
     cache_dir: Path | None = None,
 ) -> Provider:
-    """The provider called ``name``, configured from settings (the library from its arguments)."""
+    """The provider called ``name``, configured from ``settings`` (the library from its arguments)."""
     if name not in _CLASSES:
         raise InvalidInput(f"Unknown provider {name!r}; choose from {', '.join(NAMES)}.", code="BadRequestInvalid")
     module, cls = _CLASSES[name]
@@ -44,7 +50,7 @@ def make(
         if library is None:
             raise InvalidInput("The library provider needs a folder (--library DIR).", code="BadRequestInvalid")
         return provider_class(library, seeds=seeds, embedder=embedder, cache_dir=cache_dir)
-    return provider_class.from_settings()
+    return provider_class.from_settings(settings)
 
 
 __all__ = ["NAMES", "Candidate", "Provider", "ProviderError", "ProviderUnavailable", "make"]

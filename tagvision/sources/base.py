@@ -10,7 +10,6 @@ and de-duplicates what they find.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,13 +33,17 @@ class ProviderError(TagvisionError):
 
 
 class ProviderUnavailable(ProviderError):
-    """The provider cannot be reached at all (no network, DNS failure): fail fast, name the offline way."""
+    """The provider cannot be reached at all (no network, DNS failure): fail fast, name the offline way.
+
+    Its own code tells interfaces that a local library is the way out, without reading the message.
+    """
+
+    code = "ErrorSourceUnreachable"
 
     def __init__(self, provider: str, cause: str) -> None:
         super().__init__(
             f"{provider} cannot be reached ({cause}). Without network access, gather images from "
-            "a folder instead: --provider library --library DIR.",
-            code="ErrorSource",
+            "a folder instead: --provider library --library DIR."
         )
 
 
@@ -229,8 +232,3 @@ def _no_network(exc: Exception) -> bool:
             "nodename nor servname",
         )
     )
-
-
-def setting(name: str, default: str | None = None) -> str | None:
-    """A provider setting from the environment (``TAGVISION_<NAME>``)."""
-    return os.environ.get(f"TAGVISION_{name}") or default

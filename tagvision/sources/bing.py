@@ -16,13 +16,16 @@ https://learn.microsoft.com/en-us/bing/search-apis/bing-web-search/page-results 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from tagvision.clock import SYSTEM, Clock
-from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
+from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, take_new
+
+if TYPE_CHECKING:
+    from tagvision.config import ProviderSettings
 
 MAX_COUNT = 150
 FORMATS = frozenset({"jpeg", "png", "gif", "animatedgif", "bmp", "webp"})
@@ -57,12 +60,12 @@ class BingProvider:
         )
 
     @classmethod
-    def from_settings(cls) -> BingProvider:
+    def from_settings(cls, settings: ProviderSettings) -> BingProvider:
         return cls(
-            setting("BING_ENDPOINT"),
-            setting("BING_KEY"),
-            market=setting("BING_MARKET", "en-US") or "en-US",
-            safe_search=setting("BING_SAFESEARCH", "Moderate") or "Moderate",
+            settings.bing_endpoint,
+            settings.bing_key,
+            market=settings.bing_market or "en-US",
+            safe_search=settings.bing_safesearch or "Moderate",
         )
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:

@@ -3,8 +3,8 @@
 * Concurrency is bounded (``workers`` in all, ``per_host`` per host, as browsers do) so one CDN is
   never hammered; results come back as each download finishes.
 * Every URL goes through :func:`tagvision.fetch.fetch`: the SSRF guard (private addresses
-  refused, redirects re-checked), a size limit enforced before and while reading the body,
-  and one deadline per download.
+  refused unless ``allow_private``, redirects re-checked), a size limit enforced before and
+  while reading the body, and one deadline per download.
 * 429 and 5xx answers, timeouts and refused connections are retried with exponential
   backoff, waiting at least what ``Retry-After`` asks. Waits and deadlines are kept on ``clock``.
 * The bytes are sniffed and validated exactly as uploads are (:func:`tagvision.images.validate`,
@@ -51,6 +51,7 @@ class Downloader:
     backoff: float = 0.5
     max_wait: float = 30.0
     clock: Clock = SYSTEM
+    allow_private: bool = False  # the operator's Settings.allow_private_urls
 
     def __post_init__(self) -> None:
         self._hosts: dict[str, threading.Semaphore] = defaultdict(lambda: threading.Semaphore(self.per_host))
@@ -119,7 +120,11 @@ class Downloader:
             while True:
                 try:
                     return fetch.fetch(
-                        candidate.url, max_bytes=self.max_bytes, timeout=self.timeout, clock=self.clock
+                        candidate.url,
+                        max_bytes=self.max_bytes,
+                        timeout=self.timeout,
+                        allow_private=self.allow_private,
+                        clock=self.clock,
                     ).data
                 except fetch.FetchError as exc:
                     if not exc.transient or attempt >= self.retries:

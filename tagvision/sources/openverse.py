@@ -17,12 +17,15 @@ MAX_PAGINATION_DEPTH=20) and ``api/api/views/oauth2_views.py`` (token endpoint, 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tagvision.clock import SYSTEM, Clock
-from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, ProviderUnavailable, setting, take_new
+from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, ProviderUnavailable, take_new
+
+if TYPE_CHECKING:
+    from tagvision.config import ProviderSettings
 
 ANONYMOUS_PAGE_SIZE = 20
 AUTHED_PAGE_SIZE = 500
@@ -62,13 +65,13 @@ class OpenverseProvider:
         self._token_expires = 0.0
 
     @classmethod
-    def from_settings(cls) -> OpenverseProvider:
+    def from_settings(cls, settings: ProviderSettings) -> OpenverseProvider:
         return cls(
-            setting("OPENVERSE_URL", "https://api.openverse.org") or "",
-            client_id=setting("OPENVERSE_CLIENT_ID"),
-            client_secret=setting("OPENVERSE_CLIENT_SECRET"),
-            license_type=setting("OPENVERSE_LICENSE_TYPE"),
-            license=setting("OPENVERSE_LICENSE"),
+            settings.openverse_url or "https://api.openverse.org",
+            client_id=settings.openverse_client_id,
+            client_secret=settings.openverse_client_secret,
+            license_type=settings.openverse_license_type,
+            license=settings.openverse_license,
         )
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tagvision.clock import SYSTEM, Clock
-from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
+from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, take_new
+
+if TYPE_CHECKING:
+    from tagvision.config import ProviderSettings
 
 NAME = "pexels"
 DEFAULT_URL = "https://api.pexels.com"
@@ -57,14 +60,14 @@ class PexelsProvider:
         self._reset_at: float | None = None  # UNIX time the quota refills, once it ran out
 
     @classmethod
-    def from_settings(cls) -> PexelsProvider:
-        key = setting("PEXELS_KEY")
+    def from_settings(cls, settings: ProviderSettings) -> PexelsProvider:
+        key = settings.pexels_key
         if not key:
             raise ProviderError(
                 "Pexels needs an API key: set TAGVISION_PEXELS_KEY (free at https://www.pexels.com/api/).",
                 code="BadRequestProviderNotConfigured",
             )
-        return cls(key, setting("PEXELS_URL") or DEFAULT_URL)
+        return cls(key, settings.pexels_url or DEFAULT_URL)
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:
         per_page = max(1, min(self.page_size, limit))

@@ -23,12 +23,15 @@ What the API documents and asks:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tagvision.clock import SYSTEM, Clock
-from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
+from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, take_new
+
+if TYPE_CHECKING:
+    from tagvision.config import ProviderSettings
 
 NAME = "pixabay"
 DEFAULT_URL = "https://pixabay.com"
@@ -59,14 +62,14 @@ class PixabayProvider:
         self._resume_at = 0.0  # clock.monotonic() when the spent rate-limit window resets
 
     @classmethod
-    def from_settings(cls) -> PixabayProvider:
-        key = setting("PIXABAY_KEY")
+    def from_settings(cls, settings: ProviderSettings) -> PixabayProvider:
+        key = settings.pixabay_key
         if not key:
             raise ProviderError(
                 "Pixabay needs an API key: set TAGVISION_PIXABAY_KEY (free at https://pixabay.com/api/docs/).",
                 code="BadRequestProviderNotConfigured",
             )
-        return cls(key, setting("PIXABAY_URL") or DEFAULT_URL)
+        return cls(key, settings.pixabay_url or DEFAULT_URL)
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:
         per_page = max(MIN_PAGE, min(self.page_size, limit))

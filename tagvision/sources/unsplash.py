@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
 from tagvision.clock import SYSTEM, Clock
-from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, setting, take_new
+from tagvision.sources.base import Candidate, ProviderError, ProviderHTTP, take_new
+
+if TYPE_CHECKING:
+    from tagvision.config import ProviderSettings
 
 log = logging.getLogger("tagvision.sources")
 NAME = "unsplash"
@@ -66,15 +69,15 @@ class UnsplashProvider:
         self.http.client().event_hooks = {"response": [_watch]}
 
     @classmethod
-    def from_settings(cls) -> UnsplashProvider:
-        key = setting("UNSPLASH_KEY")
+    def from_settings(cls, settings: ProviderSettings) -> UnsplashProvider:
+        key = settings.unsplash_key
         if not key:
             raise ProviderError(
                 "Unsplash needs an access key: set TAGVISION_UNSPLASH_KEY (register an app at "
                 "https://unsplash.com/developers).",
                 code="BadRequestProviderNotConfigured",
             )
-        return cls(key, setting("UNSPLASH_URL") or DEFAULT_URL, app_name=setting("UNSPLASH_APP") or "tagvision")
+        return cls(key, settings.unsplash_url or DEFAULT_URL, app_name=settings.unsplash_app or "tagvision")
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:
         per_page = max(1, min(self.page_size, limit))

@@ -20,13 +20,16 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 import httpx
 
 from tagvision.clock import SYSTEM, Clock
-from tagvision.sources.base import USER_AGENT, Candidate, ProviderError, ProviderHTTP, setting, take_new
+from tagvision.sources.base import USER_AGENT, Candidate, ProviderError, ProviderHTTP, take_new
+
+if TYPE_CHECKING:
+    from tagvision.config import ProviderSettings
 
 DEFAULT_URL = "https://commons.wikimedia.org/w/api.php"
 BITMAP_MIMES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})  # not SVG, TIFF, PDF, video
@@ -59,10 +62,10 @@ class WikimediaProvider:
         )
 
     @classmethod
-    def from_settings(cls) -> WikimediaProvider:
+    def from_settings(cls, settings: ProviderSettings) -> WikimediaProvider:
         return cls(
-            setting("WIKIMEDIA_URL", DEFAULT_URL) or DEFAULT_URL,
-            user_agent=setting("WIKIMEDIA_USER_AGENT", USER_AGENT) or USER_AGENT,
+            settings.wikimedia_url or DEFAULT_URL,
+            user_agent=settings.wikimedia_user_agent or USER_AGENT,
         )
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:

@@ -213,6 +213,7 @@ class Acquisition(Base):
     request: Mapped[dict[str, Any]] = mapped_column(default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)  # the failure's stable code
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(default=utcnow)
 

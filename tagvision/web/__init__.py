@@ -10,17 +10,31 @@ Modules: ``routing`` (the page and JSON route classes: login, CSRF, errors as se
 ``auth`` (log in and out), ``projects``, ``images`` (training images and uploads), ``search`` (search
 providers for images of tags, review the candidates, add them), ``training``
 (train, performance, publish, export) and ``predictions`` (stored predictions, quick test,
-prediction URL).
+prediction URL). ``tagvision.server`` mounts the portal beside the API; neither imports the other.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
+from tagvision.images import MAX_TRAINING_BYTES
+
 STATIC = Path(__file__).parent / "static"
+MULTIPART_SLACK = 64 * 1024  # a multipart body's part headers and boundaries
+# (path pattern, byte limit, code) for the server's body-size middleware: uploads come in batches of at
+# most 16 files (images.MAX_UPLOAD_FILES), the quick test takes one image.
+BODY_LIMITS = (
+    (
+        re.compile(r"^/projects/[^/]+/images/upload$"),
+        16 * (MAX_TRAINING_BYTES + MULTIPART_SLACK),
+        "BadRequestExceededBatchSize",
+    ),
+    (re.compile(r"^/projects/[^/]+/quicktest$"), MAX_TRAINING_BYTES + MULTIPART_SLACK, "BadRequestImageSizeBytes"),
+)
 
 
 def install(app: FastAPI) -> None:

@@ -8,7 +8,6 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
-from tagvision.api.auth import matches
 from tagvision.service import Service
 from tagvision.web import session as sessions
 from tagvision.web.routing import PageRoute, PublicPageRoute, safe_next
@@ -31,7 +30,7 @@ async def login(request: Request) -> Response:
     form = await request.form()
     service: Service = request.app.state.service
     target = safe_next(str(form.get("next", ""))) or "/"
-    if not matches(str(form.get("key", "")).strip(), service.keys.current().training):
+    if not service.keys.is_training_key(str(form.get("key", "")).strip()):
         await asyncio.sleep(WRONG_KEY_DELAY)
         sessions.current(request).flash(
             "error", "That is not this server's training key. `tagvision keys` on the server shows it."

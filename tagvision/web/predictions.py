@@ -95,13 +95,11 @@ async def move_to_training(request: Request, project_id: str, prediction_id: str
     chosen = [shape.tag_by_id(tags, t) for t in shape.form_values(form, "tag")]
     if not chosen:
         raise InvalidInput("Choose the image's tag before adding it to the training images.", code="BadRequest")
-    summary = await run_in_threadpool(
-        svc.prediction.to_training_images, project_id, [(prediction_id, tuple(t.id for t in chosen))]
+    result = await run_in_threadpool(
+        svc.prediction.to_training_image, project_id, prediction_id, tuple(t.id for t in chosen)
     )
-    result = summary.results[0]
     if not result.ok:
         raise InvalidInput(result.message or "The image could not be added.", code=result.status)
-    await run_in_threadpool(svc.prediction.delete, project_id, [prediction_id])
     names = ", ".join(t.name for t in chosen)
     already = " (it was already among them)" if result.status == "OKDuplicate" else ""
     sessions.current(request).flash("ok", f"Added to the training images as {names}{already}. Train again to use it.")

@@ -9,7 +9,6 @@ unticked ones are rejected and never offered again.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -20,7 +19,8 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from tagvision.errors import InvalidInput, TagvisionError
 from tagvision.service import Service
-from tagvision.service.acquisitions import LIBRARY_ROOTS_ENV, MAX_PER_TAG, AcquisitionView
+from tagvision.service.acquisitions import MAX_PER_TAG
+from tagvision.service.views import AcquisitionView, TagProgress
 from tagvision.web import session as sessions
 from tagvision.web import shape
 from tagvision.web.routing import JsonRoute, PageRoute
@@ -47,12 +47,8 @@ LIBRARY_HINT = (
 )
 
 
-def library_roots() -> list[str]:
-    return [r for r in os.environ.get(LIBRARY_ROOTS_ENV, "").split(os.pathsep) if r]
-
-
-def providers() -> list[tuple[str, str]]:
-    return [*PROVIDERS, LIBRARY] if library_roots() else list(PROVIDERS)
+def providers(svc: Service) -> list[tuple[str, str]]:
+    return [*PROVIDERS, LIBRARY] if svc.acquisitions.library_roots else list(PROVIDERS)
 
 
 # ---------------------------------------------------------------------- what the page shows
@@ -105,40 +101,37 @@ def candidate_html(cell: Candidate) -> str:
 
 def tag_progress(view: AcquisitionView) -> list[dict[str, Any]]:
     """Per tag: the counts, a progress bar's value and maximum, and a sentence."""
-    rows = view.to_json()["tags"]
-    current = next((t["tagId"] for t in rows if not t.get("done")), None)
-    out = []
-    for t in rows:
-        wanted, added = int(t.get("wanted", 0)), int(t.get("added", 0))
-        out.append(
-            {
-                "tagId": t["tagId"],
-                "tag": t["tag"],
-                "wanted": wanted,
-                "added": added,
-                "done": bool(t.get("done")),
-                "value": min(added, wanted) if wanted else 1,
-                "max": wanted or 1,
-                "text": tag_sentence(t, view.status, t["tagId"] == current),
-            }
-        )
-    return out
+    tags = view.tags
+    current = next((t.tag_id for t in tags if not t.done), None)
+    return [
+        {
+            "tagId": t.tag_id,
+            "tag": t.tag,
+            "wanted": t.wanted,
+            "added": t.added,
+            "done": t.done,
+            "value": min(t.added, t.wanted) if t.wanted else 1,
+            "max": t.wanted or 1,
+            "text": tag_sentence(t, view.status, t.tag_id == current),
+        }
+        for t in tags
+    ]
 
 
-def tag_sentence(t: dict[str, Any], status: str, current: bool) -> str:
-    name, wanted, added = t["tag"], int(t.get("wanted", 0)), int(t.get("added", 0))
+def tag_sentence(t: TagProgress, status: str, current: bool) -> str:
+    name, wanted, added = t.tag, t.wanted, t.added
     extras = []
-    if t.get("duplicates"):
-        extras.append(f"{t['duplicates']} already in the project")
-    if t.get("refused"):
-        extras.append(f"{t['refused']} could not be used (broken link, too small or not a photo)")
+    if t.duplicates:
+        extras.append(f"{t.duplicates} already in the project")
+    if t.refused:
+        extras.append(f"{t.refused} could not be used (broken link, too small or not a photo)")
     tail = f" ({'; '.join(extras)})" if extras else ""
-    if wanted == 0 and t.get("hadBefore"):
+    if wanted == 0 and t.had_before:
         return (
-            f"{name}: already has {plural(int(t['hadBefore']), 'image')} from earlier searches, as many as "
+            f"{name}: already has {plural(t.had_before, 'image')} from earlier searches, as many as "
             "asked for; nothing more to find."
         )
-    if t.get("done"):
+    if t.done:
         if added >= wanted:
             return f"{name}: done, {plural(added, 'candidate')} found{tail}."
         return f"{name}: done, but only {added} of {wanted} usable images found{tail}."
@@ -153,7 +146,9 @@ def tag_sentence(t: dict[str, Any], status: str, current: bool) -> str:
     return f"{name}: {added} of {wanted} candidates{tail}."
 
 
-def status_sentence(view: AcquisitionView, counts: dict[str, int]) -> str:
+def status_sentence(view: AcquisitionView, library: bool) -> str:
+    """What the search is doing or did; ``library``: the server offers the library provider."""
+    counts = view.item_counts
     pending, added, rejected = counts.get("Pending", 0), counts.get("Added", 0), counts.get("Rejected", 0)
     provider = ", ".join(view.request.get("providers", []))
     tags = ", ".join(t["name"] for t in view.request.get("tags", []))
@@ -161,7 +156,7 @@ def status_sentence(view: AcquisitionView, counts: dict[str, int]) -> str:
         return f"Searching {provider} for {tags}: {plural(pending, 'candidate')} so far."
     if view.status == "Failed":
         message = view.error or "The server log has the reason."
-        hint = f" {LIBRARY_HINT}" if "--provider library" in message and library_roots() else ""
+        hint = f" {LIBRARY_HINT}" if view.provider_unreachable and library else ""
         return f"The search failed: {message}{hint}"
     if added or rejected:
         if pending:
@@ -173,13 +168,6 @@ def status_sentence(view: AcquisitionView, counts: dict[str, int]) -> str:
     return f"{stopped}: {plural(pending, 'candidate')}. Untick the ones that do not fit their tag, then add the rest."
 
 
-def item_counts(items: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item["status"]] = counts.get(item["status"], 0) + 1
-    return counts
-
-
 def state_json(request: Request, view: AcquisitionView, after: int = 0) -> dict[str, Any]:
     """Status, progress per tag, and the pending candidates among the items from index ``after`` on."""
     names = {t["id"]: t["name"] for t in view.request.get("tags", [])}
@@ -187,10 +175,10 @@ def state_json(request: Request, view: AcquisitionView, after: int = 0) -> dict[
     return {
         "status": view.status,
         "running": view.status == "Running",
-        "message": status_sentence(view, item_counts(view.items)),
+        "message": status_sentence(view, bool(shape.service(request).acquisitions.library_roots)),
         "tags": tag_progress(view),
         "seen": len(view.items),
-        "pending": sum(i["status"] == "Pending" for i in view.items),
+        "pending": view.item_counts.get("Pending", 0),
         "candidates": [
             {"id": i["id"], "tagId": i["tagId"], "html": candidate_html(candidate(request, i, names))} for i in fresh
         ],
@@ -205,19 +193,6 @@ def by_tag(request: Request, view: AcquisitionView) -> list[dict[str, Any]]:
         {**row, "candidates": [candidate(request, i, names) for i in pending if i["tagId"] == row["tagId"]]}
         for row in tag_progress(view)
     ]
-
-
-def shown_acquisition(svc: Service, project_id: str, acquisition: str) -> AcquisitionView | None:
-    """The acquisition asked for, else the newest one while it runs or has candidates waiting."""
-    if acquisition:
-        return svc.acquisitions.get(project_id, acquisition, with_items=True)
-    recent = svc.acquisitions.list(project_id)
-    if not recent or not recent[-1].review:
-        return None
-    newest = svc.acquisitions.get(project_id, recent[-1].id, with_items=True)
-    if newest.status == "Running" or any(i["status"] == "Pending" for i in newest.items):
-        return newest
-    return None
 
 
 # ---------------------------------------------------------------------- routes
@@ -235,7 +210,11 @@ def search_page(
 ) -> Response:
     svc = shape.service(request)
     context = shape.project_page(svc, project_id, "search")
-    view = shown_acquisition(svc, project_id, acquisition)
+    # The acquisition asked for, else the newest one while it runs or has candidates waiting.
+    if acquisition:
+        view = svc.acquisitions.get(project_id, acquisition, with_items=True)
+    else:
+        view = svc.acquisitions.reviewing(project_id)
     recent = [v for v in reversed(svc.acquisitions.list(project_id)) if not view or v.id != view.id][:RECENT]
     state = state_json(request, view) if view else None
     return render(
@@ -246,8 +225,8 @@ def search_page(
         state=state,
         groups=by_tag(request, view) if view else [],
         recent=recent,
-        providers=providers(),
-        library_roots=library_roots(),
+        providers=providers(svc),
+        library_roots=[str(root) for root in svc.acquisitions.library_roots],
         max_per_tag=MAX_PER_TAG,
         form={
             "tags": tags,
@@ -277,7 +256,7 @@ async def start_search(request: Request, project_id: str) -> Response:
         names = [n.strip() for n in text.split(",") if n.strip()]
         if not names:
             raise InvalidInput("Type at least one tag name; separate several with commas.", code="BadRequestTagName")
-        if provider not in {name for name, _ in providers()}:
+        if provider not in {name for name, _ in providers(svc)}:
             raise InvalidInput("Choose one of the providers in the list.", code="BadRequestInvalid")
         try:
             per_tag = int(per_tag_text)

@@ -29,8 +29,8 @@ def service(request: Request) -> Service:
 
 
 def link(request: Request, kind: str, ident: str) -> str:
-    """A signed link to an image, a thumbnail or an export file (``tagvision.api.links``)."""
-    return request.app.state.links.url(request, kind, ident)
+    """A signed link to an image, a thumbnail or an export file (``tagvision.service.files``)."""
+    return service(request).files.url(str(request.base_url), kind, ident)
 
 
 def domain_name(domain_id: str) -> str:

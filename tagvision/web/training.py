@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from tagvision.errors import InvalidInput
 from tagvision.service import Service
 from tagvision.service import training as training_service
-from tagvision.service.views import ImagePerformanceView, IterationView, PerformanceView
+from tagvision.service.views import IterationView, PerformanceView
 from tagvision.web import charts, shape
 from tagvision.web import session as sessions
 from tagvision.web.routing import JsonRoute, PageRoute
@@ -205,10 +205,10 @@ def performance_page(request: Request, project_id: str, iteration: str = "", thr
     ]
     figures = next(c.performance for c in compared if c.iteration.id == selected.id)
     evaluation = svc.training.evaluation(project_id, selected.id)
-    at_threshold = {t["id"]: (t["precision"], t["recall"]) for t in figures.to_json()["perTagPerformance"]}
+    at_threshold = {t.id: (t.figures.precision, t.figures.recall) for t in figures.per_tag}
     curves = charts.pr_curves(evaluation.probabilities, evaluation.labels, figures.tags, at_threshold)
     matrix = charts.confusion(evaluation.probabilities, evaluation.labels, figures.tags)
-    wrong = misclassified(svc.training.image_performances(project_id, selected.id), selected, threshold)
+    wrong = svc.training.misclassified(project_id, selected.id, threshold)
     return render(
         request,
         "performance.html",
@@ -251,23 +251,6 @@ def performance_json(figures: PerformanceView) -> dict:
         "imageCount": figures.image_count,
         "perTagPerformance": [shown(t) for t in body["perTagPerformance"]],
     }
-
-
-def misclassified(
-    images: list[ImagePerformanceView], iteration: IterationView, threshold: float
-) -> list[ImagePerformanceView]:
-    """Cross-validation mistakes: the top tag is not the image's (multiclass), or the tags at or above the
-    threshold differ from the image's (multilabel). Most confident mistakes first."""
-    wrong = []
-    for item in images:
-        truth = {tag_id for tag_id, _, _ in item.image.tags}
-        if iteration.classification_type == "Multilabel":
-            predicted = {p.tag_id for p in item.predictions if p.probability >= threshold}
-        else:
-            predicted = {item.predictions[0].tag_id} if item.predictions else set()
-        if predicted != truth:
-            wrong.append(item)
-    return sorted(wrong, key=lambda w: -(w.predictions[0].probability if w.predictions else 0))
 
 
 # ---------------------------------------------------------------------- publish, export

@@ -1,0 +1,71 @@
+"""Files a client fetches with a plain GET: training and prediction images, thumbnails, export bundles.
+
+Custom Vision hands out pre-signed blob URLs (``thumbnailUri``, ``downloadUri``) that clients
+fetch without a key header; these links do the same. A link names the file and an expiry and
+carries an HMAC of both made with the current Training-Key, so regenerating the training key
+revokes every link given out. The API serves them under :data:`FILES_PATH`; the portal shows them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from tagvision import images
+from tagvision.errors import NotFound
+from tagvision.service.context import Context
+from tagvision.service.exports import Exports
+from tagvision.service.keys import KeyStore
+
+FILES_PATH = "/tagvision/files"
+LIFETIME = 24 * 3600
+KINDS = ("image", "thumbnail", "prediction", "prediction-thumbnail", "export")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file's bytes and media type; ``filename`` for an attachment (an export bundle)."""
+
+    data: bytes
+    media_type: str
+    filename: str | None = None
+
+
+class Files:
+    def __init__(self, ctx: Context, keys: KeyStore, exports: Exports) -> None:
+        self.ctx = ctx
+        self.keys = keys
+        self.exports = exports
+
+    def url(self, base_url: str, kind: str, ident: str) -> str:
+        """An absolute link under ``base_url``, valid for 24 to 25 hours (rounded up to the hour, so repeated
+        calls agree)."""
+        expires = (int(time.time()) // 3600 + 1) * 3600 + LIFETIME
+        signature = self._sign(kind, ident, expires)
+        return f"{base_url.rstrip('/')}{FILES_PATH}/{kind}/{quote(ident)}?expires={expires}&sig={signature}"
+
+    def valid(self, kind: str, ident: str, expires: int, signature: str) -> bool:
+        if expires < time.time():
+            return False
+        return hmac.compare_digest(self._sign(kind, ident, expires), signature)
+
+    def get(self, kind: str, ident: str) -> Download:
+        """The file a link names: an export bundle by export id, else an image (or its thumbnail) by sha256."""
+        if kind == "export":
+            name, data = self.exports.file(ident)
+            return Download(data, "application/zip", name)
+        if not SHA256.fullmatch(ident) or not self.ctx.blobs.exists(ident):
+            raise NotFound("This image is no longer stored.", code="NotFoundImage")
+        data = self.ctx.blobs.get(ident)
+        if kind.endswith("thumbnail"):
+            return Download(images.thumbnail_jpeg(data), "image/jpeg")
+        return Download(data, images.FORMATS.get(images.sniff_format(data) or "", "application/octet-stream"))
+
+    def _sign(self, kind: str, ident: str, expires: int) -> str:
+        message = f"{kind}\n{ident}\n{expires}".encode()
+        return hmac.new(self.keys.current().training.encode(), message, hashlib.sha256).hexdigest()[:40]
