@@ -87,7 +87,8 @@ def test_the_whole_flow_from_folders_to_predictions(data_dir: Path, class_folder
     assert all(set(t) >= TAG_PERFORMANCE_KEYS for t in performance["perTagPerformance"])
     assert performance["precision"] > 0.8 and performance["averagePrecision"] > 0.8
     table = tagvision("performance", "shoes", data_dir=data_dir).stdout
-    assert "5-fold cross-validation, threshold 50%" in table and "overall" in table
+    assert "Iteration 1, threshold 50%" in table and "overall" in table
+    assert "Measured on 5-fold cross-validation on the 32 training images" in " ".join(table.split())
 
     unseen = [p for tag in ("dress", "hat", "shoes", "pants") for p in photos(CLOTHING, "test", tag, 2)]
     lines = tagvision("predict", "shoes", *map(str, unseen), "--json", data_dir=data_dir).stdout.splitlines()
