@@ -396,10 +396,25 @@ def test_plotting_helpers_reject_bad_input() -> None:
 
 def test_module_exports_its_public_api() -> None:
     assert set(metrics.__all__) == {
+        "MeasuredOn",
+        "Method",
         "Performance",
         "TagPerformance",
+        "average_precision",
         "confusion_matrix",
         "evaluate",
         "precision_recall_curve",
         "stratified_folds",
     }
+
+
+def test_what_figures_were_measured_on_is_said_the_same_way_everywhere() -> None:
+    folds = metrics.MeasuredOn(metrics.Method.CROSS_VALIDATION, 240, 240, 5)
+    assert folds.has_spread and folds.sentence() == (
+        "5-fold cross-validation on the 240 training images: each image was scored by a model trained without it"
+    )
+    split = metrics.MeasuredOn(metrics.Method.VALIDATION_SPLIT, 48, 240, 1, retrained=True)
+    assert not split.has_spread and split.sentence().startswith("48 of the 240 training images, set aside")
+    assert "trained once more on all the images" in split.sentence()
+    for measured in (folds, split):
+        assert metrics.MeasuredOn.from_json(measured.to_json()) == measured
