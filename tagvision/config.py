@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_DATA_DIR = Path("tagvision-data")
 ALLOW_PRIVATE_URLS_ENV = "TAGVISION_ALLOW_PRIVATE_URLS"
@@ -73,6 +74,19 @@ class Settings:
     # the API and the portal (the CLI names any folder).
     library_roots: tuple[Path, ...] = ()
     providers: ProviderSettings = field(default_factory=ProviderSettings)
+    # TAGVISION_PUBLIC_URL: the base of every absolute URL the server hands out (signed links, the Prediction
+    # URL), e.g. https://vision.example.com; never taken from a request's Host header when set.
+    public_url: str | None = None
+    # TAGVISION_TRUSTED_HOSTS (comma-separated, "*.example.com" allowed): Host headers the server answers;
+    # empty: the public URL's host and loopback names when a public URL is set, else any.
+    trusted_hosts: tuple[str, ...] = ()
+    # TAGVISION_DECODE_MEMORY_MB: decoded pixels one process holds at once (images.DECODES); with the bodies
+    # in flight it bounds the server's memory (README: "Memory").
+    decode_memory_mb: int = 1024
+    # TAGVISION_REQUEST_WAIT_SECONDS: how long a request waits for decode memory or a URL fetcher before 429.
+    request_wait_seconds: float = 10.0
+    # TAGVISION_URL_FETCHERS: concurrent downloads of image URLs for requests, process-wide.
+    url_fetchers: int = 8
 
     @classmethod
     def load(cls, data_dir: Path | str | None = None) -> Settings:
@@ -92,4 +106,31 @@ class Settings:
             allow_private_urls=env.get(ALLOW_PRIVATE_URLS_ENV) == "1",
             library_roots=tuple(Path(r) for r in env.get(LIBRARY_ROOTS_ENV, "").split(os.pathsep) if r),
             providers=ProviderSettings.from_env(env),
+            public_url=(env.get("TAGVISION_PUBLIC_URL") or "").rstrip("/") or None,
+            trusted_hosts=tuple(h.strip() for h in env.get("TAGVISION_TRUSTED_HOSTS", "").split(",") if h.strip()),
+            decode_memory_mb=_number(env, "TAGVISION_DECODE_MEMORY_MB", 1024, int),
+            request_wait_seconds=_number(env, "TAGVISION_REQUEST_WAIT_SECONDS", 10.0, float),
+            url_fetchers=_number(env, "TAGVISION_URL_FETCHERS", 8, int),
         )
+
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Host headers to answer (``"*"``: any): as configured, else the public URL's host and loopback."""
+        if self.trusted_hosts:
+            return self.trusted_hosts
+        if self.public_url:
+            return (urlsplit(self.public_url).hostname or "", "localhost", "127.0.0.1", "::1")
+        return ("*",)
+
+
+def _number(env: Mapping[str, str], name: str, default, kind):
+    """A positive number from ``env``, or ``default``; a clear error naming the variable otherwise."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number.") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r} must be positive.")
+    return value

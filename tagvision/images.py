@@ -100,6 +100,11 @@ class DecodeBudget:
         self.max_bytes, self.held = max_bytes, 0
         self._changed = threading.Condition()
 
+    def configure(self, max_bytes: int) -> None:
+        with self._changed:
+            self.max_bytes = max_bytes
+            self._changed.notify_all()
+
     @contextmanager
     def hold(self, cost: int) -> Iterator[None]:
         """Reserve ``cost`` bytes for the block; waits for them (at most :func:`patience` seconds, if set)."""
@@ -168,11 +173,7 @@ def validate(data: bytes, *, max_bytes: int = MAX_TRAINING_BYTES, max_side: int 
     JPEG data is decoded at 1/8 scale: the entropy-coded data is still read to
     the end, so truncation is caught, but far less work is done.
     """
-    if len(data) > max_bytes:
-        raise ImageError(
-            f"The image is {len(data):,} bytes, larger than the limit of {max_bytes:,} bytes.",
-            code=_SIZE,
-        )
+    _check_bytes(data, max_bytes)
     name, img = _open(data, max_side=max_side)
     width, height = img.size
     with img, _decoding(name):
@@ -182,14 +183,16 @@ def validate(data: bytes, *, max_bytes: int = MAX_TRAINING_BYTES, max_side: int 
             img.load()
         if img.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS:
             width, height = height, width
-    return ImageFacts(
-        sha256=hashlib.sha256(data).hexdigest(),
-        format=name,
-        content_type=FORMATS[name],
-        width=width,
-        height=height,
-        size_bytes=len(data),
-    )
+    return _facts(data, name, width, height)
+
+
+def inspect(data: bytes, *, max_bytes: int, min_side: int) -> tuple[ImageFacts, Image.Image]:
+    """:func:`validate` and :func:`open_rgb` in one decode (a prediction needs both): the facts, and the upright
+    RGB image no smaller than ``min_side``. Decoding for ``min_side`` reads the whole file, so a truncated or
+    corrupt one is refused as :func:`validate` refuses it."""
+    _check_bytes(data, max_bytes)
+    name, size, rgb = _decode(data, min_side)
+    return _facts(data, name, *size), rgb
 
 
 def open_rgb(data: bytes, *, min_side: int | None = None) -> Image.Image:
@@ -200,9 +203,15 @@ def open_rgb(data: bytes, *, min_side: int | None = None) -> Image.Image:
     box-reduced by a whole factor right after decoding (``predict_standalone`` does the same). Without
     it, the image keeps its full size.
     """
+    return _decode(data, min_side)[2]
+
+
+def _decode(data: bytes, min_side: int | None) -> tuple[str, tuple[int, int], Image.Image]:
+    """(format, the size as displayed, the upright RGB image) of :func:`open_rgb`."""
     if min_side is not None and min_side < 1:
         raise ValueError(f"min_side must be at least 1, not {min_side}")
     name, img = _open(data, max_side=MAX_SIDE)
+    width, height = img.size
     with img, _decoding(name):
         if min_side is not None and name == "JPEG":
             # Draft scales both sides by one factor chosen from the shorter side,
@@ -214,7 +223,28 @@ def open_rgb(data: bytes, *, min_side: int | None = None) -> Image.Image:
         orientation = img.getexif().get(ExifTags.Base.Orientation)  # after load: a PNG's may follow its pixels
         if orientation in _TRANSPOSE:
             small = small.transpose(_TRANSPOSE[orientation])
-        return _to_rgb(small)
+        if orientation in _QUARTER_TURNS:
+            width, height = height, width
+        return name, (width, height), _to_rgb(small)
+
+
+def _check_bytes(data: bytes, max_bytes: int) -> None:
+    if len(data) > max_bytes:
+        raise ImageError(
+            f"The image is {len(data):,} bytes, larger than the limit of {max_bytes:,} bytes.",
+            code=_SIZE,
+        )
+
+
+def _facts(data: bytes, name: str, width: int, height: int) -> ImageFacts:
+    return ImageFacts(
+        sha256=hashlib.sha256(data).hexdigest(),
+        format=name,
+        content_type=FORMATS[name],
+        width=width,
+        height=height,
+        size_bytes=len(data),
+    )
 
 
 def thumbnail_jpeg(data: bytes, size: int = 256, quality: int = 85) -> bytes:

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tagvision import __version__, api, web
-from tagvision.api.middleware import BodyLimit, CaseInsensitivePaths
+from tagvision.api.middleware import BodyLimit, CaseInsensitivePaths, Guards
 from tagvision.service import Service
 
 log = logging.getLogger("tagvision.server")
@@ -37,4 +37,6 @@ def create_app(service: Service) -> FastAPI:
     # The last added runs first: paths are lower-cased before the body limits match them.
     app.add_middleware(BodyLimit, limits=api.BODY_LIMITS + web.BODY_LIMITS)
     app.add_middleware(CaseInsensitivePaths, literals=api.path_words())
+    settings = service.ctx.settings
+    app.add_middleware(Guards, allowed_hosts=settings.allowed_hosts(), wait_seconds=settings.request_wait_seconds)
     return app

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tagvision.errors import TagvisionError
+from tagvision.errors import Busy, TagvisionError
 
 log = logging.getLogger("tagvision.api")
 
@@ -36,7 +36,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 def install(app: FastAPI) -> None:
     @app.exception_handler(TagvisionError)
     async def tagvision_error(_request: Request, exc: TagvisionError) -> JSONResponse:
-        return error_response(exc.http_status, exc.code, exc.message)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        return error_response(exc.http_status, exc.code, exc.message, headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:

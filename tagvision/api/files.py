@@ -8,6 +8,7 @@ The links and the bytes come from the service (``tagvision.service.files``).
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -44,7 +45,14 @@ async def download(
             },
         )
     file = await run_in_threadpool(service.files.get, kind, ident)
-    headers = dict(CACHE)
+    headers = dict(CACHE)  # served as stored, and (as every response) marked nosniff: never sniffed into HTML
     if file.filename is not None:
-        headers["Content-Disposition"] = f'attachment; filename="{file.filename}"'
+        headers["Content-Disposition"] = attachment(file.filename)
     return Response(file.data, media_type=file.media_type, headers=headers)
+
+
+def attachment(filename: str) -> str:
+    """A ``Content-Disposition`` for ``filename`` whatever it holds (RFC 6266): an ASCII ``filename`` with
+    anything else replaced, and the exact name UTF-8 percent-encoded in ``filename*`` (RFC 5987)."""
+    fallback = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -306,7 +306,7 @@ def _base64_reader(contents: str):
     responses={207: {"model": schemas.ImageCreateSummary}},
     summary="Add images from URLs",
 )
-def create_images_from_urls(
+async def create_images_from_urls(
     request: Request,
     service: Svc,
     project_id: ProjectId,
@@ -316,9 +316,9 @@ def create_images_from_urls(
     check_batch(len(batch.images), batch.tagIds)
     if any(e.regions for e in batch.images):
         raise not_supported("Regions")
-    summary = service.images.add_urls(
-        project_id, [(e.url, union(batch.tagIds, e.tagIds)) for e in batch.images], batch.metadata
-    )
+    entries = [(e.url, union(batch.tagIds, e.tagIds)) for e in batch.images]
+    async with service.url_gate.slot():  # a slow remote host holds one of a few places, not the server
+        summary = await run_in_threadpool(service.images.add_urls, project_id, entries, batch.metadata)
     return summary_response(request, version, summary)
 
 

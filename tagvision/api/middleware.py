@@ -1,4 +1,4 @@
-"""ASGI middleware: case-insensitive Custom Vision paths, and body size limits.
+"""ASGI middleware: case-insensitive Custom Vision paths, body size limits, and the server's guards.
 
 Microsoft's samples write ``/Training/`` and ``/Prediction/`` as often as the lower-case
 forms, so the literal words of our routes (and GUIDs) are lower-cased before routing.
@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tagvision import images
 from tagvision.images import MAX_PREDICTION_BYTES, MAX_TRAINING_BYTES
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -116,14 +117,54 @@ class BodyLimit:
             await _refuse(send, limit, code)
 
 
+class Guards:
+    """Answers only the Host headers the operator trusts (400 otherwise), marks every response
+    ``X-Content-Type-Options: nosniff``, and lets a request wait at most ``wait_seconds`` for decode
+    memory (:func:`tagvision.images.patience`) before it gets 429."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str], wait_seconds: float) -> None:
+        self.app, self.wait_seconds = app, wait_seconds
+        self.allowed = tuple(h.lower() for h in allowed_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if not self.trusted(host):
+            await _answer(send, 400, "BadRequestInvalidHost", f"This server does not answer for host {host!r}.")
+            return
+
+        async def marked_send(message: Message) -> None:
+            headers = message.get("headers", [])
+            if message["type"] == "http.response.start" and not any(k == b"x-content-type-options" for k, _ in headers):
+                message = {**message, "headers": [*headers, (b"x-content-type-options", b"nosniff")]}
+            await send(message)
+
+        with images.patience(self.wait_seconds):
+            await self.app(scope, receive, marked_send)
+
+    def trusted(self, host: str) -> bool:
+        """``host`` (a Host header, maybe with a port) against the allowed names; ``*.example.com`` allows
+        subdomains, ``*`` anything."""
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]").lower()
+        return any(
+            allowed == "*" or name == allowed.strip("[]") or (allowed.startswith("*.") and name.endswith(allowed[1:]))
+            for allowed in self.allowed
+        )
+
+
 async def _refuse(send: Send, limit: int, code: str) -> None:
-    body = json.dumps(
-        {"code": code, "message": f"The request body is larger than this route's limit of {limit // 1024} KiB."}
-    ).encode()
+    await _answer(send, 413, code, f"The request body is larger than this route's limit of {limit // 1024} KiB.")
+
+
+async def _answer(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"code": code, "message": message}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -43,13 +43,17 @@ async def _classify_image(
     return view.to_json()
 
 
-def _classify_url(
+async def _classify_url(
     request: Request, project_id: str, published: str, url: str, application: str | None, store: bool
 ) -> dict:
     service: Service = request.app.state.service
-    return service.prediction.classify_url(
-        project_id, url, published=published, store=store, application=application
-    ).to_json()
+    async with service.url_gate.slot():
+        view = await run_in_threadpool(
+            lambda: service.prediction.classify_url(
+                project_id, url, published=published, store=store, application=application
+            )
+        )
+    return view.to_json()
 
 
 @router.post(
@@ -81,14 +85,14 @@ async def classify_image_with_no_store(
     response_model=schemas.ImagePrediction,
     summary="Classify an image URL (stored for review)",
 )
-def classify_image_url(
+async def classify_image_url(
     request: Request,
     project_id: ProjectId,
     published_name: PublishedName,
     body: schemas.ImageUrl,
     application: Application = None,
 ) -> dict:
-    return _classify_url(request, project_id, published_name, body.url, application, store=True)
+    return await _classify_url(request, project_id, published_name, body.url, application, store=True)
 
 
 @router.post(
@@ -96,14 +100,14 @@ def classify_image_url(
     response_model=schemas.ImagePrediction,
     summary="Classify an image URL without storing it",
 )
-def classify_image_url_with_no_store(
+async def classify_image_url_with_no_store(
     request: Request,
     project_id: ProjectId,
     published_name: PublishedName,
     body: schemas.ImageUrl,
     application: Application = None,
 ) -> dict:
-    return _classify_url(request, project_id, published_name, body.url, application, store=False)
+    return await _classify_url(request, project_id, published_name, body.url, application, store=False)
 
 
 @router.post("/{projectId}/detect/iterations/{publishedName}/image", summary="Object detection: not supported")

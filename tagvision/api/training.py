@@ -365,7 +365,7 @@ async def quick_test_image(
 @router.post(
     "/projects/{projectId}/quicktest/url", response_model=schemas.ImagePrediction, summary="Quick test an image URL"
 )
-def quick_test_image_url(
+async def quick_test_image_url(
     request: Request,
     service: Svc,
     project_id: ProjectId,
@@ -373,6 +373,10 @@ def quick_test_image_url(
     iteration_id: OptionalIteration = None,
     store: Annotated[bool, Query()] = True,
 ) -> dict:
-    return service.prediction.classify_url(
-        project_id, body.url, iteration_ref=iteration_id, store=store, max_bytes=MAX_TRAINING_BYTES
-    ).to_json()
+    async with service.url_gate.slot():
+        view = await run_in_threadpool(
+            lambda: service.prediction.classify_url(
+                project_id, body.url, iteration_ref=iteration_id, store=store, max_bytes=MAX_TRAINING_BYTES
+            )
+        )
+    return view.to_json()

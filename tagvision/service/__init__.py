@@ -17,8 +17,10 @@ from tagvision.service.files import Files
 from tagvision.service.images import Images, NewImage
 from tagvision.service.jobs import Jobs
 from tagvision.service.keys import KeyStore
+from tagvision.service.limits import Gate
 from tagvision.service.prediction import Prediction
 from tagvision.service.projects import Projects
+from tagvision.service.sessions import LoginPace, Sessions
 from tagvision.service.training import Training
 
 
@@ -34,6 +36,10 @@ class Service:
         self.jobs = Jobs(self.training, self.exports, self.acquisitions)
         self.keys = KeyStore(ctx.settings.data_dir, ctx.settings.training_key, ctx.settings.prediction_key)
         self.files = Files(ctx, self.keys, self.exports)
+        settings = ctx.settings
+        self.sessions = Sessions(ctx)
+        self.login_pace = LoginPace()
+        self.url_gate = Gate(settings.url_fetchers, settings.request_wait_seconds, "downloading image URLs")
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> Service:
@@ -41,6 +47,7 @@ class Service:
 
     def close(self) -> None:
         self.jobs.shutdown()
+        self.images.fetchers.shutdown(wait=True, cancel_futures=True)
         self.ctx.close()
 
 

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
-from tagvision import backbone, domains
+from tagvision import backbone, domains, images
 from tagvision.config import Settings
 from tagvision.errors import NotFound
 from tagvision.store import queries
@@ -40,6 +40,7 @@ class Context:
     @classmethod
     def open(cls, settings: Settings) -> Context:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        images.DECODES.configure(settings.decode_memory_mb << 20)  # one budget per process
         return cls(settings, Database(settings.database_url), BlobStore(settings.blob_root))
 
     def embedder(self, domain: str, tuned: str | None = None) -> backbone.Embedder:

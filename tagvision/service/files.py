@@ -25,6 +25,7 @@ FILES_PATH = "/tagvision/files"
 LIFETIME = 24 * 3600
 KINDS = ("image", "thumbnail", "prediction", "prediction-thumbnail", "export")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+THUMBNAIL, THUMBNAIL_SIZE = "thumbnail256", 256
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,16 @@ class Files:
         self.keys = keys
         self.exports = exports
 
-    def url(self, base_url: str, kind: str, ident: str) -> str:
-        """An absolute link under ``base_url``, valid for 24 to 25 hours (rounded up to the hour, so repeated
-        calls agree)."""
+    def url(self, request_base: str, kind: str, ident: str) -> str:
+        """An absolute link, valid for 24 to 25 hours (rounded up to the hour, so repeated calls agree), under the
+        configured public URL (else ``request_base``, from a Host header the server trusts)."""
         expires = (int(time.time()) // 3600 + 1) * 3600 + LIFETIME
         signature = self._sign(kind, ident, expires)
-        return f"{base_url.rstrip('/')}{FILES_PATH}/{kind}/{quote(ident)}?expires={expires}&sig={signature}"
+        return f"{self.base(request_base)}{FILES_PATH}/{kind}/{quote(ident)}?expires={expires}&sig={signature}"
+
+    def base(self, request_base: str) -> str:
+        """Where clients reach this server: ``TAGVISION_PUBLIC_URL`` when set, else the request's own base."""
+        return (self.ctx.settings.public_url or request_base).rstrip("/")
 
     def valid(self, kind: str, ident: str, expires: int, signature: str) -> bool:
         if expires < time.time():
@@ -61,10 +66,19 @@ class Files:
             return Download(data, "application/zip", name)
         if not SHA256.fullmatch(ident) or not self.ctx.blobs.exists(ident):
             raise NotFound("This image is no longer stored.", code="NotFoundImage")
-        data = self.ctx.blobs.get(ident)
         if kind.endswith("thumbnail"):
-            return Download(images.thumbnail_jpeg(data), "image/jpeg")
+            return Download(self.thumbnail(ident), "image/jpeg")
+        data = self.ctx.blobs.get(ident)
         return Download(data, images.FORMATS.get(images.sniff_format(data) or "", "application/octet-stream"))
+
+    def thumbnail(self, sha256: str) -> bytes:
+        """The image's thumbnail, made on first request and kept beside the blob (decoding a large image on every
+        request would cost its full decode each time)."""
+        made = self.ctx.blobs.get_derived(THUMBNAIL, sha256)
+        if made is None:
+            made = images.thumbnail_jpeg(self.ctx.blobs.get(sha256), THUMBNAIL_SIZE)
+            self.ctx.blobs.put_derived(THUMBNAIL, sha256, made)
+        return made
 
     def _sign(self, kind: str, ident: str, expires: int) -> str:
         message = f"{kind}\n{ident}\n{expires}".encode()

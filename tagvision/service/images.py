@@ -19,7 +19,6 @@ from tagvision.store import queries
 from tagvision.store.models import Image, ImageTag, utcnow
 
 BATCH = 32  # images per transaction: a crash loses at most the batch in flight
-URL_FETCHERS = 8  # concurrent downloads for images added by URL
 RACE_RETRIES = 3  # a batch is stored again when concurrent uploads of the same images got there first
 
 
@@ -53,6 +52,8 @@ class _Checked:
 class Images:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        # Every request's image URLs share these threads: the process fetches at most this many at once.
+        self.fetchers = ThreadPoolExecutor(max_workers=ctx.settings.url_fetchers, thread_name_prefix="fetch")
 
     def add(
         self,
@@ -179,8 +180,7 @@ class Images:
             except TagvisionError as exc:
                 return exc
 
-        with ThreadPoolExecutor(max_workers=URL_FETCHERS, thread_name_prefix="fetch") as pool:
-            fetched = list(pool.map(download, [url for url, _ in entries]))
+        fetched = list(self.fetchers.map(download, [url for url, _ in entries]))
         items = [
             NewImage(url, _reader(result), tags, {"url": url}, metadata or {})
             for (url, tags), result in zip(entries, fetched, strict=True)

@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import and_, select
 
 from tagvision import backbone, fetch, images
-from tagvision.errors import InvalidInput, NotFound, TagvisionError, TrainingError
+from tagvision.errors import ImageError, InvalidInput, NotFound, TrainingError
 from tagvision.learn import LinearHead
 from tagvision.service.context import Context, get_iteration, get_project
 from tagvision.service.details import IterationDetails
@@ -69,6 +69,12 @@ class PredictionQuery:
     max_count: int = 50
     continuation: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_count(self.max_count)
+        for tag in self.tags:
+            _check_threshold(tag.min_threshold)
+            _check_threshold(tag.max_threshold)
+
 
 @dataclass(frozen=True)
 class SuggestionQuery:
@@ -83,6 +89,20 @@ class SuggestionQuery:
     sort_by: str = "UncertaintyDescending"  # or UncertaintyAscending; anything else sorts descending
     max_count: int = 50
     continuation: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_count(self.max_count)
+        _check_threshold(self.threshold)
+
+
+def _check_count(count: int) -> None:
+    if count < 0:
+        raise InvalidInput(f"maxCount must be 0 (the default page) or more, not {count}.", code="BadRequestInvalid")
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise InvalidInput(f"A threshold is a probability from 0 to 1, not {threshold}.", code="BadRequestInvalid")
 
 
 def uncertainty(probabilities: np.ndarray, multilabel: bool) -> float:
@@ -184,16 +204,12 @@ class Prediction:
         Bad images raise :class:`ImageError` with Custom Vision's ``BadRequestImage*`` codes.
         """
         model, types = self._resolve(ref, iteration_ref, published)
-        try:
-            facts = images.validate(data, max_bytes=max_bytes)
-        except TagvisionError as exc:
-            raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
         embedder = self.ctx.embedder(model.domain, model.tuned)
-        try:
-            batch = backbone.preprocess_bytes(data, embedder.spec)[None]
-        except TagvisionError as exc:
+        try:  # one decode, no larger than the network needs
+            facts, img = images.inspect(data, max_bytes=max_bytes, min_side=embedder.spec.resize)
+        except ImageError as exc:
             raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
-        plain, flipped = embedder.forward_pairs(batch)
+        plain, flipped = embedder.forward_pairs(backbone.preprocess(img, embedder.spec)[None])
         row = model.head.predict_proba(plain, flipped)[0]
         ranked = _ranked(model.tags, row, types)
         created = utcnow()
@@ -237,7 +253,7 @@ class Prediction:
         self.model(ref, options.get("iteration_ref"), published=options.get("published"))  # 404 before fetching
         try:
             data = fetch.fetch(url, max_bytes=max_bytes, allow_private=self.ctx.settings.allow_private_urls).data
-        except TagvisionError as exc:
+        except (ImageError, InvalidInput) as exc:
             raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
         return self.classify(ref, data, max_bytes=max_bytes, source=url, **options)
 
@@ -417,6 +433,7 @@ class Prediction:
     ) -> dict[str, int]:
         """Per tag (the given ones, else every suggested tag), how many untagged images it reaches
         ``threshold`` on."""
+        _check_threshold(threshold)
         views = self.suggest(ref, iteration_ref)
         wanted = tag_ids or sorted({p.tag_id for v in views for p in v.predictions})
         return {

@@ -16,6 +16,7 @@ from tagvision.errors import Conflict, InvalidInput, StorageError, TrainingError
 from tagvision.service import images as images_service
 from tagvision.service.context import Context, Progress, get_iteration, get_project, get_tag, no_progress
 from tagvision.service.details import IterationDetails
+from tagvision.service.projects import clean_name
 from tagvision.service.views import ImagePerformanceView, IterationView, PerformanceView, TagProbability
 from tagvision.store import queries
 from tagvision.store.models import Image, Iteration, Project, utcnow
@@ -371,9 +372,7 @@ class Training:
             session.delete(iteration)
 
     def rename_iteration(self, ref: str, iteration_ref: str, name: str) -> IterationView:
-        name = name.strip()
-        if not name or len(name) > 255:
-            raise InvalidInput("An iteration name is 1 to 255 characters.", code="BadRequestIterationName")
+        name = clean_name(name, "iteration")
         taken = Conflict(f"Another iteration is named {name!r}.", code="BadRequestIterationNameNotUnique")
         with self.ctx.db.session(not_unique=taken) as session:
             project = get_project(session, ref)
@@ -388,11 +387,12 @@ class Training:
         self, ref: str, iteration_ref: str, publish_name: str, resource_id: str = "", overwrite: bool = False
     ) -> IterationView:
         """Make a completed iteration answer the Prediction API as ``publish_name``."""
-        publish_name = publish_name.strip()
-        if not publish_name or len(publish_name) > 255 or "/" in publish_name:
-            raise InvalidInput(
-                "A publish name is 1 to 255 characters, without '/'.", code="BadRequestInvalidPublishName"
-            )
+        try:
+            publish_name = clean_name(publish_name, "publish")
+        except InvalidInput as exc:
+            raise InvalidInput(exc.message, code="BadRequestInvalidPublishName") from None
+        if "/" in publish_name:
+            raise InvalidInput("A publish name may not contain '/'.", code="BadRequestInvalidPublishName")
         taken = Conflict(
             f"Another iteration was published as {publish_name!r} at the same moment.",
             code="BadRequestInvalidPublishName",

@@ -26,28 +26,31 @@ class BlobStore:
             raise ValueError(f"not a blob key: {key!r}")
         return self.root / key[:2] / key[2:]
 
+    def derived_path(self, kind: str, key: str) -> Path:
+        """Where a file made from blob ``key`` (a thumbnail, ``kind`` naming how it was made) is kept."""
+        if not kind.isidentifier():
+            raise ValueError(f"not a derived kind: {kind!r}")
+        source = self.path(key)
+        return self.root / "derived" / kind / source.parent.name / source.name
+
     def put(self, data: bytes) -> str:
         """Store ``data``; returns its key (hex SHA-256). Idempotent."""
         key = hashlib.sha256(data).hexdigest()
         target = self.path(key)
-        if target.exists() and target.stat().st_size == len(data):
-            return key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            _fsync_dir(target.parent)
-        except OSError as exc:
-            raise StorageError(f"Could not write to the blob store: {exc.strerror or exc}.") from exc
+        if not (target.exists() and target.stat().st_size == len(data)):
+            _write_atomic(target, data)
         return key
+
+    def put_derived(self, kind: str, key: str, data: bytes) -> None:
+        """Keep ``data``, made from blob ``key`` in the way ``kind`` names, so it is made once."""
+        _write_atomic(self.derived_path(kind, key), data)
+
+    def get_derived(self, kind: str, key: str) -> bytes | None:
+        """What :meth:`put_derived` kept for ``key``, or None."""
+        try:
+            return self.derived_path(kind, key).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def get(self, key: str) -> bytes:
         try:
@@ -60,6 +63,25 @@ class BlobStore:
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` so that a reader sees all of it or nothing: temp file, fsync, rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        raise StorageError(f"Could not write to the blob store: {exc.strerror or exc}.") from exc
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -236,3 +236,12 @@ class AcquisitionItem(Base):
     message: Mapped[str | None] = mapped_column(Text, default=None)
     image_id: Mapped[str | None] = mapped_column(String(36), default=None)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RevokedSession(Base):
+    """A portal session ended by logging out: its cookie stays refused until it would have expired anyway."""
+
+    __tablename__ = "revoked_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the session's own token
+    expires: Mapped[datetime] = mapped_column(index=True)

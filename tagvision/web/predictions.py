@@ -137,9 +137,12 @@ async def quick_test(request: Request, project_id: str) -> Response:
         )
         shown = upload.filename
     elif url:
-        view = await run_in_threadpool(
-            lambda: svc.prediction.classify_url(project_id, url, iteration_ref=iteration, max_bytes=MAX_TRAINING_BYTES)
-        )
+        async with svc.url_gate.slot():
+            view = await run_in_threadpool(
+                lambda: svc.prediction.classify_url(
+                    project_id, url, iteration_ref=iteration, max_bytes=MAX_TRAINING_BYTES
+                )
+            )
         shown = url
     else:
         raise InvalidInput("Choose an image file or give an image URL to test.", code="BadRequestImageStream")
@@ -180,7 +183,7 @@ class Endpoint:
 def prediction_url(request: Request, project_id: str) -> Response:
     svc = shape.service(request)
     key = svc.keys.current().prediction
-    base = str(request.base_url).rstrip("/")
+    base = svc.files.base(str(request.base_url))
     endpoints = []
     for it in svc.training.iterations(project_id):
         if not it.publish_name:

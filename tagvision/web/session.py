@@ -6,7 +6,8 @@ HttpOnly and SameSite=Lax, and Secure when the portal is served over https. The 
 random per session, rendered into every form (a hidden ``csrf`` field) and into a ``<meta>`` tag
 that the JavaScript sends back as the ``X-CSRF-Token`` header; a state-changing request whose
 token does not match the session's is refused. Logging in starts a new session (a new token),
-so a token seen before login is useless after it.
+so a token seen before login is useless after it. Logging out revokes the session's token on the
+server (``service.sessions``), so the old cookie is refused even if someone kept a copy.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def load(request: Request) -> Session:
     if raw:
         try:
             data = _serializer(request).loads(raw, max_age=MAX_AGE)
+            if request.app.state.service.sessions.is_revoked(str(data["c"])):
+                return Session(changed=True)  # logged out: a copy of the cookie is worth nothing
             return Session(
                 csrf=str(data["c"]),
                 logged_in=bool(data.get("a")),
