@@ -575,8 +575,9 @@ def serve(
 
     import uvicorn
 
-    from tagvision.server import create_app
+    from tagvision.server import create_app, return_freed_memory
 
+    return_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs, and some hold API keys
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -77,10 +77,12 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 _GREY_16_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _WHITE = (255, 255, 255, 255)
-# Bytes per pixel a decode holds at its peak, by the mode Pillow decodes into: the decoded pixels, plus the
-# full-size conversion some modes need before they can be reduced (palette to RGBA, 16-bit grey to 8-bit).
-_DECODED_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "RGBA": 4, "CMYK": 4, "I": 4, "F": 4}
-_CONVERTED_BYTES = {"1": 1, "P": 4, "PA": 4, "I;16": 5, "I;16L": 5, "I;16B": 5, "I;16N": 5, "I": 1, "F": 1}
+# Bytes per pixel a decode holds at its peak, by the mode Pillow decodes into: the decoded pixels (Pillow keeps
+# RGB and two-band modes in 4 bytes a pixel), plus the full-size copies made before the image is reduced
+# (palette to RGB(A), 16-bit grey to 8-bit, and the premultiplied-alpha copy Pillow's reduce makes of an
+# image with alpha). tests/test_images_limits.py checks them against measured peaks.
+_DECODED_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "RGB": 4, "YCbCr": 4, "RGBA": 4, "CMYK": 4, "I": 4, "F": 4}
+_CONVERTED_BYTES = {"1": 4, "P": 8, "PA": 8, "LA": 4, "RGBA": 4, "I;16": 5, "I;16L": 5, "I;16B": 5, "I;16N": 5, "I": 1}
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -179,7 +181,7 @@ def validate(data: bytes, *, max_bytes: int = MAX_TRAINING_BYTES, max_side: int 
     with img, _decoding(name):
         if name == "JPEG":
             img.draft(None, (1, 1))  # the smallest request gets the 1/8 scale
-        with DECODES.hold(_cost(img, convert=False)):
+        with DECODES.hold(_cost(img, convert=False, full_size=(width, height))):
             img.load()
         if img.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS:
             width, height = height, width
@@ -217,7 +219,7 @@ def _decode(data: bytes, min_side: int | None) -> tuple[str, tuple[int, int], Im
             # Draft scales both sides by one factor chosen from the shorter side,
             # so the stored orientation gives the same result as the displayed one.
             img.draft("RGB", (min_side, min_side))
-        with DECODES.hold(_cost(img, convert=True)):
+        with DECODES.hold(_cost(img, convert=True, full_size=(width, height))):
             img.load()
             small = _reducible(img) if name == "JPEG" else _reduced(_reducible(img), min_side)
         orientation = img.getexif().get(ExifTags.Base.Orientation)  # after load: a PNG's may follow its pixels
@@ -332,12 +334,14 @@ def _sof_marker(data: bytes) -> int | None:
     return None
 
 
-def _cost(img: Image.Image, *, convert: bool) -> int:
-    """Bytes a decode of ``img`` (at its size now, after any draft) holds at its peak."""
+def _cost(img: Image.Image, *, convert: bool, full_size: tuple[int, int]) -> int:
+    """Bytes a decode of ``img`` (at its size now, after any draft) holds at its peak. A progressive JPEG also
+    keeps every DCT coefficient of the full-size image (2 bytes each) until its last scan, whatever the draft."""
     per_pixel = _DECODED_BYTES.get(img.mode, 2 if img.mode.startswith("I;16") else 8)
     if convert:
         per_pixel += _CONVERTED_BYTES.get(img.mode, 0)
-    return img.width * img.height * per_pixel
+    coefficients = full_size[0] * full_size[1] * len(img.getbands()) * 2 if img.info.get("progressive") else 0
+    return img.width * img.height * per_pixel + coefficients
 
 
 def _reducible(img: Image.Image) -> Image.Image:

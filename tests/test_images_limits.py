@@ -6,6 +6,7 @@ import io
 import threading
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -46,12 +47,12 @@ def test_a_decode_reserves_what_its_pixels_take_from_the_header(costs: list[int]
     validate(jpeg)  # at 1/8 scale
     open_rgb(jpeg, min_side=256)  # at 1/8 scale: 500 x 375 keeps 256
     assert costs == [
-        3000 * 2000 * 4,
-        3000 * 2000 * 4,
+        3000 * 2000 * 4,  # validating: the decoded pixels
+        3000 * 2000 * (4 + 4),  # decoding to reduce: and the premultiplied copy Pillow's reduce makes
         1000 * 800 * (2 + 5),  # 16-bit grey, then 32-bit and 8-bit copies to scale it
-        1000 * 800 * (1 + 4),  # palette, then RGB(A) to reduce it
-        500 * 375 * 3,
-        500 * 375 * 3,
+        1000 * 800 * (1 + 8),  # palette, then RGB(A) to reduce it (and, with alpha, its premultiplied copy)
+        500 * 375 * 4,  # Pillow keeps RGB in 4 bytes a pixel
+        500 * 375 * 4,
     ]
 
 
@@ -122,3 +123,47 @@ def test_a_jpeg_claiming_more_pixels_than_its_data_can_hold_is_refused() -> None
     assert caught.value.code == "ErrorImageFormat" and "truncated or corrupt" in caught.value.message
     # A real, highly compressible image of the same size is far above the floor of one bit per block.
     assert len(encode(Image.new("L", (2000, 2000), 255), "JPEG")) * 8 >= (2000 // 8) ** 2
+
+
+PEAK_PROBE = """
+import sys
+from pathlib import Path
+from tagvision import images
+data = Path(sys.argv[1]).read_bytes()
+costs = []
+hold = images.DECODES.hold
+images.DECODES.hold = lambda cost: costs.append(cost) or hold(cost)
+def status(field):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(field))
+Path("/proc/self/clear_refs").write_text("5")  # the high-water mark starts again from here
+before = status("VmRSS:")
+images.open_rgb(data, min_side=256)
+print(status("VmHWM:") - before, costs[0])
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "params"),
+    [
+        ("RGBA", "PNG", {}),
+        ("I;16", "PNG", {}),
+        ("P", "GIF", {}),
+        ("RGB", "BMP", {}),
+        ("LA", "PNG", {}),
+        ("RGB", "JPEG", {"progressive": True}),  # its coefficients stay in memory until the last scan
+    ],
+)
+def test_what_a_decode_reserves_covers_what_it_really_takes(mode: str, fmt: str, params: dict, tmp_path) -> None:
+    """The budget bounds memory only if each decode reserves at least its real peak (a fresh process, 12 MP;
+    the image is made here, so the child's peak is the decode's alone)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"image.{fmt.lower()}"
+    noise = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    image = Image.fromarray(noise).convert(mode) if fmt == "JPEG" else Image.new(mode, (4000, 3000))
+    image.save(path, fmt, **params)
+    ran = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(path)], capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    peak, reserved = map(int, ran.stdout.split())
+    assert peak <= reserved + 8 * 2**20, f"{mode}: peak {peak / 2**20:.0f} MB, reserved {reserved / 2**20:.0f} MB"
