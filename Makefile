@@ -40,8 +40,9 @@ lint: venv
 	$(BIN)/ruff check tagvision tests bench
 	$(BIN)/ruff format --check tagvision tests bench
 
+# --durations: the full run lists its 15 slowest tests, so CI's log shows where its time goes.
 test: venv lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 bench: venv
 	$(BIN)/python bench/embed.py
