@@ -1,4 +1,8 @@
-"""The command line end to end, as a user runs it, on real photos; bad input; a kill mid-import."""
+"""The command line end to end on real photos; bad input; keys; a kill mid-import.
+
+Commands run in this process (``tagvision.cli:main`` under typer's CliRunner, tests/cli.py); the kill
+test runs the import as a real process.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+from tests.cli import tagvision
 from tests.conftest import CLOTHING, photos
 
 PROJECT_KEYS = {"id", "name", "description", "settings", "created", "lastModified"}
@@ -37,18 +43,7 @@ TAG_PERFORMANCE_KEYS = {
 }
 
 
-def tagvision(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tagvision.cli", *args, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
+@pytest.mark.slow
 def test_the_whole_flow_from_folders_to_predictions(data_dir: Path, class_folders: Path, tmp_path: Path) -> None:
     project = json.loads(
         tagvision(
@@ -117,10 +112,7 @@ def test_the_whole_flow_from_folders_to_predictions(data_dir: Path, class_folder
 
 
 def test_data_dir_comes_from_the_environment(tmp_path: Path) -> None:
-    env = {**os.environ, "TAGVISION_DATA_DIR": str(tmp_path / "env-data")}
-    subprocess.run(
-        [sys.executable, "-m", "tagvision.cli", "project", "create", "x"], env=env, check=True, capture_output=True
-    )
+    tagvision("project", "create", "x", env={"TAGVISION_DATA_DIR": str(tmp_path / "env-data")})
     assert (tmp_path / "env-data" / "tagvision.db").is_file()
 
 
