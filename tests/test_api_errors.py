@@ -43,6 +43,7 @@ DETECTION = "da2e3a8a-40a5-4171-82f4-58522f70fbc1"
 DUMMY = "6f1c1e0e-8a51-4d6b-9f43-2a4a1e7b9c01"  # a well-formed GUID that names nothing
 MB = 1024 * 1024
 PUBLISHED = "MyModel"
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 
 # --------------------------------------------------------------------------- helpers

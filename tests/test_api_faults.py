@@ -16,7 +16,6 @@ from tests.conftest import CLOTHING, photos
 from tests.server import Server
 
 COMPACT = "0732100f-1a38-4e49-a514-c9b44c697ab5"
-pytestmark = pytest.mark.slow
 
 
 def training_client(server: Server) -> httpx.Client:
@@ -66,6 +65,8 @@ def check_store(data_dir: Path) -> int:
     return len(hashes)
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_eight_uploaders_while_training_and_predicting(server: Server) -> None:
     t = training_client(server)
     seed = {tag: photos(CLOTHING, "train", tag, 6) for tag in ("dress", "hat", "shoes")}
@@ -139,6 +140,7 @@ def test_eight_uploaders_while_training_and_predicting(server: Server) -> None:
     assert check_store(server.data_dir) == after
 
 
+@pytest.mark.process
 def test_kill_during_uploads_then_restart(tmp_path: Path) -> None:
     server = Server(tmp_path / "data").start()
     t = training_client(server)
@@ -180,6 +182,8 @@ def test_kill_during_uploads_then_restart(tmp_path: Path) -> None:
     assert check_store(server.data_dir) == len(paths)
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_kill_during_training_is_resumed_after_restart(tmp_path: Path) -> None:
     server = Server(tmp_path / "data").start()
     t = training_client(server)

@@ -154,6 +154,7 @@ def test_bad_images_get_their_codes_and_good_ones_land(data_dir: Path, tmp_path:
     assert "Traceback" not in missing.stderr
 
 
+@pytest.mark.process
 def test_a_kill_during_image_add_leaves_a_consistent_store_and_a_rerun_finishes(data_dir: Path, tmp_path: Path) -> None:
     source = tmp_path / "many"
     for tag in ("t-shirt", "pants", "longsleeve", "shirt"):
