@@ -200,17 +200,23 @@ def _import_killed_at(
     and the number of rows committed when it reached ``gate``; ``first`` is the first file it reads."""
     database, log = data_dir / "tagvision.db", data_dir.parent / "import.log"
     command = [sys.executable, "-m", "tagvision.cli", "image", "add", "p", "--from-folders", str(source)]
-    with write_lock(database), log.open("wb") as output:  # no batch commits until the gate is in place
-        process = subprocess.Popen([*command, "--data-dir", str(data_dir)], stdout=output, stderr=output)
-        wait_until(blob_path(data_dir, first).is_file, process, "the first blob (every file listed)", log.read_text)
-        swap_for_fifo(gate)
-    writer = wait_until(lambda: reader_arrived(gate), process, "the import reaching the gate", log.read_text)
-    at_gate = _count(database, "select count(*) from images")  # it waits on the gate: no more rows come
-    with write_lock(database):
-        feed(writer, gate_bytes)
-        wait_until(blob_path(data_dir, gate_bytes).is_file, process, "the gate's blob", log.read_text)
-        process.kill()
-        process.wait()
+    process: subprocess.Popen | None = None
+    try:
+        with log.open("wb") as output, write_lock(database):  # no batch commits until the gate is in place
+            process = subprocess.Popen([*command, "--data-dir", str(data_dir)], stdout=output, stderr=output)
+            wait_until(blob_path(data_dir, first).is_file, process, "the first blob (every file listed)", log.read_text)
+            swap_for_fifo(gate)
+        writer = wait_until(lambda: reader_arrived(gate), process, "the import reaching the gate", log.read_text)
+        at_gate = _count(database, "select count(*) from images")  # it waits on the gate: no more rows come
+        with write_lock(database):
+            feed(writer, gate_bytes)
+            wait_until(blob_path(data_dir, gate_bytes).is_file, process, "the gate's blob", log.read_text)
+            process.kill()  # while the lock still holds its rows back
+            process.wait()
+    finally:
+        if process is not None and process.poll() is None:  # a wait failed: the import would wait for ever
+            process.kill()
+            process.wait()
     return process, at_gate
 
 
