@@ -1,6 +1,7 @@
 # tagvision: two commands on a fresh machine.
 #   make serve        create .venv, install, start the server on 127.0.0.1:8000 (data in ./tagvision-data)
 #   make test         create .venv, install with test tools, lint and run the tests
+#   make test-fast    the inner loop: unit and in-process tests only (no real photos embedded, no processes)
 # and a demo: make quickstart runs the whole CLI flow on a folder of class folders.
 
 PYTHON ?= python3.11
@@ -12,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA_DIR ?= tagvision-data
 
-.PHONY: serve quickstart test venv lint bench clean
+.PHONY: serve quickstart test test-fast venv lint bench clean
 
 $(BIN)/tagvision: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,8 +41,13 @@ lint: venv
 	$(BIN)/ruff check tagvision tests bench
 	$(BIN)/ruff format --check tagvision tests bench
 
+# --durations: the full run lists its 15 slowest tests, so CI's log shows where its time goes.
 test: venv lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
+
+# Markers in pyproject.toml: slow (embeds real photos with the backbone), process (starts or kills processes).
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow and not process"
 
 bench: venv
 	$(BIN)/python bench/embed.py

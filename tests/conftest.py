@@ -1,4 +1,5 @@
-"""Shared fixtures: real photos from ../shared/datasets, a shared ONNX cache, fresh data dirs."""
+"""Shared fixtures: real photos from ../shared/datasets, a shared ONNX cache, fresh data dirs, the API app
+in this process (tests/api.py) and a real server process (tests/server.py)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,33 @@ def server(tmp_path: Path):
 
     with Server(tmp_path / "server-data") as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def create_app():
+    """The ASGI app factory, ``create_app(service)``: the one import of it for every in-process API test."""
+    from tagvision.api.app import create_app
+
+    return create_app
+
+
+@pytest.fixture(scope="module")
+def api(create_app, tmp_path_factory):
+    """The API app in this process on a fresh data dir, shared by a module's tests (see tests/api.py).
+
+    Private URLs are allowed, as on the test server process, so a module can fetch from a loopback site.
+    """
+    from tests.api import serving
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TAGVISION_ALLOW_PRIVATE_URLS", "1")
+        with serving(create_app, tmp_path_factory.mktemp("api") / "data") as running:
+            yield running
+
+
+@pytest.fixture(scope="module")
+def trained(api):
+    """A project of 2 tags x 5 real photos, trained and published in the module's app (tests/api.py)."""
+    from tests.api import train_and_publish
+
+    return train_and_publish(api, "trained")

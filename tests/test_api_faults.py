@@ -1,9 +1,13 @@
 """Concurrency and faults against a real server: 8 uploaders beside a training and predictions,
-``kill -9`` mid-upload and mid-training, and what a restart finds."""
+``kill -9`` mid-upload and mid-training, and what a restart finds.
+
+Each kill lands at a point the test forces (tests/gates.py), not after a sleep that hopes the work
+is still going: a database write lock the test holds, or a named pipe in place of a photo's blob."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import threading
 import time
@@ -13,10 +17,10 @@ import httpx
 import pytest
 
 from tests.conftest import CLOTHING, photos
+from tests.gates import blob_path, put_back, reader_arrived, swap_for_fifo, wait_until, write_lock
 from tests.server import Server
 
 COMPACT = "0732100f-1a38-4e49-a514-c9b44c697ab5"
-pytestmark = pytest.mark.slow
 
 
 def training_client(server: Server) -> httpx.Client:
@@ -43,7 +47,8 @@ def upload(t: httpx.Client, pid: str, tag_id: str, paths: list[Path]) -> list[di
     return response.json()["images"]
 
 
-def wait_trained(t: httpx.Client, pid: str, iteration_id: str, timeout: float = 120) -> dict:
+def wait_trained(t: httpx.Client, pid: str, iteration_id: str, timeout: float = 600) -> dict:
+    """The iteration once it is no longer Training (a give-up deadline only: pytest-timeout guards first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         iteration = t.get(f"/projects/{pid}/iterations/{iteration_id}").raise_for_status().json()
@@ -66,6 +71,8 @@ def check_store(data_dir: Path) -> int:
     return len(hashes)
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_eight_uploaders_while_training_and_predicting(server: Server) -> None:
     t = training_client(server)
     seed = {tag: photos(CLOTHING, "train", tag, 6) for tag in ("dress", "hat", "shoes")}
@@ -139,64 +146,85 @@ def test_eight_uploaders_while_training_and_predicting(server: Server) -> None:
     assert check_store(server.data_dir) == after
 
 
-def test_kill_during_uploads_then_restart(tmp_path: Path) -> None:
-    server = Server(tmp_path / "data").start()
-    t = training_client(server)
-    pid, tag_ids = make_project(t, "killed", {"hat": [], "shoes": []})
-    paths = photos(CLOTHING, "train", "hat", 60) + photos(CLOTHING, "train", "shoes", 60)
-    done: list[int] = []
+@pytest.mark.process
+def test_kill_between_an_uploads_blobs_and_its_rows_then_restart(tmp_path: Path) -> None:
+    """``kill -9`` at a forced point: 5 batches acknowledged, and the 6th has its blobs written while its rows
+    wait for the database's write lock, which the test holds."""
+    with Server(tmp_path / "data") as server:  # stopped whatever happens
+        t = training_client(server)
+        pid, tag_ids = make_project(t, "killed", {"hat": [], "shoes": []})
+        paths = photos(CLOTHING, "train", "hat", 60) + photos(CLOTHING, "train", "shoes", 60)
+        batches = [("hat" if start < 60 else "shoes", paths[start : start + 4]) for start in range(0, len(paths), 4)]
+        for tag, batch in batches[:5]:
+            upload(t, pid, tag_ids[tag], batch)
+        tag, in_flight = batches[5]
+        answers: list[object] = []
 
-    def uploader() -> None:
-        with training_client(server) as client:
-            for start in range(0, len(paths), 4):
-                tag = "hat" if start < 60 else "shoes"
+        def sixth_batch() -> None:
+            with training_client(server) as client:
                 try:
-                    upload(client, pid, tag_ids[tag], paths[start : start + 4])
-                except (httpx.TransportError, AssertionError):
-                    return  # the server died under us
-                done.append(start)
+                    answers.append(upload(client, pid, tag_ids[tag], in_flight))
+                except httpx.TransportError as exc:
+                    answers.append(exc)  # the server died under us
 
-    thread = threading.Thread(target=uploader)
-    thread.start()
-    while len(done) < 5:
-        time.sleep(0.01)
-    server.kill()
-    thread.join(60)
-    assert len(done) < len(paths) // 4, "the kill came too late to interrupt anything"
+        thread = threading.Thread(target=sixth_batch)
+        with write_lock(server.data_dir / "tagvision.db"):
+            thread.start()
+            blobs = [blob_path(server.data_dir, p.read_bytes()) for p in in_flight]
+            wait_until(lambda: all(b.is_file() for b in blobs), server.process, "the sixth batch's blobs", server.log)
+            server.kill()
+        thread.join(60)
+        assert len(answers) == 1 and isinstance(answers[0], httpx.TransportError), answers
 
-    rows = check_store(server.data_dir)
-    assert rows >= len(done) * 4
+        rows = check_store(server.data_dir)
+        assert rows == 5 * 4, "the acknowledged batches are kept, and no row of the batch in flight"
+        assert all(b.is_file() for b in blobs)  # left unreferenced: harmless
 
-    server.start()
-    t = training_client(server)
-    assert t.get(f"/projects/{pid}/images/count").json() == rows
-    statuses = []
-    for start in range(0, len(paths), 4):
-        tag = "hat" if start < 60 else "shoes"
-        statuses += [i["status"] for i in upload(t, pid, tag_ids[tag], paths[start : start + 4])]
-    assert statuses.count("OKDuplicate") == rows and statuses.count("OK") == len(paths) - rows
-    assert t.get(f"/projects/{pid}/images/count").json() == len(paths)
-    server.stop()
-    assert check_store(server.data_dir) == len(paths)
+        server.start()
+        t = training_client(server)
+        assert t.get(f"/projects/{pid}/images/count").json() == rows
+        statuses = []
+        for tag, batch in batches:
+            statuses += [i["status"] for i in upload(t, pid, tag_ids[tag], batch)]
+        assert statuses.count("OKDuplicate") == rows and statuses.count("OK") == len(paths) - rows
+        assert t.get(f"/projects/{pid}/images/count").json() == len(paths)
+        server.stop()
+        assert check_store(server.data_dir) == len(paths)
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_kill_during_training_is_resumed_after_restart(tmp_path: Path) -> None:
-    server = Server(tmp_path / "data").start()
-    t = training_client(server)
-    tags = {tag: photos(CLOTHING, "train", tag, 40, skip=60) for tag in ("dress", "pants", "shirt", "skirt")}
-    pid, _ = make_project(t, "interrupted", tags)
-    started = t.post(f"/projects/{pid}/train").raise_for_status().json()
-    assert started["status"] == "Training"
-    time.sleep(0.3)  # embedding 160 new photos takes seconds: still training
-    assert t.get(f"/projects/{pid}/iterations/{started['id']}").json()["status"] == "Training"
-    server.kill()
-    check_store(server.data_dir)
+    """``kill -9`` at a forced point: the training is embedding, and waits on one photo's blob, which the
+    test has swapped for a named pipe."""
+    with Server(tmp_path / "data") as server:  # stopped whatever happens
+        t = training_client(server)
+        tags = {tag: photos(CLOTHING, "train", tag, 40, skip=60) for tag in ("dress", "pants", "shirt", "skirt")}
+        pid, _ = make_project(t, "interrupted", tags)
+        held = tags["shirt"][20].read_bytes()
+        swap_for_fifo(blob_path(server.data_dir, held))
+        started = t.post(f"/projects/{pid}/train").raise_for_status().json()
+        assert started["status"] == "Training"
+        writer = wait_until(
+            lambda: reader_arrived(blob_path(server.data_dir, held)),
+            server.process,
+            "the training to reach it",
+            server.log,
+        )
+        assert t.get(f"/projects/{pid}/iterations/{started['id']}").json()["status"] == "Training"
+        server.kill()
+        os.close(writer)
+        put_back(blob_path(server.data_dir, held), held)
+        check_store(server.data_dir)
+        with sqlite3.connect(server.data_dir / "tagvision.db") as db:
+            status = db.execute("SELECT status FROM iterations WHERE id = ?", (started["id"],)).fetchone()[0]
+        assert status == "Training", "the kill landed mid-training"
 
-    server.start()
-    t = training_client(server)
-    finished = wait_trained(t, pid, started["id"])
-    assert finished["status"] == "Completed", finished["trainingErrorDetails"]
-    assert [i["status"] for i in t.get(f"/projects/{pid}/iterations").json()] == ["Completed"]
-    performance = t.get(f"/projects/{pid}/iterations/{started['id']}/performance").json()
-    assert len(performance["perTagPerformance"]) == 4 and performance["precision"] > 0.5
-    server.stop()
+        server.start()
+        t = training_client(server)
+        finished = wait_trained(t, pid, started["id"])
+        assert finished["status"] == "Completed", finished["trainingErrorDetails"]
+        assert [i["status"] for i in t.get(f"/projects/{pid}/iterations").json()] == ["Completed"]
+        performance = t.get(f"/projects/{pid}/iterations/{started['id']}/performance").json()
+        assert len(performance["perTagPerformance"]) == 4 and performance["precision"] > 0.5
+        server.stop()

@@ -49,6 +49,7 @@ def test_lite2_uses_its_own_resolution() -> None:
     assert info.value.code == "BadRequestProjectUnknownDomain"
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_the_torch_model_on_a_real_photo(embedder: backbone.Embedder) -> None:
     import torch
 
@@ -69,6 +70,7 @@ def test_export_happens_once_and_is_named_by_the_weights(embedder: backbone.Embe
     assert path.name.startswith("efficientnet-lite0-") and path.suffix == ".onnx"
 
 
+@pytest.mark.slow
 def test_embed_yields_plain_and_mirrored_embeddings_in_order(embedder: backbone.Embedder) -> None:
     files = photos(CLOTHING, "train", "hat", 3) + photos(CLOTHING, "train", "pants", 3)
     results = list(embedder.embed([f.read_bytes for f in files]))

@@ -1,4 +1,8 @@
-"""The command line end to end, as a user runs it, on real photos; bad input; a kill mid-import."""
+"""The command line end to end on real photos; bad input; keys; a kill mid-import.
+
+Commands run in this process (``tagvision.cli:main`` under typer's CliRunner, tests/cli.py); the kill
+test runs the import as a real process.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
+from contextlib import closing
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+from tests.cli import tagvision
 from tests.conftest import CLOTHING, photos
+from tests.gates import blob_path, feed, put_back, reader_arrived, swap_for_fifo, wait_until, write_lock
 
 PROJECT_KEYS = {"id", "name", "description", "settings", "created", "lastModified"}
 PERFORMANCE_KEYS = {
@@ -37,18 +44,7 @@ TAG_PERFORMANCE_KEYS = {
 }
 
 
-def tagvision(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tagvision.cli", *args, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
+@pytest.mark.slow
 def test_the_whole_flow_from_folders_to_predictions(data_dir: Path, class_folders: Path, tmp_path: Path) -> None:
     project = json.loads(
         tagvision(
@@ -118,10 +114,7 @@ def test_the_whole_flow_from_folders_to_predictions(data_dir: Path, class_folder
 
 
 def test_data_dir_comes_from_the_environment(tmp_path: Path) -> None:
-    env = {**os.environ, "TAGVISION_DATA_DIR": str(tmp_path / "env-data")}
-    subprocess.run(
-        [sys.executable, "-m", "tagvision.cli", "project", "create", "x"], env=env, check=True, capture_output=True
-    )
+    tagvision("project", "create", "x", env={"TAGVISION_DATA_DIR": str(tmp_path / "env-data")})
     assert (tmp_path / "env-data" / "tagvision.db").is_file()
 
 
@@ -163,61 +156,74 @@ def test_bad_images_get_their_codes_and_good_ones_land(data_dir: Path, tmp_path:
     assert "Traceback" not in missing.stderr
 
 
+TAGS = ("longsleeve", "pants", "shirt", "t-shirt")
+
+
+@pytest.mark.process
 def test_a_kill_during_image_add_leaves_a_consistent_store_and_a_rerun_finishes(data_dir: Path, tmp_path: Path) -> None:
+    """``kill -9`` at a forced point: the import has committed the batches before the 101st file and written
+    blobs of the next batch, whose rows wait for the database lock the test holds."""
     source = tmp_path / "many"
-    for tag in ("t-shirt", "pants", "longsleeve", "shirt"):
+    for tag in TAGS:
         (source / tag).mkdir(parents=True)
         for path in photos(CLOTHING, "train", tag, 100):
             (source / tag / path.name).symlink_to(path)
+    listed = sorted(source.glob("*/*"))  # the order the import reads them in: folders, then files, sorted
+    gate, gate_bytes = listed[100], listed[100].read_bytes()
     tagvision("project", "create", "p", data_dir=data_dir)
-    command = [
-        sys.executable,
-        "-m",
-        "tagvision.cli",
-        "image",
-        "add",
-        "p",
-        "--from-folders",
-        str(source),
-        "--data-dir",
-        str(data_dir),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    database = data_dir / "tagvision.db"
-    count = 0
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        count = _count(database, "select count(*) from images")
-        if count >= 64:
-            break
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    tagvision("tag", "create", "p", *TAGS, data_dir=data_dir)  # so the import's first write is its first batch
+    process, at_gate = _import_killed_at(source, data_dir, listed[0].read_bytes(), gate, gate_bytes)
     assert process.returncode == -signal.SIGKILL, "the import finished before it could be killed"
 
-    with sqlite3.connect(database) as connection:
+    with sqlite3.connect(data_dir / "tagvision.db") as connection:
         assert connection.execute("pragma integrity_check").fetchone()[0] == "ok"
         rows = connection.execute("select sha256 from images").fetchall()
-    assert 64 <= len(rows) < 400
+    assert 64 <= len(rows) == at_gate < 400, "nothing of the batch in flight was committed"
     for (sha,) in rows:
         blob = data_dir / "blobs" / sha[:2] / sha[2:]
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == sha, "every row has its complete blob"
+    gate_sha = hashlib.sha256(gate_bytes).hexdigest()
+    assert blob_path(data_dir, gate_bytes).is_file() and (gate_sha,) not in rows, "killed between blob and row"
 
+    put_back(gate, gate_bytes)
     rerun = tagvision("image", "add", "p", "--from-folders", str(source), "--json", data_dir=data_dir)
     statuses = [i["status"] for i in json.loads(rerun.stdout)["images"]]
     assert statuses.count("OKDuplicate") == len(rows) and statuses.count("OK") == 400 - len(rows)
-    assert _count(database, "select count(*) from images") == 400
-    assert _count(database, "select count(*) from image_tags") == 400
+    assert _count(data_dir / "tagvision.db", "select count(*) from images") == 400
+    assert _count(data_dir / "tagvision.db", "select count(*) from image_tags") == 400
+
+
+def _import_killed_at(
+    source: Path, data_dir: Path, first: bytes, gate: Path, gate_bytes: bytes
+) -> tuple[subprocess.Popen, int]:
+    """Run ``tagvision image add --from-folders SOURCE`` in a process; ``kill -9`` it once it has read ``gate``
+    (``gate_bytes``) and stored that file's blob, while its rows wait for the write lock. Returns the process
+    and the number of rows committed when it reached ``gate``; ``first`` is the first file it reads."""
+    database, log = data_dir / "tagvision.db", data_dir.parent / "import.log"
+    command = [sys.executable, "-m", "tagvision.cli", "image", "add", "p", "--from-folders", str(source)]
+    process: subprocess.Popen | None = None
+    try:
+        with log.open("wb") as output, write_lock(database):  # no batch commits until the gate is in place
+            process = subprocess.Popen([*command, "--data-dir", str(data_dir)], stdout=output, stderr=output)
+            wait_until(blob_path(data_dir, first).is_file, process, "the first blob (every file listed)", log.read_text)
+            swap_for_fifo(gate)
+        writer = wait_until(lambda: reader_arrived(gate), process, "the import reaching the gate", log.read_text)
+        at_gate = _count(database, "select count(*) from images")  # it waits on the gate: no more rows come
+        with write_lock(database):
+            feed(writer, gate_bytes)
+            wait_until(blob_path(data_dir, gate_bytes).is_file, process, "the gate's blob", log.read_text)
+            process.kill()  # while the lock still holds its rows back
+            process.wait()
+    finally:
+        if process is not None and process.poll() is None:  # a wait failed: the import would wait for ever
+            process.kill()
+            process.wait()
+    return process, at_gate
 
 
 def _count(database: Path, query: str) -> int:
-    if not database.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
-            return connection.execute(query).fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0  # schema not created yet
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as connection:
+        return connection.execute(query).fetchone()[0]
 
 
 def test_keys_are_made_once_private_and_rotatable(data_dir: Path, monkeypatch) -> None:

@@ -48,6 +48,7 @@ def run(model: bytes, batch: np.ndarray) -> np.ndarray:
     return session.run(["probabilities"], {"data": batch})[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("labels", "multilabel"), [(MULTICLASS, False), (MULTILABEL, True)])
 def test_export_reproduces_the_server_probabilities(
     pairs, batch: np.ndarray, labels: list[str], multilabel: bool
@@ -79,6 +80,7 @@ def test_export_reproduces_the_server_probabilities(
     assert onnx.load_from_string(model).producer_name == "tagvision"
 
 
+@pytest.mark.slow
 def test_export_refuses_a_head_that_does_not_fit_the_labels(pairs) -> None:
     with pytest.raises(ValueError):
         export.build_classifier_onnx(SPEC, MODELS, random_head(pairs, 3, False), ["a", "b"])

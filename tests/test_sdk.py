@@ -47,7 +47,7 @@ from PIL import Image
 
 from tests.conftest import CLOTHING, need, photos
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 COMPACT = "0732100f-1a38-4e49-a514-c9b44c697ab5"  # General (compact): EfficientNet-Lite0
 GENERAL = "ee85a74c-405e-4adc-bb47-ffa8ca0c9f31"

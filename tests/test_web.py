@@ -26,7 +26,7 @@ from tests.conftest import CLOTHING, REPO, photos
 from tests.fake_providers.openverse import make_openverse
 from tests.server import Server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
