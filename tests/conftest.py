@@ -72,7 +72,7 @@ def server(tmp_path: Path):
 @pytest.fixture(scope="session")
 def create_app():
     """The ASGI app factory, ``create_app(service)``: the one import of it for every in-process API test."""
-    from tagvision.api.app import create_app
+    from tagvision.server import create_app
 
     return create_app
 

@@ -76,6 +76,7 @@ def trained_project(service: Service, name: str = "shop") -> str:
 # --------------------------------------------------------------------------- memory
 
 
+@pytest.mark.slow  # trains on real photos
 def test_a_request_that_cannot_get_decode_memory_in_time_gets_429(open_app) -> None:
     client, service = open_app(request_wait_seconds="0.2")
     pid = trained_project(service)
@@ -124,6 +125,7 @@ def test_thumbnails_are_made_once_and_kept(open_app, monkeypatch) -> None:
 # --------------------------------------------------------------------------- names in headers
 
 
+@pytest.mark.slow  # trains on real photos
 @pytest.mark.parametrize(
     ("project", "iteration"),
     [("靴 sec", "Iter 😀"), ('x"; filename="evil.html', "plain"), ("shoes", 'a"b\\c;d')],
@@ -145,6 +147,7 @@ def test_export_downloads_carry_any_name_safely(open_app, project: str, iteratio
     assert unquote(encoded) == f"{project}-{iteration}-ONNX.zip".replace(" ", "-")
 
 
+@pytest.mark.slow  # trains on real photos
 def test_iteration_names_follow_the_rule_for_names(open_app) -> None:
     client, service = open_app()
     pid = trained_project(service)
@@ -272,6 +275,7 @@ def test_wrong_logins_are_paced_per_client() -> None:
     pace.check("10.0.0.1")  # the window has passed
 
 
+@pytest.mark.slow  # trains on real photos
 def test_query_counts_and_thresholds_out_of_range_are_refused(open_app) -> None:
     client, service = open_app()
     pid = trained_project(service)

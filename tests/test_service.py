@@ -126,6 +126,7 @@ def test_training_needs_two_tags_with_five_images(svc) -> None:
     assert svc.training.iterations("p") == []
 
 
+@pytest.mark.slow  # embeds real photos
 def test_train_performance_predict_and_embedding_cache(svc) -> None:
     svc.projects.create("p")
     add_classes(svc, "p", {"hat": 12, "shoes": 12, "pants": 12})
@@ -157,6 +158,7 @@ def test_train_performance_predict_and_embedding_cache(svc) -> None:
     )
 
 
+@pytest.mark.slow  # embeds real photos
 def test_performance_is_recomputed_at_any_threshold(svc) -> None:
     svc.projects.create("tops")
     add_classes(svc, "tops", {"shirt": 15, "t-shirt": 15, "longsleeve": 15})  # easily confused
@@ -175,6 +177,7 @@ def test_performance_is_recomputed_at_any_threshold(svc) -> None:
         svc.training.performance("tops", threshold=1.5)
 
 
+@pytest.mark.slow  # embeds real photos
 def test_multilabel_project_trains_independent_sigmoids(svc) -> None:
     svc.projects.create("m", classification="multilabel")
     svc.projects.create_tags("m", ["top", "bottom", "tee"])
@@ -195,6 +198,7 @@ def test_multilabel_project_trains_independent_sigmoids(svc) -> None:
     assert not np.isclose(sum(probabilities.values()), 1.0)
 
 
+@pytest.mark.slow  # embeds real photos
 def test_suggestions_for_untagged_images_page_and_count(svc) -> None:
     from tagvision.service.prediction import SuggestionQuery
 
@@ -233,6 +237,7 @@ def test_suggestions_for_untagged_images_page_and_count(svc) -> None:
         svc.images.by_ids("s", trained, iteration="no such iteration")
 
 
+@pytest.mark.slow  # embeds real photos
 def test_mistakes_and_confirmed_predictions(svc) -> None:
     svc.projects.create("c")
     add_classes(svc, "c", {"shirt": 8, "t-shirt": 8})  # easily confused: some cross-validation mistakes

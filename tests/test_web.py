@@ -41,7 +41,8 @@ CHROMIUM_ARGS = [
 SHOTS = REPO / "tagvision-data" / "screenshots"
 TAGS = ("dress", "hat", "shoes")
 PER_TAG = 8
-TRAINING_TIMEOUT_MS = 180_000
+TRAINING_TIMEOUT_MS = 600_000  # give-up deadlines only: a slow machine must never fail a test
+WAIT_MS = 600_000
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (pip install -e '.[test]')"
@@ -78,7 +79,7 @@ class Held:
         self.path, self.gate = path, gate
 
     def read_bytes(self) -> bytes:
-        self.gate.wait(20)
+        self.gate.wait(600)
         return self.path.read_bytes()
 
 
@@ -107,7 +108,7 @@ def server(tmp_path_factory, openverse):
 @pytest.fixture
 def page(browser, server):
     context = browser.new_context(base_url=server.endpoint, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(30_000)
+    context.set_default_timeout(120_000)  # a give-up deadline; a busy machine only waits longer
     context.grant_permissions(["clipboard-read", "clipboard-write"])
     tab = context.new_page()
     yield tab
@@ -140,7 +141,7 @@ def upload_files(page, paths: list[Path], tag: str | None) -> None:
     page.get_by_label("Tag for these images").select_option(label=tag or "No tag (tag them later)")
     page.get_by_label("Image files").set_input_files([str(p) for p in paths])
     page.get_by_role("button", name=f"Upload {len(paths)} files").click()
-    expect(page.locator("[data-upload-status]")).to_contain_text(f"Done: {len(paths)} images added", timeout=60_000)
+    expect(page.locator("[data-upload-status]")).to_contain_text(f"Done: {len(paths)} images added", timeout=WAIT_MS)
 
 
 def drop_files(page, paths: list[Path]) -> None:
@@ -159,7 +160,7 @@ def drop_files(page, paths: list[Path]) -> None:
     )
     page.dispatch_event("[data-dropzone]", "drop", {"dataTransfer": transfer})
     page.get_by_role("button", name=f"Upload {len(paths)} files").click()
-    expect(page.locator("[data-upload-status]")).to_contain_text(f"Done: {len(paths)} images added", timeout=60_000)
+    expect(page.locator("[data-upload-status]")).to_contain_text(f"Done: {len(paths)} images added", timeout=WAIT_MS)
 
 
 def tab(page, name: str):
@@ -263,7 +264,7 @@ def test_whole_workflow_in_the_browser(page, server, tmp_path):
     expect(page.locator(".badge")).to_have_text("Published as clothes")
     page.get_by_role("button", name="Export to ONNX").click()
     download = page.get_by_role("link", name="Download ONNX export")
-    expect(download).to_be_visible(timeout=120_000)
+    expect(download).to_be_visible(timeout=WAIT_MS)
     archive = page.request.get(download.get_attribute("href"))
     assert archive.ok and archive.body()[:2] == b"PK"
     shot(page, "04-performance")
@@ -368,7 +369,7 @@ def test_uploading_300_images_shows_progress_and_never_freezes(page, server):
     expect(bar).to_be_visible()
     seen: list[float] = []
     typed = False
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         value = float(bar.evaluate("b => b.value"))
         seen.append(value)
@@ -626,7 +627,7 @@ def test_search_images_for_tags_review_and_add(page, server, openverse):
     page.get_by_label("Provider").select_option("wikimedia")
     page.get_by_label("Images per tag").fill("2")
     page.get_by_role("button", name="Search", exact=True).click()
-    expect(message).to_contain_text("The search failed: wikimedia cannot be reached", timeout=60_000)
+    expect(message).to_contain_text("The search failed: wikimedia cannot be reached", timeout=WAIT_MS)
     expect(message).to_contain_text("--provider library")
     expect(message).to_contain_text("In the portal, choose “Library (a folder on the server)”")
     expect(page.locator("[data-tag-text]")).to_have_text(
@@ -682,7 +683,7 @@ def test_advanced_training_from_the_train_page(page, server):
             "() => { const bar = document.querySelector('[data-poll-bar]'); return !bar || bar.value > 0; }"
         )
         shot(page, "20-train-advanced-progress")
-    expect(status).to_contain_text("Iteration 1: Completed", timeout=ADVANCED_BUDGET_MINUTES * 60_000 + 90_000)
+    expect(status).to_contain_text("Iteration 1: Completed", timeout=WAIT_MS)
     expect(status).to_contain_text(f"(advanced, budget {BUDGET_TEXT})")
     page.get_by_role("link", name="See the performance of Iteration 1").click()
     view = httpx.get(server.training(f"/projects/{project_id}/iterations"), headers=server.training_headers).json()[0]
