@@ -31,6 +31,7 @@ import argparse
 import datetime
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -194,6 +195,9 @@ def main() -> None:
     )
     parser.add_argument("--no-peer", action="store_true", help="skip the textbook fine-tune")
     parser.add_argument(
+        "--busy", action="store_true", help="run beside two CPU-bound processes (a machine shared with other work)"
+    )
+    parser.add_argument(
         "--seeds",
         nargs="+",
         type=int,
@@ -209,12 +213,22 @@ def main() -> None:
     )
     args = parser.parse_args()
     spec = backbone.BACKBONES[args.domain]
+    burners = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(2 if args.busy else 0)]
+    try:
+        run(args, spec)
+    finally:
+        for burner in burners:
+            burner.kill()
+
+
+def run(args: argparse.Namespace, spec: backbone.BackboneSpec) -> None:
     for dataset in args.datasets:  # exit 2 naming a missing folder before any work
         for split in ("train", "test"):
             list_split(dataset, split)
 
     log(
-        f"{stamp()} bench/advanced.py on {os.cpu_count()} cores; domain {args.domain} ({spec.model_name}); test top-1 %"
+        f"{stamp()} bench/advanced.py on {os.cpu_count()} cores{' beside 2 CPU-bound processes' if args.busy else ''}; "
+        f"domain {args.domain} ({spec.model_name}); test top-1 %"
     )
     header = (
         f"{'dataset':<16}{'method':<22}{'budget':>8}{'test %':>8}{'vs quick':>9}{'elapsed/budget':>16}  chosen / notes"

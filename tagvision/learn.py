@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
+from threadpoolctl import threadpool_limits
 
 from tagvision import metrics
 
 SHRINKAGES: tuple[float, ...] = (0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95, 0.98, 0.995)
 POWER = 0.75
+BLAS_THREADS = 1  # during a fit (see QuickClassifier.fit)
 
 
 def features(embeddings: np.ndarray) -> np.ndarray:
@@ -106,7 +108,16 @@ class QuickClassifier:
     cv_log_loss_: dict[float, float] = field(init=False)
 
     def fit(self, plain: np.ndarray, flipped: np.ndarray, labels: np.ndarray) -> QuickClassifier:
-        """Fit on embeddings (n, d) of the images and of their mirrors, labels (n, T) bool."""
+        """Fit on embeddings (n, d) of the images and of their mirrors, labels (n, T) bool.
+
+        BLAS runs on one thread here: OpenBLAS's threads spin while they wait, and beside other work (a
+        server embedding or predicting, another training) a fit took 23-38 s instead of 6.6 s on one
+        thread (bench/NOTES.md); on an idle machine one thread costs little.
+        """
+        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+            return self._fit(plain, flipped, labels)
+
+    def _fit(self, plain: np.ndarray, flipped: np.ndarray, labels: np.ndarray) -> QuickClassifier:
         labels = np.asarray(labels, dtype=bool)
         _check_inputs(plain, flipped, labels, self.multilabel)
         plain, flipped = features(plain), features(flipped)

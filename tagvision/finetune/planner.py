@@ -21,6 +21,23 @@ STEP_FORWARDS = 4  # a training step of the trained blocks costs about four forw
 SCORING_OVERHEAD = 1.05  # validation scores while training add about 5 % to a schedule
 
 
+# Stock forward passes a second (image and mirror each count) on a 2-core machine, before anything is measured.
+GUESSED_IMAGES_PER_SECOND = {"efficientnet-lite0": 160.0, "efficientnet-lite2": 70.0}
+GUESSED_DECODES_PER_SECOND = 60.0  # a phone photo decoded once per backbone
+
+
+def minimum_seconds(images: int, backbones: list[str], recipe: Recipe) -> float:
+    """A lower estimate of the seconds before advanced training of ``images`` can fine-tune at all: decoding,
+    the stock embeddings of every backbone involved, two quick-head fits, one epoch of the smallest backbone
+    and its export. A budget below it can only give a quick training late, so the service refuses it."""
+    speeds = [GUESSED_IMAGES_PER_SECOND.get(b, 70.0) for b in backbones]
+    fixed = images * len(backbones) / GUESSED_DECODES_PER_SECOND + sum(2 * images / ips for ips in speeds)
+    smallest = max(speeds)
+    train = max(1, round(images * (1 - recipe.validation_fraction)))
+    epoch = recipe.min_epochs * STEP_FORWARDS * train / smallest
+    return fixed + 2 * GUESSED_HEAD_SECONDS + SETUP_SECONDS + epoch + 1.0 + 300 / smallest
+
+
 class OutOfTime(Exception):
     """Fine-tuning does not fit in what is left of the budget."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC
@@ -132,6 +133,8 @@ class Training:
             selected = sorted({get_tag(session, project, t).id for t in selected_tags}) if selected_tags else None
             snapshot = _training_set(session, project, selected)
             _check_trainable(snapshot)
+            if training_type == "Advanced":
+                _check_budget(self.ctx.spec(project.domain), len(snapshot.image_ids), budget_seconds)
             newest = queries.newest_completed_iteration(session, project.id)
             if (
                 not force
@@ -580,6 +583,21 @@ def _training_set(session, project: Project, selected: list[str] | None = None) 
     for image_id, _, tag_id in rows:
         labels[order[image_id], column[tag_id]] = True
     return TrainingSet(list(order), hashes, tags, labels)
+
+
+def _check_budget(spec: backbone.BackboneSpec, images: int, budget_seconds: float) -> None:
+    """Refuse, before starting, an advanced budget too small to fine-tune anything on this many images."""
+    from tagvision.finetune import Recipe, planner
+
+    backbones = [b.model_name for b in backbone.no_larger_than(spec)]
+    need = planner.minimum_seconds(images, backbones, Recipe())
+    if budget_seconds < need:
+        raise TrainingError(
+            f"Advanced training of {images} images needs a budget of at least about {math.ceil(need / 60)} "
+            f"minutes here (reading and embedding them, then one round of fine-tuning); this one is "
+            f"{budget_seconds / 60:g}. Give it more time, or use quick training.",
+            code="BadRequestReservedBudgetInHoursNotEnoughForAdvancedTraining",
+        )
 
 
 def _check_trainable(snapshot: TrainingSet) -> None:
