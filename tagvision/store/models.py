@@ -48,6 +48,10 @@ class Project(Base):
     domain: Mapped[str] = mapped_column(String(64))
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(default=utcnow)
+    # Decision rules over the predicted tags' information (tagvision.knowledge.rules), as saved (validated).
+    rules: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # How long stored predictions are kept: None follows the server's setting, -1 forever, 0 never stored, N days.
+    retention_days: Mapped[int | None] = mapped_column(Integer, default=None)
 
     tags: Mapped[list[Tag]] = relationship(
         back_populates="project", cascade="all, delete-orphan", passive_deletes=True, order_by="Tag.created"
@@ -67,8 +71,24 @@ class Tag(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     type: Mapped[str] = mapped_column(String(16), default="Regular")
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    # Free-form knowledge about the tag (product, crop, damage...): a JSON object, validated by
+    # tagvision.knowledge.information. Deferred: predictions read it through a per-project cache, not per request.
+    information: Mapped[dict[str, Any]] = mapped_column(default=dict, deferred=True)
+    # The SHA-256 of its canonical JSON (a TagInformation row), None when empty: what stored predictions point at.
+    information_sha: Mapped[str | None] = mapped_column(String(64), default=None)
 
     project: Mapped[Project] = relationship(back_populates="tags")
+
+
+class TagInformation(Base):
+    """Every version a tag's information has had, by content: stored predictions keep pointing at the version
+    they were made with, so a later catalogue edit does not rewrite the record of what was predicted."""
+
+    __tablename__ = "tag_information"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    information: Mapped[dict[str, Any]] = mapped_column()
+    created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Image(Base):
@@ -168,9 +188,14 @@ class Prediction(Base):
     source: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the URL or file name, when known
     uncertainty: Mapped[float] = mapped_column(Float)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    # The project's decision rules evaluated on this prediction, with their inputs, as they were then.
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
     tags: Mapped[list[PredictionTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
+    )
+    caller_metadata: Mapped[list[PredictionMetadata]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, lazy="selectin", order_by="PredictionMetadata.key"
     )
 
 
@@ -180,6 +205,19 @@ class PredictionTag(Base):
     prediction_id: Mapped[str] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True)
     tag_id: Mapped[str] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True)
     probability: Mapped[float] = mapped_column(Float)
+    # The tag's information when the prediction was made (a TagInformation row), None when it had none.
+    information_sha: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class PredictionMetadata(Base):
+    """A caller's key/value (claim number, field id, store id...) sent with a stored prediction; searchable."""
+
+    __tablename__ = "prediction_metadata"
+    __table_args__ = (Index("ix_prediction_metadata_key_value", "key", "value"),)
+
+    prediction_id: Mapped[str] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
 
 
 class Export(Base):

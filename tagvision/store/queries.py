@@ -7,7 +7,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from tagvision.store.models import Embedding, Image, ImageTag, Iteration, Project, Tag
+from tagvision.store.models import Embedding, Image, ImageTag, Iteration, Project, Tag, TagInformation, utcnow
 
 
 def project_by_ref(session: Session, ref: str) -> Project | None:
@@ -133,3 +133,27 @@ def published_iteration(session: Session, project_id: str, publish_name: str) ->
     return session.scalars(
         select(Iteration).where(Iteration.project_id == project_id, Iteration.publish_name == publish_name)
     ).first()
+
+
+def add_information_versions(session: Session, versions: dict[str, dict]) -> None:
+    """Keep tag information versions (sha256 -> object), skipping those already kept (by anyone)."""
+    if not versions:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
+    rows = [{"sha256": sha, "information": value, "created": utcnow()} for sha, value in versions.items()]
+    session.execute(insert(TagInformation).values(rows).on_conflict_do_nothing())
+
+
+def information_versions(session: Session, shas: set[str]) -> dict[str, dict]:
+    """{sha256: information} of kept versions."""
+    found: dict[str, dict] = {}
+    wanted = sorted(shas)
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        found.update(
+            session.execute(
+                select(TagInformation.sha256, TagInformation.information).where(TagInformation.sha256.in_(chunk))
+            ).all()
+        )
+    return found
