@@ -87,6 +87,9 @@ class Settings:
     request_wait_seconds: float = 10.0
     # TAGVISION_URL_FETCHERS: concurrent downloads of image URLs for requests, process-wide.
     url_fetchers: int = 8
+    # TAGVISION_PREDICTION_RETENTION_DAYS: days stored predictions are kept (0 or "never": not stored at all;
+    # unset or "forever": kept until deleted); a project may set its own.
+    prediction_retention_days: int | None = None
 
     @classmethod
     def load(cls, data_dir: Path | str | None = None) -> Settings:
@@ -111,6 +114,7 @@ class Settings:
             decode_memory_mb=_number(env, "TAGVISION_DECODE_MEMORY_MB", 1024, int),
             request_wait_seconds=_number(env, "TAGVISION_REQUEST_WAIT_SECONDS", 10.0, float),
             url_fetchers=_number(env, "TAGVISION_URL_FETCHERS", 8, int),
+            prediction_retention_days=_retention(env.get("TAGVISION_PREDICTION_RETENTION_DAYS", "")),
         )
 
     def allowed_hosts(self) -> tuple[str, ...]:
@@ -120,6 +124,18 @@ class Settings:
         if self.public_url:
             return (urlsplit(self.public_url).hostname or "", "localhost", "127.0.0.1", "::1")
         return ("*",)
+
+
+def _retention(raw: str) -> int | None:
+    """Days to keep stored predictions: a whole number of days, 0 or "never" (not stored), "" or "forever"."""
+    value = raw.strip().lower()
+    if value in ("", "forever"):
+        return None
+    if value == "never":
+        return 0
+    if not value.isdigit():
+        raise ValueError(f"TAGVISION_PREDICTION_RETENTION_DAYS={raw!r}: give days (0: never store) or 'forever'.")
+    return int(value)
 
 
 def _number(env: Mapping[str, str], name: str, default, kind):

@@ -4,22 +4,27 @@
 tags), ``images``, ``training`` (iterations, performance, publishing), ``prediction``
 (classifying, stored predictions, suggestions), ``exports``, ``acquisitions`` (gathering
 images for tags from providers), ``jobs`` (background training, exports and acquisitions),
-``keys`` (the API keys) and ``files`` (signed links to images and exports, and their bytes).
+``keys`` (the API keys) and ``files`` (signed links to images and exports, and their bytes); ``knowledge`` (tag
+information and decision rules), ``catalogue`` (catalogue import and export) and ``records`` (stored
+predictions with the caller's metadata: search, export, retention).
 """
 
 from __future__ import annotations
 
 from tagvision.config import Settings
 from tagvision.service.acquisitions import Acquisitions
+from tagvision.service.catalogue import Catalogue
 from tagvision.service.context import Context, Progress, no_progress
 from tagvision.service.exports import Exports
 from tagvision.service.files import Files
 from tagvision.service.images import Images, NewImage
 from tagvision.service.jobs import Jobs
 from tagvision.service.keys import KeyStore
+from tagvision.service.knowledge import Knowledge
 from tagvision.service.limits import Gate
 from tagvision.service.prediction import Prediction
 from tagvision.service.projects import Projects
+from tagvision.service.records import Records
 from tagvision.service.sessions import LoginPace, Sessions
 from tagvision.service.training import Training
 
@@ -30,7 +35,8 @@ class Service:
         self.projects = Projects(ctx)
         self.images = Images(ctx)
         self.training = Training(ctx)
-        self.prediction = Prediction(ctx, self.training)
+        self.knowledge = Knowledge(ctx)
+        self.prediction = Prediction(ctx, self.training, self.knowledge)
         self.exports = Exports(ctx)
         self.acquisitions = Acquisitions(ctx, self.training)
         self.jobs = Jobs(self.training, self.exports, self.acquisitions)
@@ -40,12 +46,16 @@ class Service:
         self.sessions = Sessions(ctx)
         self.login_pace = LoginPace()
         self.url_gate = Gate(settings.url_fetchers, settings.request_wait_seconds, "downloading image URLs")
+        self.catalogue = Catalogue(ctx, self.images.fetchers)
+        self.records = Records(ctx, self.prediction, self.knowledge)
+        self.prediction.on_store = self.records.after_store
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> Service:
         return cls(Context.open(settings or Settings.load()))
 
     def close(self) -> None:
+        self.records.close()
         self.jobs.shutdown()
         self.images.fetchers.shutdown(wait=True, cancel_futures=True)
         self.ctx.close()

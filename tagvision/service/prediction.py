@@ -19,6 +19,7 @@ from tagvision.learn import LinearHead
 from tagvision.service.context import Context, get_iteration, get_project
 from tagvision.service.details import IterationDetails
 from tagvision.service.images import Images, NewImage, image_view
+from tagvision.service.knowledge import NO_EXTRAS, Extras, Knowledge, ProjectKnowledge
 from tagvision.service.training import Training
 from tagvision.service.views import (
     ImageCreateResult,
@@ -29,7 +30,7 @@ from tagvision.service.views import (
     TagProbability,
 )
 from tagvision.store import queries
-from tagvision.store.models import Image, PredictionTag, new_id, utcnow
+from tagvision.store.models import Image, PredictionMetadata, PredictionTag, new_id, utcnow
 from tagvision.store.models import Prediction as StoredPrediction
 
 HEAD_CACHE = 16
@@ -68,6 +69,7 @@ class PredictionQuery:
     application: str | None = None
     max_count: int = 50
     continuation: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()  # tagvision: the caller's key/values, all of which must match
 
     def __post_init__(self) -> None:
         _check_count(self.max_count)
@@ -118,9 +120,11 @@ def uncertainty(probabilities: np.ndarray, multilabel: bool) -> float:
 
 
 class Prediction:
-    def __init__(self, ctx: Context, training: Training) -> None:
+    def __init__(self, ctx: Context, training: Training, knowledge: Knowledge | None = None) -> None:
         self.ctx = ctx
         self.training = training
+        self.knowledge = knowledge or Knowledge(ctx)
+        self.on_store: Callable[[], None] = lambda: None  # after a prediction is stored (retention purges)
         self._models: OrderedDict[str, Model] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -130,8 +134,10 @@ class Prediction:
         """A completed iteration's head: by iteration (default: newest completed) or by publish name."""
         return self._resolve(ref, iteration_ref, published)[0]
 
-    def _resolve(self, ref: str, iteration_ref: str | None, published: str | None) -> tuple[Model, dict[str, str]]:
-        """The model and the project's current tag types (tag id -> type), read in one transaction."""
+    def _resolve(
+        self, ref: str, iteration_ref: str | None, published: str | None
+    ) -> tuple[Model, dict[str, str], ProjectKnowledge]:
+        """The model, the project's current tag types (tag id -> type) and its knowledge, read in one transaction."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             if published is not None:
@@ -151,6 +157,7 @@ class Prediction:
             iteration_id, domain, tuned = iteration.id, iteration.domain, iteration.backbone_blob
             head_key, tags = iteration.head_blob, IterationDetails.from_json(iteration.details).tags
             project_id, types = project.id, {t.id: t.type for t in project.tags}
+            knowledge = self.knowledge.of(session, project)
         with self._lock:  # the server predicts from many threads
             cached = self._models.get(iteration_id)
             if cached is None:
@@ -159,13 +166,18 @@ class Prediction:
                 while len(self._models) > HEAD_CACHE:
                     self._models.popitem(last=False)
             self._models.move_to_end(iteration_id)
-            return cached, types
+            return cached, types, knowledge
 
     def predict(
-        self, ref: str, items: list[tuple[str, Callable[[], bytes]]], iteration_ref: str | None = None
+        self,
+        ref: str,
+        items: list[tuple[str, Callable[[], bytes]]],
+        iteration_ref: str | None = None,
+        extras: Extras = NO_EXTRAS,
     ) -> list[ImagePrediction]:
-        """Probabilities for each (name, read) image, highest first; refused images carry their error."""
-        model = self.model(ref, iteration_ref)
+        """Probabilities for each (name, read) image, highest first, with the tags' information and the decision;
+        refused images carry their error."""
+        model, types, knowledge = self._resolve(ref, iteration_ref, None)
         results = list(self.ctx.embedder(model.domain, model.tuned).embed([read for _, read in items]))
         good = [r for r in results if r.error is None]
         probabilities = (
@@ -182,7 +194,8 @@ class Prediction:
                     ImagePrediction(name, model.iteration_id, error=result.error.message, error_code=result.error.code)
                 )
                 continue
-            out.append(ImagePrediction(name, model.iteration_id, _ranked(model.tags, by_index[result.index])))
+            ranked, decision = knowledge.annotate(_ranked(model.tags, by_index[result.index], types), extras)
+            out.append(ImagePrediction(name, model.iteration_id, ranked, decision=decision))
         return out
 
     # ------------------------------------------------------------------ one image, as the API classifies
@@ -198,12 +211,15 @@ class Prediction:
         application: str | None = None,
         source: str | None = None,
         max_bytes: int = images.MAX_PREDICTION_BYTES,
+        extras: Extras = NO_EXTRAS,
     ) -> PredictionView:
-        """Classify one encoded image; stored (for review and re-training) unless ``store`` is False.
+        """Classify one encoded image; stored (for review and re-training) unless ``store`` is False or the
+        project's retention says never. The predicted tags carry their information and the project's rules give
+        the decision (``extras`` says which information, and the caller's metadata kept with the record).
 
         Bad images raise :class:`ImageError` with Custom Vision's ``BadRequestImage*`` codes.
         """
-        model, types = self._resolve(ref, iteration_ref, published)
+        model, types, knowledge = self._resolve(ref, iteration_ref, published)
         embedder = self.ctx.embedder(model.domain, model.tuned)
         try:  # one decode, no larger than the network needs
             facts, img = images.inspect(data, max_bytes=max_bytes, min_side=embedder.spec.resize)
@@ -211,9 +227,10 @@ class Prediction:
             raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
         plain, flipped = embedder.forward_pairs(backbone.preprocess(img, embedder.spec)[None])
         row = model.head.predict_proba(plain, flipped)[0]
-        ranked = _ranked(model.tags, row, types)
+        ranked, decision = knowledge.annotate(_ranked(model.tags, row, types), extras)
         created = utcnow()
         prediction_id = new_id()
+        store = store and knowledge.stores
         if store:
             self.ctx.blobs.put(data)
             with self.ctx.db.session() as session:
@@ -230,11 +247,17 @@ class Prediction:
                     source={"url": source} if source else {},
                     uncertainty=uncertainty(row, model.head.multilabel),
                     created=created,
+                    decision=decision,
                     tags=[
-                        PredictionTag(tag_id=t, probability=float(p)) for (t, _), p in zip(model.tags, row, strict=True)
+                        PredictionTag(tag_id=t, probability=float(p), information_sha=knowledge.shas.get(t))
+                        for (t, _), p in zip(model.tags, row, strict=True)
                     ],
+                    caller_metadata=[PredictionMetadata(key=k, value=v) for k, v in extras.metadata.items()],
                 )
                 session.add(stored)
+            if not self.ctx.blobs.exists(facts.sha256):  # a retention purge took it meanwhile: it is ours again
+                self.ctx.blobs.put(data)
+            self.on_store()
         return PredictionView(
             prediction_id,
             model.project_id,
@@ -244,6 +267,10 @@ class Prediction:
             domain=model.domain,
             width=facts.width,
             height=facts.height,
+            sha256=facts.sha256,
+            decision=decision,
+            metadata=dict(extras.metadata) if store else {},
+            stored=store,
         )
 
     def classify_url(
@@ -292,6 +319,12 @@ class Prediction:
                 sql = sql.where(StoredPrediction.created >= query.start_time)
             if query.end_time:
                 sql = sql.where(StoredPrediction.created <= query.end_time)
+            for key, value in query.metadata:
+                sql = sql.where(
+                    StoredPrediction.caller_metadata.any(
+                        and_(PredictionMetadata.key == key, PredictionMetadata.value == value)
+                    )
+                )
             for tag in query.tags:
                 sql = sql.where(
                     StoredPrediction.tags.any(
@@ -313,7 +346,8 @@ class Prediction:
             }[query.order_by]
             rows = list(session.scalars(sql.order_by(*order).offset(offset).limit(count + 1)))
             names = {t.id: (t.name, t.type) for t in project.tags}
-            page = [_stored_view(row, names) for row in rows[:count]]
+            versions = _versions(session, rows[:count])
+            page = [stored_view(row, names, versions) for row in rows[:count]]
         return page, (str(offset + count) if len(rows) > count else None)
 
     def stored(self, ref: str, prediction_id: str) -> PredictionView:
@@ -322,7 +356,7 @@ class Prediction:
             row = session.get(StoredPrediction, prediction_id)
             if row is None or row.project_id != project.id:
                 raise NotFound(f"No stored prediction {prediction_id!r}.", code="NotFound")
-            return _stored_view(row, {t.id: (t.name, t.type) for t in project.tags})
+            return stored_view(row, {t.id: (t.name, t.type) for t in project.tags}, _versions(session, [row]))
 
     def image_data(self, ref: str, prediction_id: str) -> bytes:
         return self.ctx.blobs.get(self.stored(ref, prediction_id).sha256)
@@ -459,12 +493,16 @@ def _ranked(tags: list[tuple[str, str]], row: np.ndarray, types: dict[str, str] 
     ]
 
 
-def _stored_view(row: StoredPrediction, names: dict[str, tuple[str, str]]) -> PredictionView:
-    """``names``: tag id -> (name, type)."""
+def stored_view(
+    row: StoredPrediction, names: dict[str, tuple[str, str]], versions: dict[str, dict] | None = None
+) -> PredictionView:
+    """``names``: tag id -> (name, type); ``versions``: the tag information kept with it (sha256 -> object)."""
+    versions = versions or {}
     ranked = []
     for t in sorted(row.tags, key=lambda t: -t.probability):
         name, kind = names.get(t.tag_id, ("", "Regular"))
-        ranked.append(TagProbability(t.tag_id, name, t.probability, kind))
+        kept = versions.get(t.information_sha) if t.information_sha else None
+        ranked.append(TagProbability(t.tag_id, name, t.probability, kind, kept))
     return PredictionView(
         row.id,
         row.project_id,
@@ -478,7 +516,14 @@ def _stored_view(row: StoredPrediction, names: dict[str, tuple[str, str]]) -> Pr
         uncertainty=row.uncertainty,
         source=row.source.get("url"),
         application=row.application,
+        decision=row.decision,
+        metadata={m.key: m.value for m in row.caller_metadata},
     )
+
+
+def _versions(session, rows: list[StoredPrediction]) -> dict[str, dict]:
+    """The tag information versions stored predictions point at."""
+    return queries.information_versions(session, {t.information_sha for r in rows for t in r.tags if t.information_sha})
 
 
 def _bad_request_code(code: str) -> str:

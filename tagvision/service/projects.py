@@ -10,6 +10,7 @@ from tagvision import domains
 from tagvision.errors import Conflict, InvalidInput, NotFound
 from tagvision.service.context import Context, get_iteration, get_project, get_tag
 from tagvision.service.details import IterationDetails
+from tagvision.service.knowledge import apply_information
 from tagvision.service.views import CLASSIFICATION_TYPES, TAG_TYPES, ProjectView, TagView
 from tagvision.store import queries
 from tagvision.store.models import Project, Tag, utcnow
@@ -150,13 +151,19 @@ class Projects:
         """The project's tags with their image counts (as trained in ``iteration_ref``, when given)."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
+            data = _information(session, project.id)
             if iteration_ref is None:
                 counts = queries.image_counts_by_tag(session, project.id)
-                return [TagView(t.id, t.name, t.description, t.type, counts.get(t.id, 0)) for t in project.tags]
+                return [
+                    TagView(t.id, t.name, t.description, t.type, counts.get(t.id, 0), data.get(t.id, {}))
+                    for t in project.tags
+                ]
             iteration = get_iteration(session, project, iteration_ref)
             trained = dict((tag_id, n) for tag_id, _, n in _trained_tags(iteration))
             return [
-                TagView(t.id, t.name, t.description, t.type, trained[t.id]) for t in project.tags if t.id in trained
+                TagView(t.id, t.name, t.description, t.type, trained[t.id], data.get(t.id, {}))
+                for t in project.tags
+                if t.id in trained
             ]
 
     def get_tag(self, ref: str, tag_ref: str, iteration_ref: str | None = None) -> TagView:
@@ -175,7 +182,9 @@ class Projects:
         name: str | None = None,
         description: str | None = None,
         type_: str | None = None,
+        information: dict | None = None,
     ) -> TagView:
+        """Rename, describe, retype, or (tagvision) replace the tag's information; all or nothing."""
         taken = Conflict("Another request gave a tag that name first.", code="BadRequestTagNameNotUnique")
         with self.ctx.db.session(not_unique=taken) as session:
             project = get_project(session, ref)
@@ -194,9 +203,11 @@ class Projects:
                 if kind == "Negative" and any(t.type == "Negative" and t.id != tag.id for t in project.tags):
                     raise InvalidInput("A project has at most one Negative tag.", code="BadRequestMultipleNegativeTag")
                 tag.type = kind
+            if information is not None:
+                apply_information(session, project, tag, information)
             project.last_modified = utcnow()
             count = queries.image_counts_by_tag(session, project.id).get(tag.id, 0)
-            return TagView(tag.id, tag.name, tag.description, tag.type, count)
+            return TagView(tag.id, tag.name, tag.description, tag.type, count, dict(tag.information or {}))
 
     def delete_tag(self, ref: str, tag_ref: str) -> None:
         """Delete a tag; its images stay (untagged if it was their only tag)."""
@@ -220,6 +231,14 @@ def _description(value: str, what: str) -> str:
             code=f"BadRequest{what}Description",
         )
     return value
+
+
+def _information(session, project_id: str) -> dict[str, dict]:
+    """Tag id -> information for the tags that have some (one query: the column is deferred)."""
+    rows = session.execute(
+        select(Tag.id, Tag.information).where(Tag.project_id == project_id, Tag.information_sha.is_not(None))
+    )
+    return {tag_id: data for tag_id, data in rows}
 
 
 def _trained_tags(iteration) -> list[tuple[str, str, int]]:

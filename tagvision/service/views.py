@@ -65,6 +65,7 @@ class TagView:
     description: str
     type: str
     image_count: int
+    information: dict[str, Any] = field(default_factory=dict)  # tagvision: what the tag knows (a JSON object)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +74,7 @@ class TagView:
             "description": self.description,
             "type": self.type,
             "imageCount": self.image_count,
+            "information": self.information,
         }
 
 
@@ -277,15 +279,19 @@ class TagProbability:
     probability: float
 
     tag_type: str = "Regular"
+    information: dict[str, Any] | None = None  # tagvision: the tag's information, when it is returned
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "probability": self.probability,
             "tagId": self.tag_id,
             "tagName": self.tag_name,
             "boundingBox": None,
             "tagType": self.tag_type,
         }
+        if self.information is not None:
+            body["information"] = self.information
+        return body
 
 
 @dataclass(frozen=True)
@@ -297,11 +303,15 @@ class ImagePrediction:
     predictions: list[TagProbability] = field(default_factory=list)
     error: str | None = None
     error_code: str | None = None
+    decision: dict[str, Any] | None = None  # tagvision: the project's decision rules evaluated on it
 
     def to_json(self) -> dict[str, Any]:
         if self.error:
             return {"image": self.source, "code": self.error_code, "message": self.error}
-        return {"image": self.source, "predictions": [p.to_json() for p in self.predictions]}
+        body: dict[str, Any] = {"image": self.source, "predictions": [p.to_json() for p in self.predictions]}
+        if self.decision is not None:
+            body["decision"] = self.decision
+        return body
 
 
 @dataclass(frozen=True)
@@ -342,15 +352,24 @@ class PredictionView:
     uncertainty: float | None = None
     source: str | None = None
     application: str | None = None
+    # tagvision extensions: the decision rules' result, the caller's metadata, and whether it was stored
+    decision: dict[str, Any] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    stored: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "id": self.id,
             "project": self.project_id,
             "iteration": self.iteration_id,
             "created": iso_time(self.created),
             "predictions": [p.to_json() for p in self.predictions],
         }
+        if self.decision is not None:
+            body["decision"] = self.decision
+        if self.metadata:
+            body["metadata"] = self.metadata
+        return body
 
     def to_stored_json(self) -> dict[str, Any]:
         return {
