@@ -2,7 +2,8 @@
 
 Routers translate HTTP into service calls and service views into Custom Vision JSON: ``training``
 (projects, tags, iterations, exports, stored predictions), ``images`` (training images),
-``acquisitions`` (images for tags from providers), ``prediction`` and ``files`` (signed
+``acquisitions`` (images for tags from providers), ``knowledge`` (catalogues, decision rules, retention and
+prediction records), ``prediction`` and ``files`` (signed
 downloads); ``params`` holds what the Training API's routers share. ``errors`` gives every error
 the ``{"code", "message"}`` body, ``auth`` checks the key headers, ``middleware`` matches paths
 case-insensitively and bounds request bodies. ``tagvision.server`` mounts it beside the portal.
@@ -15,7 +16,10 @@ import re
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-from tagvision.api.middleware import LIMITS as BODY_LIMITS
+from tagvision.api.knowledge import LIMITS as KNOWLEDGE_LIMITS
+from tagvision.api.middleware import LIMITS
+
+BODY_LIMITS = LIMITS + KNOWLEDGE_LIMITS
 
 DESCRIPTION = """Self-hosted image classification, wire-compatible with Azure Custom Vision.
 
@@ -27,9 +31,9 @@ server with the keys from `tagvision keys`: the Training API lives under `/custo
 
 def routers() -> tuple[APIRouter, ...]:
     # Imported here: the route modules import from this package (auth, render, ...).
-    from tagvision.api import acquisitions, files, images, prediction, training
+    from tagvision.api import acquisitions, files, images, knowledge, prediction, training
 
-    return (training.router, images.router, acquisitions.router, prediction.router, files.router)
+    return (training.router, images.router, acquisitions.router, knowledge.router, prediction.router, files.router)
 
 
 def install(app: FastAPI) -> None:

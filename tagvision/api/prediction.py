@@ -14,9 +14,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from tagvision.api import schemas
 from tagvision.api.auth import require_prediction_key, version_gate
+from tagvision.api.extras import PredictionExtras
 from tagvision.api.uploads import IMAGE_BODY, one_image
 from tagvision.errors import InvalidInput
 from tagvision.service import Service
+from tagvision.service.knowledge import Extras
 
 VERSIONS = ("v3.0", "v3.1")
 
@@ -33,24 +35,26 @@ Application = Annotated[str | None, Query(max_length=255)]
 
 
 async def _classify_image(
-    request: Request, project_id: str, published: str, application: str | None, store: bool
+    request: Request, project_id: str, published: str, application: str | None, store: bool, extras: Extras
 ) -> dict:
     service: Service = request.app.state.service
     data = await one_image(request)
     view = await run_in_threadpool(
-        lambda: service.prediction.classify(project_id, data, published=published, store=store, application=application)
+        lambda: service.prediction.classify(
+            project_id, data, published=published, store=store, application=application, extras=extras
+        )
     )
     return view.to_json()
 
 
 async def _classify_url(
-    request: Request, project_id: str, published: str, url: str, application: str | None, store: bool
+    request: Request, project_id: str, published: str, url: str, application: str | None, store: bool, extras: Extras
 ) -> dict:
     service: Service = request.app.state.service
     async with service.url_gate.slot():
         view = await run_in_threadpool(
             lambda: service.prediction.classify_url(
-                project_id, url, published=published, store=store, application=application
+                project_id, url, published=published, store=store, application=application, extras=extras
             )
         )
     return view.to_json()
@@ -63,9 +67,13 @@ async def _classify_url(
     summary="Classify an image (stored for review)",
 )
 async def classify_image(
-    request: Request, project_id: ProjectId, published_name: PublishedName, application: Application = None
+    request: Request,
+    project_id: ProjectId,
+    published_name: PublishedName,
+    extras: PredictionExtras,
+    application: Application = None,
 ) -> dict:
-    return await _classify_image(request, project_id, published_name, application, store=True)
+    return await _classify_image(request, project_id, published_name, application, True, extras)
 
 
 @router.post(
@@ -75,9 +83,13 @@ async def classify_image(
     summary="Classify an image without storing it",
 )
 async def classify_image_with_no_store(
-    request: Request, project_id: ProjectId, published_name: PublishedName, application: Application = None
+    request: Request,
+    project_id: ProjectId,
+    published_name: PublishedName,
+    extras: PredictionExtras,
+    application: Application = None,
 ) -> dict:
-    return await _classify_image(request, project_id, published_name, application, store=False)
+    return await _classify_image(request, project_id, published_name, application, False, extras)
 
 
 @router.post(
@@ -90,9 +102,10 @@ async def classify_image_url(
     project_id: ProjectId,
     published_name: PublishedName,
     body: schemas.ImageUrl,
+    extras: PredictionExtras,
     application: Application = None,
 ) -> dict:
-    return await _classify_url(request, project_id, published_name, body.url, application, store=True)
+    return await _classify_url(request, project_id, published_name, body.url, application, True, extras)
 
 
 @router.post(
@@ -105,9 +118,10 @@ async def classify_image_url_with_no_store(
     project_id: ProjectId,
     published_name: PublishedName,
     body: schemas.ImageUrl,
+    extras: PredictionExtras,
     application: Application = None,
 ) -> dict:
-    return await _classify_url(request, project_id, published_name, body.url, application, store=False)
+    return await _classify_url(request, project_id, published_name, body.url, application, False, extras)
 
 
 @router.post("/{projectId}/detect/iterations/{publishedName}/image", summary="Object detection: not supported")

@@ -82,6 +82,10 @@ class Tag(Wire):
     description: str
     type: str
     imageCount: int
+    information: dict[str, Any] = Field(
+        default_factory=dict,
+        description="tagvision: what the tag knows, a JSON object (Custom Vision clients ignore it).",
+    )
 
 
 class ImageTag(Wire):
@@ -182,6 +186,8 @@ class Prediction(Wire):
     tagName: str
     boundingBox: dict[str, float] | None = None
     tagType: str = "Regular"
+    # tagvision adds "information" (the tag's information, when returned) as an extra field: left undeclared so
+    # a response without it is byte for byte what Custom Vision sends.
 
 
 class ImagePerformance(Wire):
@@ -202,6 +208,8 @@ class ImagePrediction(Wire):
     iteration: str | None
     created: str
     predictions: list[Prediction]
+    # tagvision adds, when there are any, "decision" (the project's decision rules evaluated on it, with their
+    # inputs) and "metadata" (the caller's, kept with it) as extra fields.
 
 
 class StoredImagePrediction(ImagePrediction):
@@ -291,6 +299,9 @@ class TagUpdate(Body):
     name: str | None = None
     description: str | None = None
     type: str | None = None
+    information: dict[str, Any] | None = Field(
+        None, description="tagvision: replaces the tag's information (a JSON object); left out, it is kept."
+    )
 
 
 class IterationUpdate(Body):
@@ -318,6 +329,9 @@ class PredictionQueryToken(Wire):
     startTime: datetime | None = None
     endTime: datetime | None = None
     application: str | None = None
+    metadata: dict[str, str] | None = Field(
+        None, description="tagvision: only predictions stored with all these metadata key/values."
+    )
 
 
 class PredictionQueryResult(Wire):
@@ -389,3 +403,46 @@ class Acquisition(Wire):
     created: str
     lastModified: str
     items: list[dict[str, Any]] = []
+
+
+class Rules(Body):
+    rules: list[Any] = Field(
+        description='Decision rules, e.g. {"rule": "most-probable-above", "threshold": 0.5, "attribute": '
+        '"premiumFactor"}; kinds: most-probable-above, probability-weighted, max-above.'
+    )
+
+
+class RulesView(Wire):
+    rules: list[dict[str, Any]]
+
+
+class Retention(Body):
+    retention: str | int = Field(
+        description="Days to keep stored predictions, 'never' (not stored), 'forever', or 'default' (the server's)."
+    )
+
+
+class RetentionView(Wire):
+    project: str | int
+    server: str | int
+    effective: str | int
+    purged: int | None = None
+
+
+class CatalogueRowError(Wire):
+    line: int
+    tag: str | None = None
+    field: str | None = None
+    code: str
+    message: str
+
+
+class CatalogueReport(Wire):
+    dryRun: bool
+    created: int
+    updated: int
+    unchanged: int
+    failed: int
+    imagesAdded: int
+    rows: list[dict[str, Any]]
+    errors: list[CatalogueRowError]

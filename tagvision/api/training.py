@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from tagvision import domains
 from tagvision.api import render, schemas
+from tagvision.api.extras import PredictionExtras
 from tagvision.api.params import (
     MAX_BATCH,
     MAX_TAG_IDS,
@@ -38,6 +39,7 @@ from tagvision.errors import InvalidInput
 from tagvision.images import MAX_TRAINING_BYTES
 from tagvision.service import Service
 from tagvision.service.prediction import PredictionQuery, QueryTag
+from tagvision.service.records import check_metadata
 
 router = training_router()
 
@@ -129,7 +131,7 @@ def get_tag(service: Svc, project_id: ProjectId, tag_id: TagId, iteration_id: Op
 @router.patch("/projects/{projectId}/tags/{tagId}", response_model=schemas.Tag, summary="Update a tag")
 def update_tag(service: Svc, project_id: ProjectId, tag_id: TagId, body: schemas.TagUpdate) -> dict:
     return service.projects.update_tag(
-        project_id, tag_id, name=body.name, description=body.description, type_=body.type
+        project_id, tag_id, name=body.name, description=body.description, type_=body.type, information=body.information
     ).to_json()
 
 
@@ -325,6 +327,7 @@ def query_predictions(
         application=token.application,
         max_count=token.maxCount or 50,
         continuation=token.continuation,
+        metadata=tuple(check_metadata(token.metadata).items()),
     )
     page, continuation = service.prediction.query(project_id, query)
     echoed = token.model_dump(mode="json")
@@ -349,6 +352,7 @@ def delete_prediction(service: Svc, project_id: ProjectId, ids: Annotated[str | 
 async def quick_test_image(
     request: Request,
     project_id: ProjectId,
+    extras: PredictionExtras,
     iteration_id: OptionalIteration = None,
     store: Annotated[bool, Query()] = True,
 ) -> dict:
@@ -356,7 +360,7 @@ async def quick_test_image(
     data = await one_image(request)
     view = await run_in_threadpool(
         lambda: service.prediction.classify(
-            project_id, data, iteration_ref=iteration_id, store=store, max_bytes=MAX_TRAINING_BYTES
+            project_id, data, iteration_ref=iteration_id, store=store, max_bytes=MAX_TRAINING_BYTES, extras=extras
         )
     )
     return view.to_json()
@@ -370,13 +374,19 @@ async def quick_test_image_url(
     service: Svc,
     project_id: ProjectId,
     body: schemas.ImageUrl,
+    extras: PredictionExtras,
     iteration_id: OptionalIteration = None,
     store: Annotated[bool, Query()] = True,
 ) -> dict:
     async with service.url_gate.slot():
         view = await run_in_threadpool(
             lambda: service.prediction.classify_url(
-                project_id, body.url, iteration_ref=iteration_id, store=store, max_bytes=MAX_TRAINING_BYTES
+                project_id,
+                body.url,
+                iteration_ref=iteration_id,
+                store=store,
+                max_bytes=MAX_TRAINING_BYTES,
+                extras=extras,
             )
         )
     return view.to_json()
