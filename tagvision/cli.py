@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tagvision import domains
+from tagvision import cli_knowledge, domains
 from tagvision.config import Settings
 from tagvision.errors import InvalidInput, TagvisionError
 from tagvision.service import NewImage, Service
@@ -634,6 +634,10 @@ def keys(
         f"Endpoint:        {endpoint}\nTraining-Key:    {current.training}\nPrediction-Key:  {current.prediction}",
         highlight=False,
     )
+
+
+# tag info, catalogue, rules, records (tagvision/cli_knowledge.py): installed with this module's helpers.
+cli_knowledge.install(app, tag_app, cli_knowledge.Helpers(service, progress_bar, print_json, out))
 
 
 def main() -> None:
