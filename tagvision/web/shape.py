@@ -21,6 +21,8 @@ TABS = (  # (tab id, label, path under the project)
     ("predictions", "Predictions", "predictions"),
     ("quicktest", "Quick test", "quicktest"),
     ("prediction-url", "Prediction URL", "prediction-url"),
+    ("catalogue", "Catalogue", "catalogue"),
+    ("records", "Records", "records"),
 )
 
 
