@@ -158,8 +158,10 @@ def _csv_items(text: str, key: str) -> Iterator[tuple[int, dict[str, Any] | RowE
         except StopIteration:
             return
         except csv.Error as exc:
-            yield start, RowError(start, f"cannot be read as CSV ({exc}).")
-            start = reader.line_num + 1
+            end = reader.line_num
+            spans = f"; the record runs to line {end}: look for an unclosed quote" if end > start else ""
+            yield start, RowError(start, f"cannot be read as CSV ({exc}){spans}.")
+            start = end + 1
             continue
         line, start = start, reader.line_num + 1
         if not cells or all(not c.strip() for c in cells):

@@ -146,7 +146,9 @@ class Catalogue:
                 errors.append(cat.RowError(row.line, exc.message, None, exc.code, row.tag))
                 continue
             good.append(cat.Row(row.line, name, row.information, row.images))
-            plans.append(_plan_row(row.line, name, tag, data.get(tag.id, {}) if tag else None, row))
+            plans.append(
+                _plan_row(row.line, tag.name if tag else name, tag, data.get(tag.id, {}) if tag else None, row)
+            )
         return good, plans
 
     # ------------------------------------------------------------------ reference images
@@ -217,15 +219,16 @@ class Catalogue:
                         cat.RowError(row.line, exc.reason, exc.field.removeprefix("information."), exc.code, row.tag)
                     )
                     continue
+                items = fetched.get(row.line, [])
+                problem = _image_conflict(session, project.id, tag.id if tag else None, items, multiclass)
+                if problem:
+                    late.append(cat.RowError(row.line, problem, "images", "BadRequestImageTags", row.tag))
+                    continue
                 if tag is None:
                     tag = tags[row.tag.casefold()] = Tag(project_id=project.id, name=row.tag)
                     session.add(tag)
                     session.flush()
-                problem = _tag_images(session, project.id, tag.id, fetched.get(row.line, []), multiclass)
-                if isinstance(problem, str):
-                    late.append(cat.RowError(row.line, problem, "images", "BadRequestImageTags", row.tag))
-                    continue
-                added += problem
+                added += _tag_images(session, project.id, tag.id, items)
                 write_information(session, project, tag, row.information)
                 applied.add(row.line)
             project.last_modified = utcnow()
@@ -249,19 +252,26 @@ class _Raced(Exception):
     """Another request created a tag or image of the same name or content first: run the transaction again."""
 
 
-def _tag_images(session, project_id: str, tag_id: str, items: list[_Fetched], multiclass: bool) -> int | str:
-    """Add a row's reference images (new ones as training images) tagged with its tag; -> how many were new,
-    or why the row cannot be applied (nothing written for it then)."""
-    if not items:
-        return 0
+def _image_conflict(
+    session, project_id: str, tag_id: str | None, items: list[_Fetched], multiclass: bool
+) -> str | None:
+    """Why a row's reference images cannot be tagged with its tag (checked before anything of it is written)."""
+    if not multiclass or not items:
+        return None
     existing = queries.existing_hashes(session, project_id, [f.facts.sha256 for f in items])
     for f in items:
         image_id = existing.get(f.facts.sha256)
-        if image_id is None or not multiclass:
+        if image_id is None:
             continue
         other = session.scalars(select(ImageTag.tag_id).where(ImageTag.image_id == image_id)).all()
         if any(t != tag_id for t in other):
             return f"{f.name} is already a training image of another tag; a multiclass image has one tag."
+    return None
+
+
+def _tag_images(session, project_id: str, tag_id: str, items: list[_Fetched]) -> int:
+    """Add a row's reference images (new ones as training images) tagged with its tag; -> how many were new."""
+    existing = queries.existing_hashes(session, project_id, [f.facts.sha256 for f in items]) if items else {}
     new = 0
     for f in items:
         image_id = existing.get(f.facts.sha256)
