@@ -70,9 +70,7 @@ def _catalogue(request: Request, project_id: str, **extra: Any) -> Response:
         retention=retention,
         retention_value=describe(retention.project_days) if retention.project_days is not None else "default",
         server_retention=describe(retention.server_days),
-        report=None,
-        rules_error=None,
-        **extra,
+        **{"report": None, "rules_error": None, **extra},
     )
 
 
@@ -152,9 +150,7 @@ def _tag(request: Request, project_id: str, tag_id: str, **extra: Any) -> Respon
         rows=rows + [Attribute("", "text", "")] * BLANK_ROWS,
         kinds=KINDS,
         json_text=json_text,
-        editor_error=None,
-        json_error=None,
-        **extra,
+        **{"editor_error": None, "json_error": None, **extra},
     )
 
 
