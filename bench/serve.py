@@ -7,7 +7,11 @@ project (compact domain, 4 tags x 20 photos) trained and published through the A
 * engine: the same predictions in this process through the service layer (decode, embed
   image + mirror, head), no HTTP: the floor the server can reach;
 * 1 client: one request at a time (stored and ``/nostore``), p50 / p99 latency;
-* 8 clients: 8 threads with their own keep-alive connections, throughput and latency.
+* 8 clients: 8 threads with their own keep-alive connections, throughput and latency;
+* tag information (issue 16): a catalogue of product information (~1 KB per tag) and a decision
+  rule are added, then 1 client alternates requests with the information attached (the default)
+  and without (``information=false``), so both see the same machine load; the p50 difference is
+  what attaching it costs (aim: under 1 ms). In process, ``ProjectKnowledge.annotate`` alone.
 
 Targets (issue 3, this 2-core machine): p50 under 25 ms at 1 client, over 40 predictions/s
 at 8 clients. Run: ``python bench/serve.py [--requests 200]``.
@@ -126,6 +130,68 @@ def run_clients(
     return latencies, len(latencies) / (time.perf_counter() - started)
 
 
+def catalogue_csv() -> bytes:
+    """Product information for the bench tags, about 1 KB each: text, numbers, lists, a nested object."""
+    lines = ["tag,brand,price,currency,sizes,colours,stock,material,care,description,premiumFactor"]
+    for i, tag in enumerate(TAGS):
+        sizes = json.dumps(["XS", "S", "M", "L", "XL"]).replace('"', '""')
+        stock = json.dumps({"XS": 2, "S": 11, "M": 7, "L": 0, "XL": 3, "warehouse": "Berlin-3"}).replace('"', '""')
+        description = f"A {tag} from the bench catalogue. " * 14
+        lines.append(
+            f'{tag},Brand {i},{19.5 + i},EUR,"{sizes}","[""navy"",""black"",""red""]","{stock}",cotton,'
+            f'"Wash at 30 degrees, do not tumble dry",{description.strip()},{1 + i / 10}'
+        )
+    return ("\n".join(lines) + "\n").encode()
+
+
+def add_information(endpoint: str, keys: dict[str, str], pid: str) -> int:
+    """Import the catalogue and a rule through the API; -> the average information size in bytes."""
+    t = httpx.Client(
+        base_url=f"{endpoint}/customvision/v3.4-preview/training",
+        headers={"Training-Key": keys["trainingKey"]},
+        timeout=120,
+    )
+    report = t.post(f"/projects/{pid}/catalogue", content=catalogue_csv()).raise_for_status().json()
+    assert report["failed"] == 0, report
+    rules = [{"rule": "most-probable-above", "attribute": "premiumFactor", "threshold": 0.5, "default": 1.0}]
+    t.put(f"/projects/{pid}/rules", json={"rules": rules}).raise_for_status()
+    sizes = [len(json.dumps(tag["information"])) for tag in t.get(f"/projects/{pid}/tags").raise_for_status().json()]
+    return sum(sizes) // len(sizes)
+
+
+def alternate(url: str, headers: dict[str, str], photos: list[bytes], requests: int) -> dict[str, list[float]]:
+    """1 client, one keep-alive connection: requests with and without information, alternating."""
+    out: dict[str, list[float]] = {"with": [], "without": [], "bytes_with": [], "bytes_without": []}
+    transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    with httpx.Client(headers=headers, timeout=60, transport=transport) as http:
+        for i in range(2 * requests):
+            kind = "with" if i % 2 == 0 else "without"
+            params = {} if kind == "with" else {"information": "false"}
+            started = time.perf_counter()
+            response = http.post(url, params=params, files={"imageData": photos[(i // 2) % len(photos)]})
+            response.raise_for_status()
+            out[kind].append((time.perf_counter() - started) * 1000)
+            out[f"bytes_{kind}"].append(len(response.content))
+    return out
+
+
+def annotate_cost(data_dir: Path, pid: str, calls: int = 20000) -> float:
+    """Microseconds per ``ProjectKnowledge.annotate`` (information attached, rule evaluated), in process."""
+    from tagvision.service.views import TagProbability
+
+    svc = Service.open(Settings.load(data_dir))
+    try:
+        knowledge = svc.knowledge.for_project(pid)
+        tags = svc.projects.list_tags(pid)
+        ranked = [TagProbability(t.id, t.name, p, "Regular") for t, p in zip(tags, (0.7, 0.2, 0.06, 0.04), strict=True)]
+        started = time.perf_counter()
+        for _ in range(calls):
+            knowledge.annotate(ranked)
+        return (time.perf_counter() - started) / calls * 1e6
+    finally:
+        svc.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="requests per measurement (default 200)")
@@ -165,6 +231,11 @@ def main() -> None:
             one_stored, rate1s = run_clients(base, headers, photos, 1, args.requests)
             eight_nostore, rate8n = run_clients(base + "/nostore", headers, photos, 8, args.requests)
             eight_stored, rate8s = run_clients(base, headers, photos, 8, args.requests)
+
+            info_bytes = add_information(endpoint, keys, pid)
+            alternate(base + "/nostore", headers, photos, 10)  # warm up
+            info = alternate(base + "/nostore", headers, photos, args.requests)
+            annotate_us = annotate_cost(data_dir, pid)
         finally:
             process.terminate()
             process.wait(30)
@@ -183,6 +254,16 @@ def main() -> None:
             f"HTTP {name:<21} {percentiles(latencies)}   {rate:6.1f} pred/s   "
             f"p50 / engine p50 {overhead:4.2f}x   rate / engine rate {rate / engine_rate:4.2f}x"
         )
+    with_p50, without_p50 = float(np.percentile(info["with"], 50)), float(np.percentile(info["without"], 50))
+    print(
+        f"\ntag information ({len(TAGS)} tags, ~{info_bytes} B of JSON each, 1 rule; 1 client, nostore, alternating):"
+    )
+    print(f"  with information     {percentiles(info['with'])}   {np.mean(info['bytes_with']):7.0f} B per answer")
+    print(f"  without              {percentiles(info['without'])}   {np.mean(info['bytes_without']):7.0f} B per answer")
+    print(
+        f"  p50 difference {with_p50 - without_p50:+.2f} ms (aim: under 1 ms: "
+        f"{'yes' if with_p50 - without_p50 < 1 else 'NO'}); ProjectKnowledge.annotate alone {annotate_us:.1f} us"
+    )
     p50 = float(np.percentile(one_stored, 50))
     print(
         f"\ntargets: p50 at 1 client (stored) {p50:.1f} ms (< 25 ms: {'yes' if p50 < 25 else 'NO'}), "
