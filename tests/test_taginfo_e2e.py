@@ -316,6 +316,16 @@ def test_the_portal_shows_product_cards_and_edits_information(shop, browser) -> 
         page.goto(f"/projects/{pid}/catalogue")
         expect(page.locator("table.catalogue tbody tr")).to_have_count(len(TAGS))
         shot(page, "catalogue")
+        upload = {"name": "update.csv", "mimeType": "text/csv", "buffer": b'tag,price\nhat,99\nskirt,"12\n'}
+        page.get_by_label("Catalogue file (.csv, .json or .jsonl)").set_input_files(upload)
+        page.get_by_label("Only show what would change").check()
+        page.get_by_role("button", name="Import").click()
+        expect(page.locator("[data-import-report]")).to_contain_text("Would change")
+        expect(page.locator("[data-import-errors]")).to_contain_text("Line 3: cannot be read as CSV")
+        shot(page, "catalogue-dry-run")
+        assert shop["http"].get(f"/projects/{pid}/tags/{shop['tags']['hat']['id']}").json()["information"] == (
+            expected(shop, "hat")
+        ), "a dry run changes nothing"
         page.get_by_role("link", name="hat", exact=True).click()
         expect(page.get_by_role("heading", name=re.compile(r"^hat"), level=2)).to_be_visible()
         expect(page.get_by_label("Attribute name 2")).to_have_value("price")
@@ -346,6 +356,10 @@ def test_the_portal_shows_product_cards_and_edits_information(shop, browser) -> 
         page.get_by_role("button", name="Search").click()
         expect(page.locator("[data-records] tbody tr")).to_have_count(1)
         expect(page.locator(f"[data-record='{stored.json()['id']}']")).to_contain_text("field: F-12")
+        exported = page.request.get(f"/projects/{pid}/records/export?format=csv&key=field&value=F-12")
+        assert exported.ok and exported.headers["content-disposition"] == 'attachment; filename="predictions.csv"'
+        lines = exported.text().splitlines()
+        assert len(lines) == 2 and "metadata.field" in lines[0] and stored.json()["id"] in lines[1]
         shot(page, "records")
     finally:
         context.close()
