@@ -118,6 +118,12 @@ class Training:
         )
         with self.ctx.db.session(not_unique=busy) as session:
             project = get_project(session, ref)
+            if project.detection_domain is not None:
+                raise TrainingError(
+                    f"Project {project.name!r} is an object-detection project (brought over with its images, tags "
+                    "and regions); tagvision does not train object detection yet.",
+                    code="BadRequestNotSupported",
+                )
             if any(i.status == "Training" for i in project.iterations):
                 raise TrainingError(
                     f"Project {project.name!r} is already training; wait for that iteration.",
