@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
 from tagvision.errors import NotFound
@@ -47,4 +48,6 @@ async def download(
     headers = dict(CACHE)
     if file.filename is not None:
         headers["Content-Disposition"] = f'attachment; filename="{file.filename}"'
+    if file.path is not None:
+        return FileResponse(file.path, media_type=file.media_type, headers=headers)
     return Response(file.data, media_type=file.media_type, headers=headers)
