@@ -93,6 +93,7 @@ class IterationRecord(Record):
     headBlob: str | None = None
     evaluationBlob: str | None = None
     backboneBlob: str | None = None
+    upToDate: bool = False  # trained on the project's images and tags as exported (so no training is needed)
 
     def blobs(self) -> list[str]:
         return [b for b in (self.headBlob, self.evaluationBlob, self.backboneBlob) if b]

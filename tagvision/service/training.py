@@ -588,6 +588,11 @@ def _training_set(session, project: Project, selected: list[str] | None = None) 
     return TrainingSet(list(order), hashes, tags, labels)
 
 
+def training_fingerprint(session, project: Project, selected: list[str] | None = None) -> str:
+    """The fingerprint a training of the project as it stands would record (selected tag ids, or all)."""
+    return _training_set(session, project, selected).fingerprint
+
+
 def _check_trainable(snapshot: TrainingSet) -> None:
     if len(snapshot.tags) < MIN_TAGS:
         raise TrainingError(

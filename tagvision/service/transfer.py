@@ -31,7 +31,7 @@ from tagvision.errors import InvalidInput, TagvisionError
 from tagvision.service.context import Context, Progress, get_project, no_progress
 from tagvision.service.details import IterationDetails
 from tagvision.service.projects import Projects, free_name
-from tagvision.service.training import Evaluation
+from tagvision.service.training import Evaluation, training_fingerprint
 from tagvision.service.views import ProjectView
 from tagvision.store.models import Image, ImageTag, Iteration, Project, Tag, new_id, utcnow
 
@@ -80,7 +80,9 @@ class Transfer:
                     archive.TagRecord(id=t.id, name=t.name, description=t.description, type=t.type)
                     for t in project.tags
                 ],
-                iterations=[_iteration_record(i) for i in project.iterations if i.status != "Training"],
+                iterations=[
+                    _iteration_record(session, project, i) for i in project.iterations if i.status != "Training"
+                ],
             )
             skipped = [i.name for i in project.iterations if i.status == "Training"]
             rows = session.scalars(
@@ -188,6 +190,13 @@ class Transfer:
             for row in iterations:
                 row.project_id = project.id
                 session.add(row)
+            session.flush()
+            session.expire(project)
+            for row, kept in zip(iterations, record.iterations, strict=True):
+                if kept.upToDate:  # ids changed: its fingerprint is the imported project's as it stands
+                    details = IterationDetails.from_json(row.details)
+                    details.fingerprint = training_fingerprint(session, project, details.selected_tags)
+                    row.details = details.to_json()
             project_id = project.id
         return Projects(self.ctx).get(project_id)
 
@@ -253,7 +262,9 @@ class Transfer:
         )
 
 
-def _iteration_record(iteration: Iteration) -> archive.IterationRecord:
+def _iteration_record(session, project: Project, iteration: Iteration) -> archive.IterationRecord:
+    details = IterationDetails.from_json(iteration.details)
+    current = training_fingerprint(session, project, details.selected_tags)
     return archive.IterationRecord(
         id=iteration.id,
         name=iteration.name,
@@ -273,6 +284,7 @@ def _iteration_record(iteration: Iteration) -> archive.IterationRecord:
         headBlob=iteration.head_blob,
         evaluationBlob=iteration.evaluation_blob,
         backboneBlob=iteration.backbone_blob,
+        upToDate=iteration.status == "Completed" and details.fingerprint == current,
     )
 
 
