@@ -1,7 +1,9 @@
 """Labelled image datasets in the formats other tools read and write: folders, CSV and COCO.
 
 * ``folders``: one folder per tag holding that tag's images (an image with two tags is in both);
-  ``_untagged/`` holds images without tags. Metadata and regions have no place in this format.
+  ``_untagged/`` holds images without tags; ``tags.json`` (optional on import) keeps each folder's
+  tag name (a name may hold characters no folder name can) and type. Metadata and regions have no
+  place in this format.
 * ``csv``: ``dataset.csv`` with the columns ``image`` (a path relative to the CSV, or an http(s) URL
   on import), ``tags`` (names joined by ``|``, or a JSON list when a name holds ``|``), ``metadata``
   (a JSON object) and, when there are any, ``regions`` (a JSON list); the images in ``images/``.
@@ -27,7 +29,7 @@ from tagvision.errors import InvalidInput
 
 FORMATS = ("folders", "csv", "coco")
 UNTAGGED = "_untagged"
-CSV_NAME, COCO_NAME, IMAGES = "dataset.csv", "annotations.json", "images"
+CSV_NAME, COCO_NAME, IMAGES, TAGS_NAME = "dataset.csv", "annotations.json", "images", "tags.json"
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp"}
 
@@ -93,7 +95,9 @@ def write(items: Iterable[Item], folder: Path, fmt: str, tags: dict[str, str], p
     return writer(items, folder, tags, progress or (lambda _done: None))
 
 
-def _write_folders(items: Iterable[Item], folder: Path, _tags: dict[str, str], progress) -> int:
+def _write_folders(items: Iterable[Item], folder: Path, tags: dict[str, str], progress) -> int:
+    names = {folder_name(t): {"name": t, "type": kind} for t, kind in tags.items()}
+    (folder / TAGS_NAME).write_text(json.dumps({"folders": names}, indent=1), encoding="utf-8")
     count = 0
     for item in items:
         data = item.read()
@@ -184,10 +188,14 @@ def read(path: Path, fmt: str) -> Dataset:
 def _read_folders(root: Path) -> Dataset:
     if not root.is_dir():
         raise InvalidInput(f"{root} is not a folder of tag folders.", code="BadRequestInvalid")
-    tags: dict[str, str] = {}
+    known = (
+        _json((root / TAGS_NAME).read_text(encoding="utf-8"), dict, TAGS_NAME) if (root / TAGS_NAME).is_file() else {}
+    )
+    named = {str(k): v for k, v in (known.get("folders") or {}).items() if isinstance(v, dict) and v.get("name")}
+    tags = {str(v["name"]): str(v.get("type") or "Regular") for v in named.values()}
     items = [Item(p.name, path=p) for p in _image_files(root, recursive=False)]
     for folder in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
-        names = () if folder.name == UNTAGGED else (folder.name,)
+        names = () if folder.name == UNTAGGED else (str(named.get(folder.name, {}).get("name") or folder.name),)
         for name in names:
             tags.setdefault(name, "Regular")
         items += [Item(p.name, names, path=p) for p in _image_files(folder, recursive=True)]

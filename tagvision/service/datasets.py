@@ -8,6 +8,7 @@ tags it is listed with (the same photo in two tag folders is one image with two 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,7 @@ class Datasets:
         try:
             project = self.projects.get(ref)
         except NotFound:
-            several = any(len(i.tags) > 1 for i in dataset.items)
+            several = any(len(i.tags) > 1 for i in dataset.items) or _in_two_folders(dataset.items)
             project = self.projects.create(
                 ref, classification=classification or ("Multilabel" if several else "Multiclass"), domain=domain
             )
@@ -139,6 +140,20 @@ class Datasets:
         name = str(item.path or item.url)
         tags = tuple(tag_ids[t] for t in item.tags)
         return NewImage(name, read, tags, source, dict(item.metadata), regions)
+
+
+def _in_two_folders(items: list[datasets.Item]) -> bool:
+    """Whether the same bytes are listed with different tags (the same photo in two tag folders)."""
+    by_size: dict[int, list[datasets.Item]] = {}
+    for item in items:
+        if item.path is not None and item.path.is_file():
+            by_size.setdefault(item.path.stat().st_size, []).append(item)
+    tags_of: dict[str, set[tuple[str, ...]]] = {}
+    for same_size in (group for group in by_size.values() if len(group) > 1):
+        for item in same_size:
+            assert item.path is not None
+            tags_of.setdefault(hashlib.sha256(item.path.read_bytes()).hexdigest(), set()).add(item.tags)
+    return any(len(tags) > 1 for tags in tags_of.values())
 
 
 def _item(img: Image, tag_names: dict[str, str], get) -> datasets.Item:
