@@ -78,8 +78,7 @@ def migrate(
     request = MigrationRequest(
         endpoint, training_key, tuple(project or ()), every, concurrency=concurrency, calls_per_second=calls_per_second
     )
-    with cli.service(data_dir) as svc:
-        api = svc.migrations.source(request)
+    with cli.service(data_dir) as svc, svc.migrations.source(request) as api:
         with cli.progress_bar() as update:
             report = svc.migrations.run(request, progress=update, api=api)
         comparisons = []

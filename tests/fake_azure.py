@@ -29,6 +29,7 @@ import hmac
 import json
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -357,12 +358,14 @@ class FakeAzure(_Server):
 class HoldingProxy(_Server):
     """Forwards every request to ``upstream`` (a tagvision server), Host header kept so the links the server
     builds point back here. Once ``hold_after`` originals (``/tagvision/files/image/...``) have been served,
-    each further download waits until :meth:`release`; ``holding`` is set as the first one waits."""
+    each further download waits until :meth:`release`; ``holding`` is set as the first one waits. ``latency``
+    delays every original (the benchmark's stand-in for a blob store across the internet)."""
 
-    def __init__(self, upstream: str, hold_after: int | None = None) -> None:
+    def __init__(self, upstream: str, hold_after: int | None = None, latency: float = 0.0) -> None:
         super().__init__()
         self.upstream = upstream
         self.hold_after = hold_after
+        self.latency = latency  # seconds each original takes before it is answered (a far-away blob store)
         self.downloads = 0
         self.holding = threading.Event()
         self._released = threading.Event()
@@ -383,6 +386,8 @@ class HoldingProxy(_Server):
                 self._released.wait(600)
                 handler.close_connection = True
                 return 0, {}, b""  # the client was killed meanwhile: drop the connection
+            if self.latency:
+                time.sleep(self.latency)
         forwarded = {k: v for k, v in headers.items() if k not in ("content-length", "connection", "accept-encoding")}
         response = self._client.request(method, self.upstream + raw, headers=forwarded, content=body)
         keep = {

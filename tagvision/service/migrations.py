@@ -181,12 +181,15 @@ class Migrations:
     ) -> MigrationReport:
         """Bring the requested projects over, one after the other; a project that fails is reported and the
         others still come. ``progress`` is called with each project's name as its stage."""
+        owned = api is None
         api = api or self.source(request, clock)
-        chosen = self._choose(api, request)
-        reports = []
-        for project in chosen:
-            reports.append(self.migrate_project(api, project, request.concurrency, progress))
-        return MigrationReport(api.endpoint, api.version, reports, api.throttled, api.waited)
+        try:
+            chosen = self._choose(api, request)
+            reports = [self.migrate_project(api, project, request.concurrency, progress) for project in chosen]
+            return MigrationReport(api.endpoint, api.version, reports, api.throttled, api.waited)
+        finally:
+            if owned:
+                api.close()
 
     def _choose(self, api: TrainingAPI, request: MigrationRequest) -> list[SourceProject]:
         if request.every:
@@ -327,7 +330,9 @@ class Migrations:
                 yield image
 
         batch: list[NewImage] = []
-        for image, result in api.download_all(wanted(), concurrency):
+        # Each original goes to the blob store on its downloading thread (a blob before its row; a blob
+        # orphaned by a kill or a refusal is harmless): the writes and their fsyncs overlap.
+        for image, result in api.download_all(wanted(), concurrency, then=self.ctx.blobs.put):
             if isinstance(result, TagvisionError):
                 status = result.code if result.code.startswith("Error") else "ErrorSource"
                 report.refused.append(Refused(image.id, status, result.message))
