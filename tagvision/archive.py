@@ -41,6 +41,8 @@ VERSION = 1
 MANIFEST, PROJECT, IMAGES = "tagvision-project.json", "project.json", "images.jsonl"
 FILES = "files/"
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same contents give the same bytes
+MAX_FILE_BYTES = 2 * 1024**3  # an artifact (a fine-tuned backbone is tens of MB); images are capped lower
+MAX_RECORDS_BYTES = 1024**3  # project.json and the manifest, read whole
 
 
 class Record(BaseModel):
@@ -200,6 +202,9 @@ class ArchiveReader:
         if MANIFEST not in names or PROJECT not in names:
             self._zip.close()
             raise invalid_archive(f"{path} is not a tagvision project archive (no {MANIFEST}).")
+        if any(self._zip.getinfo(n).file_size > MAX_RECORDS_BYTES for n in (MANIFEST, PROJECT)):
+            self._zip.close()
+            raise invalid_archive(f"{path}: its records are larger than {MAX_RECORDS_BYTES} bytes.")
         try:
             self.manifest = Manifest.model_validate_json(self._zip.read(MANIFEST))
             if self.manifest.version > VERSION:
@@ -225,9 +230,14 @@ class ArchiveReader:
     def has_file(self, sha256: str) -> bool:
         return sha256 in self._files
 
-    def read_file(self, sha256: str) -> bytes:
+    def read_file(self, sha256: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """A file's bytes, checked against its name; refused unread when it says it is over ``max_bytes``
+        (the zip reader never returns more than a member declares)."""
         if sha256 not in self._files:
             raise invalid_archive(f"The archive lacks file {sha256}.")
+        size = self._zip.getinfo(FILES + sha256).file_size
+        if size > max_bytes:
+            raise invalid_archive(f"File {sha256} in the archive is {size} bytes; at most {max_bytes} are allowed.")
         data = self._zip.read(FILES + sha256)
         if hashlib.sha256(data).hexdigest() != sha256:
             raise invalid_archive(f"File {sha256} in the archive is damaged (its hash differs).")

@@ -172,9 +172,19 @@ def test_an_archive_that_cannot_be_trusted_is_refused_with_its_reason(tmp_path: 
         "newer.tvproj", lambda n, d: d.replace(b'"version": 1', b'"version": 99') if n == archive.MANIFEST else d
     )
     damaged = rewritten("damaged.tvproj", lambda n, d: d[:-10] + b"0" * 10 if n.startswith(archive.FILES) else d)
+    huge = b"\0" * (7 * 1024 * 1024)
+    huge_sha = hashlib.sha256(huge).hexdigest()
+    original_sha = svc.images.list("p")[0].sha256
+    oversized = rewritten(
+        "oversized.tvproj",
+        lambda n, d: huge if n.startswith(archive.FILES) else d.replace(original_sha.encode(), huge_sha.encode()),
+    )
+    with zipfile.ZipFile(oversized, "a") as z:  # the file under its new name
+        z.writestr(archive.FILES + huge_sha, huge)
     junk = tmp_path / "junk.tvproj"
     junk.write_bytes(b"not a zip")
-    for bad, reason in ((newer, "version 99"), (damaged, "damaged"), (junk, "not a tagvision project archive")):
+    cases = ((newer, "version 99"), (damaged, "damaged"), (oversized, "at most"), (junk, "not a tagvision project"))
+    for bad, reason in cases:
         with pytest.raises(Exception, match=reason) as refused:
             svc.transfer.import_project(bad)
         assert refused.value.code == "BadRequestInvalidProjectArchive"

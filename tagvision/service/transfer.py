@@ -207,7 +207,7 @@ class Transfer:
         facts: dict[str, images.ImageFacts] = {}
         for done, image in enumerate(records, 1):
             if image.sha256 not in facts:
-                data = reader.read_file(image.sha256)
+                data = reader.read_file(image.sha256, images.MAX_TRAINING_BYTES)
                 try:
                     facts[image.sha256] = images.validate(data)
                 except TagvisionError as exc:
