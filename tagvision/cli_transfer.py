@@ -79,8 +79,12 @@ def migrate(
         endpoint, training_key, tuple(project or ()), every, concurrency=concurrency, calls_per_second=calls_per_second
     )
     with cli.service(data_dir) as svc, svc.migrations.source(request) as api:
-        with cli.progress_bar() as update:
-            report = svc.migrations.run(request, progress=update, api=api)
+        try:
+            with cli.progress_bar() as update:
+                report = svc.migrations.run(request, progress=update, api=api)
+        except KeyboardInterrupt:
+            cli.err.print("Stopped; what came stays. Run the same command again to bring the rest.")
+            raise typer.Exit(130) from None
         comparisons = []
         if train:
             with cli.progress_bar() as update:
