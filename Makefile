@@ -56,6 +56,7 @@ bench: venv
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/acquire.py
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/migrate.py
 
 clean:
 	rm -rf $(VENV) tagvision-data .pytest_cache

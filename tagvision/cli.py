@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tagvision import domains
+from tagvision import cli_transfer, domains
 from tagvision.config import Settings
 from tagvision.errors import InvalidInput, TagvisionError
 from tagvision.service import NewImage, Service
@@ -32,7 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-project_app = typer.Typer(help="Create, list and delete projects.", no_args_is_help=True)
+project_app = typer.Typer(help="Create, list, delete, export and import projects.", no_args_is_help=True)
 tag_app = typer.Typer(help="Create, list and delete tags.", no_args_is_help=True)
 image_app = typer.Typer(help="Add and list training images.", no_args_is_help=True)
 iteration_app = typer.Typer(help="List and delete trained iterations.", no_args_is_help=True)
@@ -40,6 +40,7 @@ app.add_typer(project_app, name="project")
 app.add_typer(tag_app, name="tag")
 app.add_typer(image_app, name="image")
 app.add_typer(iteration_app, name="iteration")
+cli_transfer.register(app, project_app)  # migrate, project export/import, dataset export/import
 
 out = Console(soft_wrap=True)
 if not out.is_terminal:

@@ -76,6 +76,15 @@ class Project(Wire):
     status: str = "Succeeded"
 
 
+class ProjectExport(Wire):
+    iterationCount: int
+    imageCount: int
+    tagCount: int
+    regionCount: int
+    estimatedImportTimeInMS: int
+    token: str
+
+
 class Tag(Wire):
     id: str
     name: str

@@ -4,7 +4,9 @@
 tags), ``images``, ``training`` (iterations, performance, publishing), ``prediction``
 (classifying, stored predictions, suggestions), ``exports``, ``acquisitions`` (gathering
 images for tags from providers), ``jobs`` (background training, exports and acquisitions),
-``keys`` (the API keys) and ``files`` (signed links to images and exports, and their bytes).
+``keys`` (the API keys), ``files`` (signed links to images and exports, and their bytes),
+``migrations`` (projects brought over from a Custom Vision Training API), ``transfer``
+(projects as ``.tvproj`` archives) and ``datasets`` (folders, CSV and COCO out and in).
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ from __future__ import annotations
 from tagvision.config import Settings
 from tagvision.service.acquisitions import Acquisitions
 from tagvision.service.context import Context, Progress, no_progress
+from tagvision.service.datasets import Datasets
 from tagvision.service.exports import Exports
 from tagvision.service.files import Files
 from tagvision.service.images import Images, NewImage
 from tagvision.service.jobs import Jobs
 from tagvision.service.keys import KeyStore
 from tagvision.service.limits import Gate
+from tagvision.service.migrations import Migrations
 from tagvision.service.prediction import Prediction
 from tagvision.service.projects import Projects
 from tagvision.service.sessions import LoginPace, Sessions
 from tagvision.service.training import Training
+from tagvision.service.transfer import Transfer
 
 
 class Service:
@@ -40,6 +45,9 @@ class Service:
         self.sessions = Sessions(ctx)
         self.login_pace = LoginPace()
         self.url_gate = Gate(settings.url_fetchers, settings.request_wait_seconds, "downloading image URLs")
+        self.migrations = Migrations(ctx, self.images, self.training)
+        self.transfer = Transfer(ctx)
+        self.datasets = Datasets(ctx, self.projects, self.images)
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> Service:

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -39,6 +40,9 @@ class NewImage:
     tags: tuple[str, ...] = ()  # tag ids or names
     source: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    # Object-detection regions ({regionId, tagId, left, top, width, height}; tag ids, not names), kept as given.
+    regions: tuple[dict[str, Any], ...] = ()
+    created: datetime | None = None  # when the image was first added (a migration keeps the source's)
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,9 @@ class Images:
                     size_bytes=c.facts.size_bytes,
                     source={"name": c.item.name, **c.item.source},
                     image_metadata=dict(c.item.metadata),
+                    regions=[dict(r) for r in c.item.regions] or None,
                     tags=[ImageTag(tag_id=t) for t in c.tag_ids],
+                    **({"created": c.item.created} if c.item.created else {}),
                 )
                 session.add(row)
                 session.flush()
@@ -415,4 +421,5 @@ def image_view(img: Image, tag_names: dict[str, str]) -> ImageView:
         [(t.tag_id, tag_names[t.tag_id], t.created) for t in img.tags],
         img.source,
         dict(img.image_metadata or {}),
+        [{**r, "tagName": tag_names.get(r.get("tagId"), "")} for r in img.regions or []],
     )

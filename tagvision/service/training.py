@@ -120,6 +120,12 @@ class Training:
         )
         with self.ctx.db.session(not_unique=busy) as session:
             project = get_project(session, ref)
+            if project.detection_domain is not None:
+                raise TrainingError(
+                    f"Project {project.name!r} is an object-detection project (brought over with its images, tags "
+                    "and regions); tagvision does not train object detection yet.",
+                    code="BadRequestNotSupported",
+                )
             if any(i.status == "Training" for i in project.iterations):
                 raise TrainingError(
                     f"Project {project.name!r} is already training; wait for that iteration.",
@@ -598,6 +604,11 @@ def _check_budget(spec: backbone.BackboneSpec, images: int, budget_seconds: floa
             f"{budget_seconds / 60:g}. Give it more time, or use quick training.",
             code="BadRequestReservedBudgetInHoursNotEnoughForAdvancedTraining",
         )
+
+
+def training_fingerprint(session, project: Project, selected: list[str] | None = None) -> str:
+    """The fingerprint a training of the project as it stands would record (selected tag ids, or all)."""
+    return _training_set(session, project, selected).fingerprint
 
 
 def _check_trainable(snapshot: TrainingSet) -> None:
