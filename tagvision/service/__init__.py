@@ -56,6 +56,7 @@ class Service:
     def close(self) -> None:
         self.jobs.shutdown()
         self.images.fetchers.shutdown(wait=True, cancel_futures=True)
+        self.images.http.close()
         self.ctx.close()
 
 
