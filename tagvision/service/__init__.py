@@ -3,8 +3,9 @@
 ``Service.open(settings)`` gives one object whose parts are ``projects`` (projects and
 tags), ``images``, ``training`` (iterations, performance, publishing), ``prediction``
 (classifying, stored predictions, suggestions), ``exports``, ``acquisitions`` (gathering
-images for tags from providers), ``jobs`` (background training, exports and acquisitions),
-``keys`` (the API keys) and ``files`` (signed links to images and exports, and their bytes).
+images for tags from providers), ``scorings`` (scoring catalogues), ``jobs`` (background
+training, exports, acquisitions and scorings), ``keys`` (the API keys) and ``files`` (signed
+links to images and exports, and their bytes).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tagvision.service.jobs import Jobs
 from tagvision.service.keys import KeyStore
 from tagvision.service.prediction import Prediction
 from tagvision.service.projects import Projects
+from tagvision.service.scoring import Scorings
 from tagvision.service.training import Training
 
 
@@ -30,8 +32,9 @@ class Service:
         self.training = Training(ctx)
         self.prediction = Prediction(ctx, self.training)
         self.exports = Exports(ctx)
+        self.scorings = Scorings(ctx, self.exports)
         self.acquisitions = Acquisitions(ctx, self.training)
-        self.jobs = Jobs(self.training, self.exports, self.acquisitions)
+        self.jobs = Jobs(self.training, self.exports, self.acquisitions, self.scorings)
         self.keys = KeyStore(ctx.settings.data_dir, ctx.settings.training_key, ctx.settings.prediction_key)
         self.files = Files(ctx, self.keys, self.exports)
 
