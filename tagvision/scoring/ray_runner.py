@@ -78,7 +78,8 @@ def ray_runner(
         if not items:
             return
         if not ray.is_initialized():
-            ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
+            ray.init(address=address, logging_level=logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its INFO lines would break the progress bar
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows come back in source order, as locally
         context.enable_progress_bars = False  # the CLI shows its own
@@ -100,7 +101,7 @@ def ray_runner(
             },
             batch_size=batch_size,
             batch_format="numpy",
-            concurrency=count,
+            compute=ray.data.ActorPoolStrategy(size=count),
             num_cpus=0 if gpus else cpus_per_actor,
             num_gpus=1 if gpus else 0,
         )
