@@ -345,4 +345,3 @@ def ordered_map(fn, items: Iterable, workers: int, lookahead: int) -> Iterator:
             for item in iterator:
                 window.put(submit(pool, item))
                 break
-

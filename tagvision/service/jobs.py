@@ -63,6 +63,12 @@ class Jobs:
         self._submit(f"score {view.id}", lambda: self.scorings.run(view.id), self._score_pool)
         return view
 
+    def set_precision(self, ref: str, iteration_ref: str, precision: str) -> None:
+        """Set how an iteration is served and scored; Int8 makes its int8 model now, in the background."""
+        assert self.scorings is not None
+        if self.scorings.set_precision(ref, iteration_ref, precision) == "Int8":
+            self.export(ref, iteration_ref, "ONNX", "Int8")
+
     def resume(self) -> int:
         """Queue the trainings and exports a stopped process left unfinished; returns how many."""
         interrupted = self.training.interrupted()

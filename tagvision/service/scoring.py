@@ -32,6 +32,7 @@ log = logging.getLogger("tagvision.scoring")
 PRECISIONS = ("Float32", "Int8")
 MAX_URLS = 100_000
 MAX_TOP = 50
+INT8_CACHE = 8  # int8 sessions kept per process
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Scorings:
         self.exports = exports
         self._cancel: dict[str, threading.Event] = {}
         self._stopping: set[str] = set()
+        self._int8: dict[str, engine.ScoringModel] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the model
@@ -113,6 +115,33 @@ class Scorings:
         else:
             onnx = self.exports.model(project_id, iteration_id).onnx
         return ModelFile(onnx, labels, iteration_id, name, chosen, information=self.information(project_id))
+
+    def set_precision(self, ref: str, iteration_ref: str, precision: str) -> str:
+        """Set how a completed iteration is served and scored (Float32 or Int8); returns the value set. Int8
+        needs its int8 model: :meth:`Exports.int8_model` makes it on first use, if no export made it before."""
+        chosen = check_precision(precision)
+        with self.ctx.db.session() as session:
+            iteration = get_iteration(session, get_project(session, ref), iteration_ref)
+            if iteration.status != "Completed":
+                raise TrainingError(
+                    f"{iteration.name} is {iteration.status}; only a completed iteration has a precision.",
+                    code="BadRequestIterationIsNotTrained",
+                )
+            iteration.precision = chosen
+        return chosen
+
+    def int8_model(self, project_id: str, iteration_id: str) -> engine.ScoringModel:
+        """The iteration's int8 classifier, loaded once per process (the Prediction API serves Int8 iterations
+        with it)."""
+        with self._lock:
+            cached = self._int8.get(iteration_id)
+        if cached is None:
+            cached = engine.ScoringModel(self.exports.int8_model(project_id, iteration_id))
+            with self._lock:
+                self._int8[iteration_id] = cached
+                while len(self._int8) > INT8_CACHE:
+                    self._int8.pop(next(iter(self._int8)))
+        return cached
 
     def information(self, project_id: str) -> dict[str, dict[str, Any]]:
         """Tag information by tag name, which scored rows carry. Tags carry none yet (issue 16 adds it): this is
