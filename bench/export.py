@@ -2,12 +2,14 @@
 
 What: a quick-trained classifier on every ``train/`` photo of a dataset (embeddings cached by
 bench/_data.py), exported as one ONNX file (``tagvision.export``) and quantised to int8
-(ONNX Runtime static quantisation, QDQ, per-channel, calibrated on 64 training photos). Both
-run on every ``test/`` photo: top-1 accuracy, top-1 agreement, largest probability gap,
-file size, and latency (batch of 1, p50) and throughput (batches of 16) with all cores; the
-float32 model is the baseline of each ratio.
+twice, calibrated on 64 training photos: *before* with the recipe issue 18 replaced
+(``export.LEGACY_INT8``: every layer int8) and *after* with today's (``export.Int8Recipe()``,
+or the one ``--method`` / ``--float-blocks`` / ``--float-stem`` describe). All run on every
+``test/`` photo: top-1 accuracy, top-1 agreement with float32, largest probability gap, file
+size, and latency (batch of 1, p50) and throughput (batches of 16) with all cores; the float32
+model is the baseline of each ratio, measured in the same run.
 
-Run: ``python bench/export.py [--datasets clothing-small car-damage]``.
+Run: ``python bench/export.py [--datasets clothing-small car-damage] [--float-blocks 3]``.
 """
 
 from __future__ import annotations
@@ -48,7 +50,13 @@ def measure(model: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["clothing-small", "car-damage"])
+    default = export.Int8Recipe()
+    parser.add_argument("--method", default=default.method, choices=["MinMax", "Entropy", "Percentile"])
+    parser.add_argument("--float-blocks", type=int, default=default.float_blocks)
+    parser.add_argument("--float-stem", type=int, choices=[0, 1], default=int(default.float_stem))
     args = parser.parse_args()
+    after = export.Int8Recipe(method=args.method, float_blocks=args.float_blocks, float_stem=bool(args.float_stem))
+    recipes = {"before": export.LEGACY_INT8, "after": after}
     for dataset in args.datasets:
         train, classes = list_split(dataset, "train")
         test, _ = list_split(dataset, "test")
@@ -63,30 +71,29 @@ def main() -> None:
                 for i in rng.choice(len(train), 64, replace=False)
             ]
         )
-        started = time.perf_counter()
-        int8 = export.quantize_int8(fp32, calibration)
-        quantised_in = time.perf_counter() - started
         x = np.stack([backbone.preprocess_bytes(p.read_bytes(), SPEC) for p, _ in test])
         y = np.array([c for _, c in test])
         p32, ms32, rate32 = measure(session(fp32), x)
-        p8, ms8, rate8 = measure(session(int8), x)
-        print(
-            f"\n{dataset}: {len(train)} train / {len(test)} test photos, {len(classes)} tags; "
-            f"quantised in {quantised_in:.1f} s"
-        )
+        print(f"\n{dataset}: {len(train)} train / {len(test)} test photos, {len(classes)} tags")
         print(
             f"  float32  top-1 {(p32.argmax(1) == y).mean():6.1%}   {len(fp32) / 1e6:5.1f} MB   "
             f"batch-1 p50 {ms32:5.1f} ms   {rate32:6.1f} images/s"
         )
-        print(
-            f"  int8     top-1 {(p8.argmax(1) == y).mean():6.1%}   {len(int8) / 1e6:5.1f} MB   "
-            f"batch-1 p50 {ms8:5.1f} ms   {rate8:6.1f} images/s"
-        )
-        print(
-            f"  int8 vs float32: top-1 agreement {(p8.argmax(1) == p32.argmax(1)).mean():.1%}, largest "
-            f"probability gap {np.abs(p8 - p32).max():.3f}, size {len(int8) / len(fp32):.2f}x, "
-            f"latency {ms32 / ms8:.2f}x faster, throughput {rate8 / rate32:.2f}x"
-        )
+        for when, recipe in recipes.items():
+            started = time.perf_counter()
+            int8 = export.quantize_int8(fp32, calibration, recipe)
+            quantised_in = time.perf_counter() - started
+            p8, ms8, rate8 = measure(session(int8), x)
+            print(
+                f"  int8 {when:<6} top-1 {(p8.argmax(1) == y).mean():6.1%}   {len(int8) / 1e6:5.1f} MB   "
+                f"batch-1 p50 {ms8:5.1f} ms   {rate8:6.1f} images/s   ({recipe.describe()}; quantised in "
+                f"{quantised_in:.0f} s)"
+            )
+            print(
+                f"    {when} vs float32: top-1 agreement {(p8.argmax(1) == p32.argmax(1)).mean():.1%}, largest "
+                f"probability gap {np.abs(p8 - p32).max():.3f}, size {len(int8) / len(fp32):.2f}x, "
+                f"latency {ms32 / ms8:.2f}x faster, throughput {rate8 / rate32:.2f}x"
+            )
 
 
 if __name__ == "__main__":

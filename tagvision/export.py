@@ -162,25 +162,29 @@ def write_bundle(model_bytes: bytes, labels: list[str], path_or_file: str | Path
 @dataclass(frozen=True)
 class Int8Recipe:
     """How :func:`quantize_int8` quantises: ONNX Runtime static quantisation, QDQ, int8 per-channel weights and
-    uint8 activations, calibrated with ``method`` (``MinMax``, ``Entropy`` or ``Percentile``, at
-    ``percentile``). ``float_stem`` / ``float_head`` keep the first convolution (fed by raw pixels) and the
-    last one (the 1280 features the linear head reads) in float. The tagvision head (mirror, power, linear
-    head, link) always stays in float. The default is the recipe chosen by measurement (bench/NOTES.md)."""
+    uint8 activations, calibrated with ``method`` (``MinMax``, ``Entropy`` or ``Percentile`` at ``percentile``).
+    ``float_stem`` keeps the first convolution in float, ``float_blocks`` the first blocks after it (at the
+    highest resolutions, where int8 errors start and then grow), ``float_head`` the last convolution. The
+    tagvision head (mirror, power, linear head, link) always stays in float. The default is the recipe chosen
+    by measurement (bench/NOTES.md, "int8")."""
 
-    method: str = "Percentile"
+    method: str = "MinMax"
     percentile: float = 99.999
     float_stem: bool = True
-    float_head: bool = True
+    float_blocks: int = 1
+    float_head: bool = False
     batch: int = 8  # calibration images run at once (memory: some 80 MB of activations per image and mirror)
 
     def describe(self) -> str:
-        kept = [name for name, keep in (("first", self.float_stem), ("last", self.float_head)) if keep]
+        kept = ["first convolution"] if self.float_stem else []
+        kept += [f"first {self.float_blocks} block{'s' if self.float_blocks > 1 else ''}"] if self.float_blocks else []
+        kept += ["last convolution"] if self.float_head else []
         method = f"{self.method} {self.percentile:g}" if self.method == "Percentile" else self.method
-        floats = f", {' and '.join(kept)} convolution in float" if kept else ""
+        floats = f", {' and '.join(kept)} in float" if kept else ""
         return f"int8 static (QDQ, per-channel weights{floats}), {method} calibration"
 
 
-LEGACY_INT8 = Int8Recipe(method="MinMax", float_stem=False, float_head=False)  # the recipe before issue 18
+LEGACY_INT8 = Int8Recipe(float_stem=False, float_blocks=0)  # the recipe before issue 18: all int8, MinMax
 
 
 class _Calibration:
@@ -208,9 +212,11 @@ class _Calibration:
 
 def _float_nodes(model: onnx.ModelProto, recipe: Int8Recipe) -> list[str]:
     """Names of the nodes kept in float: tagvision's own (mirror, head, link) and, as the recipe says, the
-    backbone's first and last convolutions (graph order is topological)."""
+    backbone's first convolution, its first blocks (``/_blocks.N/`` in the exported names) and its last
+    convolution (graph order is topological)."""
     nodes = model.graph.node
     kept = [node.name for node in nodes if node.name.startswith("tagvision/")]
+    kept += [node.name for node in nodes if any(f"/_blocks.{b}/" in node.name for b in range(recipe.float_blocks))]
     convs = [node.name for node in nodes if node.op_type == "Conv"]
     if convs and recipe.float_stem:
         kept.append(convs[0])

@@ -351,3 +351,30 @@ def test_an_s3_prefix_through_a_moto_server(tmp_path: Path, model: engine.Scorin
     assert sorted(rows) == sorted(f"s3://catalogue/spring/{p.parent.name}/{p.name}" for p in paths)
     for path in paths:
         check_row(rows[f"s3://catalogue/spring/{path.parent.name}/{path.name}"], want[str(path)], model.labels, 1)
+
+
+def test_rows_carry_tag_information_when_the_tags_have_some(tmp_path: Path, project: Path) -> None:
+    """The extension point for tag information (issue 16): the scorer writes what the model's tags carry."""
+    svc = Service.open(Settings.load(project))
+    try:
+        onnx_model = svc.scorings.model("shop").onnx
+    finally:
+        svc.close()
+    information = {"hat": {"brand": "Acme", "sizes": ["S", "M"]}}
+    model = engine.ScoringModel(onnx_model, information=information)
+    paths = catalogue(tmp_path / "photos", 1)
+    spec = SourceSpec.parse(str(tmp_path / "photos"))
+    for suffix in (".jsonl", ".csv"):
+        out = tmp_path / f"info{suffix}"
+        engine.score_to_file(spec, out, engine.local_runner(model, top=4), top=4, with_information=True)
+        if suffix == ".jsonl":
+            for row in read_jsonl(out):
+                got = {p.tag_name: p.information for p in row.predictions}
+                assert got == {"hat": information["hat"], "dress": None, "shoes": None, "pants": None}
+        else:
+            with out.open(newline="") as fh:
+                table = list(csv.DictReader(fh))
+            assert len(table) == len(paths)
+            for row in table:
+                cells = {row[f"tag_{i}"]: row[f"information_{i}"] for i in range(1, 5)}
+                assert json.loads(cells["hat"]) == information["hat"] and cells["dress"] == ""

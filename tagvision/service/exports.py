@@ -82,7 +82,9 @@ class Exports:
             details = IterationDetails.from_json(iteration.details)
             labels = [name for _, name in details.tags]
             name = f"{project.name}-{iteration.name}".replace(" ", "-")
-            calibration_ids = details.image_ids[:CALIBRATION_IMAGES]
+            # Spread over the whole list (ordered by tag), so every tag's images calibrate the ranges.
+            step = max(1, len(details.image_ids) // CALIBRATION_IMAGES)
+            calibration_ids = details.image_ids[::step][:CALIBRATION_IMAGES]
             hashes = list(session.scalars(select(Image.sha256).where(Image.id.in_(calibration_ids))))
         spec = self.ctx.spec(domain, backbone_key)
         head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))
