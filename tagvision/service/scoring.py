@@ -30,7 +30,7 @@ from tagvision.store.models import Iteration, Scoring, utcnow
 
 log = logging.getLogger("tagvision.scoring")
 PRECISIONS = ("Float32", "Int8")
-MAX_URLS = 100_000
+MAX_URLS = 10_000  # what fits the API's 1 MB JSON bodies; larger lists: a folder, or the CLI with a list file
 MAX_TOP = 50
 INT8_CACHE = 8  # int8 sessions kept per process
 
