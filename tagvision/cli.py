@@ -508,12 +508,12 @@ def score(
     ],
     iteration: Annotated[
         str | None,
-        typer.Option("--iteration", help="Iteration name or id [default: the published one].", show_default=False),
+        typer.Option("--iteration", help="Iteration name or id (default: the published one).", show_default=False),
     ] = None,
     precision: Annotated[
         str | None,
         typer.Option(
-            "--precision", help="fp32 or int8 [default: the iteration's setting, else fp32].", show_default=False
+            "--precision", help="fp32 or int8 (default: the iteration's setting, else fp32).", show_default=False
         ),
     ] = None,
     top: Annotated[int, typer.Option(min=1, max=50, help="Tags written per image, most probable first.")] = 5,
@@ -521,7 +521,7 @@ def score(
     ray_address: Annotated[
         str | None,
         typer.Option(
-            "--ray", help="Run on a Ray cluster: its address, or auto (needs tagvision[ray]).", show_default=False
+            "--ray", help="Run on a Ray cluster: its address, or auto (needs the ray extra).", show_default=False
         ),
     ] = None,
     ray_gpus: Annotated[bool, typer.Option("--ray-gpus", help="Ray actors take a GPU each (CUDA provider).")] = False,

@@ -378,3 +378,19 @@ def test_rows_carry_tag_information_when_the_tags_have_some(tmp_path: Path, proj
             for row in table:
                 cells = {row[f"tag_{i}"]: row[f"information_{i}"] for i in range(1, 5)}
                 assert json.loads(cells["hat"]) == information["hat"] and cells["dress"] == ""
+
+
+def test_a_gpu_actor_without_cuda_scores_on_the_cpu(model: engine.ScoringModel, project: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the fallback is for nodes without it")
+    assert engine.providers_for("gpu") == engine.providers_for("auto") == ["CPUExecutionProvider"]
+    svc = Service.open(Settings.load(project))
+    try:
+        on_gpu = engine.ScoringModel(svc.scorings.model("shop").onnx, device="gpu")
+    finally:
+        svc.close()
+    assert on_gpu.providers == ["CPUExecutionProvider"] and on_gpu.labels == model.labels
+    with pytest.raises(ValueError):
+        engine.providers_for("tpu")

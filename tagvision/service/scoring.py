@@ -243,27 +243,7 @@ class Scorings:
         try:
             if iteration_id is None:
                 raise NotFound("The iteration this job scored with was deleted.", code="NotFoundIteration")
-            model_file = self.model(project_id, iteration_id, precision)
-            model = engine.ScoringModel(model_file.onnx, information=model_file.information)
-            source = self._source(request["source"])
-            started, resumed_at = time.monotonic(), []
-
-            def progress(done: int, total: int) -> None:
-                resumed_at.append(done)  # the first call says what an earlier run had done
-                elapsed = time.monotonic() - started
-                rate = (done - resumed_at[0]) / elapsed if elapsed > 0 else 0.0
-                eta = (total - done) / rate if rate > 0 else None
-                self._progress(scoring_id, {"done": done, "total": total, "etaSeconds": eta})
-
-            summary = engine.score_to_file(
-                source,
-                self.results_path(scoring_id),
-                engine.local_runner(model, top=request["top"]),
-                top=request["top"],
-                with_information=bool(model_file.information),
-                progress=progress,
-                should_stop=stop.is_set,
-            )
+            summary = self._score(scoring_id, self.model(project_id, iteration_id, precision), request, stop)
             status, error, code = ("Cancelled" if summary.stopped else "Completed"), None, None
             counts = self._counts(scoring_id)
         except TagvisionError as exc:
@@ -283,6 +263,30 @@ class Scorings:
             if counts is not None:
                 row.progress = {**row.progress, **counts, "etaSeconds": 0.0}
             return _view(row)
+
+    def _score(
+        self, scoring_id: str, model_file: ModelFile, request: dict[str, Any], stop: threading.Event
+    ) -> engine.Summary:
+        """The engine over the job's source into its results file, its progress (and ETA) on the row."""
+        model = engine.ScoringModel(model_file.onnx, information=model_file.information)
+        started, resumed_at = time.monotonic(), []
+
+        def progress(done: int, total: int) -> None:
+            resumed_at.append(done)  # the first call says what an earlier run had done
+            elapsed = time.monotonic() - started
+            rate = (done - resumed_at[0]) / elapsed if elapsed > 0 else 0.0
+            eta = (total - done) / rate if rate > 0 else None
+            self._progress(scoring_id, {"done": done, "total": total, "etaSeconds": eta})
+
+        return engine.score_to_file(
+            self._source(request["source"]),
+            self.results_path(scoring_id),
+            engine.local_runner(model, top=request["top"]),
+            top=request["top"],
+            with_information=bool(model_file.information),
+            progress=progress,
+            should_stop=stop.is_set,
+        )
 
     def _source(self, source: dict[str, Any]) -> SourceSpec:
         allow = self.ctx.settings.allow_private_urls
