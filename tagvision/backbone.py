@@ -300,7 +300,7 @@ class Embedder:
                 return index, ImageError(f"Could not read the image: {exc}.", code="ErrorSource")
 
         pending: list[tuple[int, np.ndarray]] = []
-        for index, value in _ordered_map(decode, enumerate(sources), self.decode_threads, self.batch_size * 2):
+        for index, value in ordered_map(decode, enumerate(sources), self.decode_threads, self.batch_size * 2):
             if isinstance(value, ImageError):
                 yield from self._flush(pending, progress)
                 pending = []
@@ -326,7 +326,7 @@ class Embedder:
             progress(len(pending))
 
 
-def _ordered_map(fn, items: Iterable, workers: int, lookahead: int) -> Iterator:
+def ordered_map(fn, items: Iterable, workers: int, lookahead: int) -> Iterator:
     """``map(fn, items)`` on a thread pool, in order, holding at most ``lookahead`` in flight. Each call runs in
     a copy of the caller's context (so a request's decode :func:`images.patience` applies to it)."""
 

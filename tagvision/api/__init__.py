@@ -3,8 +3,8 @@
 Routers translate HTTP into service calls and service views into Custom Vision JSON: ``training``
 (projects, tags, iterations, exports, stored predictions), ``images`` (training images),
 ``acquisitions`` (images for tags from providers), ``transfer`` (project export and import by token),
-``prediction`` and ``files`` (signed
-downloads); ``params`` holds what the Training API's routers share. ``errors`` gives every error
+``scorings`` (scoring catalogues), ``prediction`` and ``files`` (signed downloads); ``params`` holds what
+the Training API's routers share. ``errors`` gives every error
 the ``{"code", "message"}`` body, ``auth`` checks the key headers, ``middleware`` matches paths
 case-insensitively and bounds request bodies. ``tagvision.server`` mounts it beside the portal.
 """
@@ -28,9 +28,17 @@ server with the keys from `tagvision keys`: the Training API lives under `/custo
 
 def routers() -> tuple[APIRouter, ...]:
     # Imported here: the route modules import from this package (auth, render, ...).
-    from tagvision.api import acquisitions, files, images, prediction, training, transfer
+    from tagvision.api import acquisitions, files, images, prediction, scorings, training, transfer
 
-    return (training.router, images.router, transfer.router, acquisitions.router, prediction.router, files.router)
+    return (
+        training.router,
+        images.router,
+        transfer.router,
+        acquisitions.router,
+        scorings.router,
+        prediction.router,
+        files.router,
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -303,7 +303,8 @@ class TagUpdate(Body):
 
 
 class IterationUpdate(Body):
-    name: str
+    name: str | None = None
+    precision: str | None = None  # tagvision: Float32 or Int8, how predictions and scorings run the iteration
 
 
 class TrainingParameters(Body):

@@ -3,9 +3,9 @@
 ``Service.open(settings)`` gives one object whose parts are ``projects`` (projects and
 tags), ``images``, ``training`` (iterations, performance, publishing), ``prediction``
 (classifying, stored predictions, suggestions), ``exports``, ``acquisitions`` (gathering
-images for tags from providers), ``jobs`` (background training, exports and acquisitions),
-``keys`` (the API keys), ``files`` (signed links to images and exports, and their bytes),
-``migrations`` (projects brought over from a Custom Vision Training API), ``transfer``
+images for tags from providers), ``scorings`` (scoring catalogues), ``jobs`` (background training,
+exports, acquisitions and scorings), ``keys`` (the API keys), ``files`` (signed links to images and exports,
+and their bytes), ``migrations`` (projects brought over from a Custom Vision Training API), ``transfer``
 (projects as ``.tvproj`` archives) and ``datasets`` (folders, CSV and COCO out and in).
 """
 
@@ -24,6 +24,7 @@ from tagvision.service.limits import Gate
 from tagvision.service.migrations import Migrations
 from tagvision.service.prediction import Prediction
 from tagvision.service.projects import Projects
+from tagvision.service.scoring import Scorings
 from tagvision.service.sessions import LoginPace, Sessions
 from tagvision.service.training import Training
 from tagvision.service.transfer import Transfer
@@ -35,10 +36,11 @@ class Service:
         self.projects = Projects(ctx)
         self.images = Images(ctx)
         self.training = Training(ctx)
-        self.prediction = Prediction(ctx, self.training)
         self.exports = Exports(ctx)
+        self.scorings = Scorings(ctx, self.exports)
+        self.prediction = Prediction(ctx, self.training, int8=self.scorings.int8_model)
         self.acquisitions = Acquisitions(ctx, self.training)
-        self.jobs = Jobs(self.training, self.exports, self.acquisitions)
+        self.jobs = Jobs(self.training, self.exports, self.acquisitions, self.scorings)
         self.keys = KeyStore(ctx.settings.data_dir, ctx.settings.training_key, ctx.settings.prediction_key)
         self.files = Files(ctx, self.keys, self.exports)
         settings = ctx.settings

@@ -546,6 +546,7 @@ def iteration_view(iteration: Iteration) -> IterationView:
         iteration.backbone_blob is not None,
         _served_backbone(iteration, details),
         details.measured_on,
+        iteration.precision or "Float32",
     )
 
 

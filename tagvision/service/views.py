@@ -194,6 +194,7 @@ class IterationView:
     fine_tuned: bool = False  # served by its own fine-tuned backbone (advanced training that beat the quick head)
     backbone: str = ""  # the network serving it (e.g. efficientnet-lite0): the domain's, or the one fine-tuned
     measured_on: metrics.MeasuredOn | None = None  # None for iterations trained before it was recorded
+    precision: str = "Float32"  # how predictions and scorings run it: Float32, or Int8 (the int8 export)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -224,6 +225,7 @@ class IterationView:
             "budgetSeconds": self.budget_seconds,
             "fineTuned": self.fine_tuned,
             "backbone": self.backbone,
+            "precision": self.precision,
         }
 
 

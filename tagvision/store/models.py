@@ -149,6 +149,8 @@ class Iteration(Base):
     # Published iterations answer the Prediction API under this name (unique per project).
     publish_name: Mapped[str | None] = mapped_column(String(255), default=None)
     publish_resource_id: Mapped[str | None] = mapped_column(Text, default=None)
+    # How predictions and scorings run it: None or "Float32", or "Int8" (the int8 export). A setting, not an artifact.
+    precision: Mapped[str | None] = mapped_column(String(16), default=None)
 
     project: Mapped[Project] = relationship(back_populates="iterations")
 
@@ -271,5 +273,27 @@ class ProjectMigration(Base):
     tag_map: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default="Running")  # Running | Completed | Failed
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_modified: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Scoring(Base):
+    """A batch scoring job (a server-side folder or a list of URLs) run in the background.
+
+    ``request``: the source (``folder`` or ``urls``), ``top``. ``progress``: done, total, scored, errors per code.
+    The rows accumulate in a JSON Lines file under the data directory, which a resumed job appends to.
+    """
+
+    __tablename__ = "scorings"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    iteration_id: Mapped[str | None] = mapped_column(ForeignKey("iterations.id", ondelete="SET NULL"))
+    precision: Mapped[str] = mapped_column(String(16), default="Float32")
+    status: Mapped[str] = mapped_column(String(16), default="Running")  # Running | Completed | Failed | Cancelled
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(default=utcnow)

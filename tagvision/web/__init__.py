@@ -9,8 +9,9 @@ call the service layer; ``shape.py`` turns service views into what the templates
 Modules: ``routing`` (the page and JSON route classes: login, CSRF, errors as sentences),
 ``auth`` (log in and out), ``projects``, ``images`` (training images and uploads), ``search`` (search
 providers for images of tags, review the candidates, add them), ``training``
-(train, performance, publish, export) and ``predictions`` (stored predictions, quick test,
-prediction URL). ``tagvision.server`` mounts the portal beside the API; neither imports the other.
+(train, performance, publish, export), ``predictions`` (stored predictions, quick test,
+prediction URL) and ``scoring`` (score a catalogue in the background, download the results).
+``tagvision.server`` mounts the portal beside the API; neither imports the other.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ BODY_LIMITS = (
 
 def install(app: FastAPI) -> None:
     """Add the portal's routes and its static files to ``app``."""
-    from tagvision.web import auth, images, predictions, projects, search, training
+    from tagvision.web import auth, images, predictions, projects, scoring, search, training
 
-    for module in (auth, projects, images, search, training, predictions):
+    for module in (auth, projects, images, search, training, predictions, scoring):
         for router in module.routers:
             app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -21,6 +21,7 @@ TABS = (  # (tab id, label, path under the project)
     ("predictions", "Predictions", "predictions"),
     ("quicktest", "Quick test", "quicktest"),
     ("prediction-url", "Prediction URL", "prediction-url"),
+    ("scoring", "Score a catalogue", "scoring"),
 )
 
 
