@@ -40,6 +40,7 @@ quickstart: venv
 lint: venv
 	$(BIN)/ruff check tagvision tests bench
 	$(BIN)/ruff format --check tagvision tests bench
+	$(BIN)/mypy
 
 # --durations: the full run lists its 15 slowest tests, so CI's log shows where its time goes.
 test: venv lint

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tagvision import __version__
 from tagvision.errors import InvalidInput
 
-FORMAT = "tagvision-project"
+FORMAT: Literal["tagvision-project"] = "tagvision-project"
 VERSION = 1
 MANIFEST, PROJECT, IMAGES = "tagvision-project.json", "project.json", "images.jsonl"
 FILES = "files/"

@@ -54,7 +54,9 @@ class BackboneSpec:
         """The ``.pth`` file shipped inside the weights package."""
         import importlib
 
-        folder = Path(importlib.import_module(self.weights_package).__file__).parent / "models"
+        module = importlib.import_module(self.weights_package)
+        assert module.__file__ is not None
+        folder = Path(module.__file__).parent / "models"
         (found,) = sorted(folder.glob("*.pth"))
         return found
 
@@ -107,7 +109,7 @@ def pooled_features_module(model):  # -> torch.nn.Module
             self.net = net
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net.extract_features(x).mean(dim=(2, 3))
+            return self.net.extract_features(x).mean(dim=(2, 3))  # type: ignore[operator]  # nn.Module attribute
 
     return PooledFeatures(model).eval()
 

@@ -100,6 +100,7 @@ def _write_folders(items: Iterable[Item], folder: Path, tags: dict[str, str], pr
     (folder / TAGS_NAME).write_text(json.dumps({"folders": names}, indent=1), encoding="utf-8")
     count = 0
     for item in items:
+        assert item.read is not None  # export items carry their bytes
         data = item.read()
         for tag in item.tags or (UNTAGGED,):
             target = folder / (folder_name(tag) if item.tags else UNTAGGED) / item.name
@@ -129,7 +130,8 @@ def _write_csv(items: Iterable[Item], folder: Path, _tags: dict[str, str], progr
 
 def _write_coco(items: Iterable[Item], folder: Path, tags: dict[str, str], progress) -> int:
     category = {name: k for k, name in enumerate(tags, 1)}
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for number, item in enumerate(_write_files(items, folder, progress), 1):
         images.append(
             {
@@ -168,6 +170,7 @@ def _write_coco(items: Iterable[Item], folder: Path, tags: dict[str, str], progr
 def _write_files(items: Iterable[Item], folder: Path, progress) -> Iterator[Item]:
     (folder / IMAGES).mkdir(parents=True, exist_ok=True)
     for done, item in enumerate(items, 1):
+        assert item.read is not None  # export items carry their bytes
         (folder / IMAGES / item.name).write_bytes(item.read())
         progress(done)
         yield item

@@ -222,7 +222,8 @@ class Job:
         tuning = Tuning(spec.model_name, self.recipe, f"stem + {first.split} of {len(first.model._blocks)} blocks", log)
         head = self.choose(tuning, first)
         self.served = [first]
-        if self.refit and (self.report.verdict.tuned_wins or self.recipe.force_fine_tuned):
+        wins = self.report.verdict is not None and self.report.verdict.tuned_wins
+        if self.refit and (wins or self.recipe.force_fine_tuned):
             refit, tuning.refit = self.refit_schedule(task, first, log)
             self.served.append(refit)
             head = choice.joint_head([first.linear_head(), refit.linear_head()], tuning.temperature)

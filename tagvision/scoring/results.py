@@ -129,9 +129,10 @@ class _LineWriter(ResultsWriter):
         self.written += len(rows)
 
     def close(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
-            self._fd = None
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            del self._fd
 
     def _append(self, text: str) -> None:
         data = memoryview(text.encode("utf-8"))

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tagvision import fetch
 from tagvision.errors import ImageError, InvalidInput
@@ -108,7 +109,7 @@ def list_keys(path: Path) -> Iterator[str]:
     from the list file's folder."""
     with path.open(encoding="utf-8-sig", newline="") as fh:
         if path.suffix.lower() == ".csv":
-            rows = csv.reader(fh)
+            rows: Iterator[list[str]] = csv.reader(fh)
             header = next(rows, [])
             lowered = [h.strip().lower() for h in header]
             column = next((lowered.index(c) for c in LIST_COLUMNS if c in lowered), None)
@@ -171,7 +172,7 @@ def s3_keys(url: str) -> Iterator[str]:
         raise InvalidInput(f"No such S3 bucket: {bucket}", code="BadRequestPathNotFound") from None
 
 
-_clients: dict[int, object] = {}
+_clients: dict[int, Any] = {}  # boto3 S3 clients, one per thread
 
 
 def _read_s3(url: str, max_bytes: int) -> bytes:
