@@ -38,10 +38,37 @@ BODY_LIMITS = (
 
 
 def install(app: FastAPI) -> None:
-    """Add the portal's routes and its static files to ``app``."""
+    """Add the portal's routes, its static files and the API docs page to ``app``."""
     from tagvision.web import auth, images, predictions, projects, search, training
 
     for module in (auth, projects, images, search, training, predictions):
         for router in module.routers:
             app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    install_docs(app)
+
+
+def install_docs(app: FastAPI) -> None:
+    """The OpenAPI page at ``/docs`` with Swagger UI's files served from the installed ``swagger-ui-bundle``
+    package (no CDN: the page works offline), and a favicon for browsers that ask for ``/favicon.ico``.
+    The app is made with ``docs_url=None, redoc_url=None`` (ReDoc ships no such package: it is off)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import FileResponse, HTMLResponse
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/favicon.ico", favicon, methods=["GET"], include_in_schema=False)
