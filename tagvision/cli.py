@@ -655,7 +655,7 @@ def serve(
     endpoint = f"http://[{shown}]:{bound}" if ":" in shown else f"http://{shown}:{bound}"
     svc = Service.open(existing(data_dir, create=True))
     settings = svc.ctx.settings
-    running = settings.data_dir / SERVER_FILE
+    running, closed = settings.data_dir / SERVER_FILE, False
     try:
         current = svc.keys.current()  # made at first start
         running.write_text(json.dumps({"endpoint": endpoint, "pid": os.getpid()}))
@@ -670,11 +670,18 @@ def serve(
             lines += [f"Keys:            tagvision keys --data-dir {settings.data_dir}"]
         err.print("\n".join(lines), highlight=False)
         config = uvicorn.Config(create_app(svc), log_level="info", access_log=access_log, timeout_keep_alive=30)
-        uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        with server.capture_signals():  # uvicorn raises SIGTERM/SIGINT again once it leaves this: tidy up in it
+            try:
+                server.run(sockets=[sock])
+            finally:
+                if _server_of(settings) == (endpoint, os.getpid()):
+                    running.unlink(missing_ok=True)
+                svc.close()
+                closed = True
     finally:
-        if _server_of(settings) == (endpoint, os.getpid()):
-            running.unlink(missing_ok=True)
-        svc.close()
+        if not closed:
+            svc.close()
 
 
 SERVER_FILE = "server.json"  # {"endpoint", "pid"} of the server running on a data directory

@@ -53,7 +53,7 @@ def create_app(service: Service) -> FastAPI:
         version=__version__,
         description=api.DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None,  # web.install_docs serves /docs from local files
+        docs_url=None,  # web.install_docs serves /docs and /redoc from local files
         redoc_url=None,
     )
     app.state.service = service

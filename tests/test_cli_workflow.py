@@ -147,3 +147,20 @@ def test_publish_swaps_unpublishes_and_stored_predictions_become_training_images
     assert "Iteration 2 is no longer published as 'live'." in gone
     again = tagvision("unpublish", "shop", "Iteration 2", data_dir=data, check=False)
     assert again.returncode == 1 and "BadRequestIterationNotPublished" in again.stderr
+
+
+@pytest.mark.process
+def test_keys_follow_a_real_server_from_start_to_stop(tmp_path: Path) -> None:
+    from tests.server import Server
+
+    server = Server(tmp_path / "data").start()
+    try:
+        shown = json.loads(tagvision("keys", "--json", data_dir=server.data_dir).stdout)
+        assert shown["endpoint"] == server.endpoint and shown["serverRunning"] is True
+        assert shown["trainingKey"] == server.training_key
+        assert f"Data directory:  {server.data_dir}" in server.log()
+        assert server.training_key not in server.log(), "keys go to a terminal, never into a log"
+    finally:
+        server.stop()
+    assert not (server.data_dir / "server.json").exists(), "a server that stops says so"
+    assert json.loads(tagvision("keys", "--json", data_dir=server.data_dir).stdout)["endpoint"] is None

@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy import select
 
 from tagvision import backbone, domains, learn, metrics
+from tagvision.clock import SYSTEM, Clock
 from tagvision.errors import Conflict, InvalidInput, StorageError, TrainingError
 from tagvision.service import images as images_service
 from tagvision.service.context import Context, Progress, get_iteration, get_project, get_tag, no_progress
@@ -289,7 +290,7 @@ class Training:
             session.flush()
             return iteration_view(iteration)
 
-    def recorder(self, iteration_id: str, every: float = 1.0) -> Progress:
+    def recorder(self, iteration_id: str, every: float = 1.0, clock: Clock = SYSTEM) -> Progress:
         """A progress callback that keeps the iteration's ``progress`` (stage, done, total, and ``etaSeconds``
         when the training estimates its time left) up to date in the store, at most once per ``every``
         seconds, so the API and the portal can show it; a new stage, and each stage's last step, are always
@@ -298,7 +299,7 @@ class Training:
         last_stage = [""]
 
         def record(stage: str, done: int, total: int, /, eta: float | None = None) -> None:
-            now = time.monotonic()
+            now = clock.monotonic()
             if now - last[0] < every and done < total and stage == last_stage[0]:
                 return
             last[0], last_stage[0] = now, stage

@@ -332,7 +332,7 @@ def confirm_publish(request: Request, project_id: str, iteration_id: str, name: 
         **{**context, "title": f"Replace {holder.name} as {name.strip()}?"},
         iteration=view,
         holder=holder,
-        name=name.strip(),
+        publish_name=name.strip(),
         back=_performance_url(project_id, view.id),
     )
 

@@ -392,7 +392,7 @@
         const result = await request(form.dataset.retag, { method: "POST", body: new FormData(form) });
         const card = form.closest("[data-prediction]");
         const done = document.createElement("li");
-        done.className = "prediction-card done";
+        done.className = "prediction-done";
         done.setAttribute("role", "status");
         done.textContent = result.message;
         card.replaceWith(done);
