@@ -770,6 +770,13 @@ def test_search_images_for_tags_review_and_add(page, server, openverse):
     expect(page.get_by_label("Tag names")).to_have_value("scarf")  # the form keeps what was typed
     expect(page.get_by_label("Provider")).to_have_value("pexels")
 
+    # The server has one library folder: a blank folder field means it (it holds no photos here).
+    page.get_by_label("Provider").select_option("library")
+    expect(page.get_by_label("Library folder on the server")).to_have_value("")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(message).to_contain_text("Search finished without usable images", timeout=WAIT_MS)
+    expect(page.locator(".flash.error")).to_have_count(0)
+
 
 # ---------------------------------------------------------------------- advanced training
 

@@ -223,7 +223,6 @@ def search_page(
         view = svc.acquisitions.reviewing(project_id)
     recent = [v for v in reversed(svc.acquisitions.list(project_id)) if not view or v.id != view.id][:RECENT]
     state = state_json(request, view) if view else None
-    failed = view is not None and view.status == "Failed"
     return render(
         request,
         "search.html",
@@ -235,9 +234,9 @@ def search_page(
         providers=providers(svc),
         library_roots=[str(root) for root in svc.acquisitions.library_roots],
         max_per_tag=MAX_PER_TAG,
-        form={  # after a failed search, what was typed: searching again is one click
-            "tags": tags or (", ".join(t["name"] for t in view.request.get("tags", [])) if failed else ""),
-            "provider": provider or (view.request.get("providers", ["openverse"])[0] if failed else "openverse"),
+        form={  # the search shown above, as it was typed: after a failure, searching again is one click
+            "tags": tags or (", ".join(t["name"] for t in view.request.get("tags", [])) if view else ""),
+            "provider": provider or (view.request.get("providers", ["openverse"])[0] if view else "openverse"),
             "library": library,
             "per_tag": int(per_tag) if per_tag.isdigit() else DEFAULT_PER_TAG,
         },
