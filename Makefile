@@ -23,8 +23,8 @@ $(BIN)/tagvision: pyproject.toml
 
 venv: $(BIN)/tagvision
 
+# serve prints its data directory, endpoint and (at a terminal) the keys once it listens.
 serve: venv
-	$(BIN)/tagvision keys --data-dir $(DATA_DIR)
 	$(BIN)/tagvision serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
 quickstart: venv

@@ -78,7 +78,7 @@ def migrate(
     request = MigrationRequest(
         endpoint, training_key, tuple(project or ()), every, concurrency=concurrency, calls_per_second=calls_per_second
     )
-    with cli.service(data_dir) as svc, svc.migrations.source(request) as api:
+    with cli.service(data_dir, create=True) as svc, svc.migrations.source(request) as api:
         try:
             with cli.progress_bar() as update:
                 report = svc.migrations.run(request, progress=update, api=api)
@@ -251,7 +251,7 @@ def project_import(
     cli = _cli()
     if not archive_path.is_file():
         raise TagvisionError(f"No such file: {archive_path}", code="BadRequestPathNotFound")
-    with cli.service(data_dir) as svc, cli.progress_bar() as update:
+    with cli.service(data_dir, create=True) as svc, cli.progress_bar() as update:
         view = svc.transfer.import_project(archive_path, name, update)
         iterations = svc.training.iterations(view.id)
     if as_json:
@@ -298,7 +298,7 @@ def dataset_import(
 ) -> None:
     """Add a dataset's images and tags to a project (created when missing)."""
     cli = _cli()
-    with cli.service(data_dir) as svc, cli.progress_bar() as update:
+    with cli.service(data_dir, create=True) as svc, cli.progress_bar() as update:
         result = svc.datasets.import_(project, path, format_, classification=type_, domain=domain, progress=update)
     if as_json:
         print(

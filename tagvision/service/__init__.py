@@ -11,27 +11,50 @@ and their bytes), ``migrations`` (projects brought over from a Custom Vision Tra
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from tagvision.config import Settings
-from tagvision.service.acquisitions import Acquisitions
-from tagvision.service.context import Context, Progress, no_progress
-from tagvision.service.datasets import Datasets
-from tagvision.service.exports import Exports
-from tagvision.service.files import Files
-from tagvision.service.images import Images, NewImage
-from tagvision.service.jobs import Jobs
-from tagvision.service.keys import KeyStore
-from tagvision.service.limits import Gate
-from tagvision.service.migrations import Migrations
-from tagvision.service.prediction import Prediction
-from tagvision.service.projects import Projects
-from tagvision.service.scoring import Scorings
-from tagvision.service.sessions import LoginPace, Sessions
-from tagvision.service.training import Training
-from tagvision.service.transfer import Transfer
+
+if TYPE_CHECKING:
+    from tagvision.service.context import Context, Progress, no_progress
+    from tagvision.service.images import NewImage
+
+# The parts are imported when a Service is made, not when this package is: ``tagvision --help`` and
+# ``tagvision keys`` (which read tagvision.service.keys) then start without numpy, SQLAlchemy or scipy.
+_LAZY = {
+    "NewImage": "tagvision.service.images",
+    "Context": "tagvision.service.context",
+    "Progress": "tagvision.service.context",
+    "no_progress": "tagvision.service.context",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Service:
     def __init__(self, ctx: Context) -> None:
+        from tagvision.service.acquisitions import Acquisitions
+        from tagvision.service.datasets import Datasets
+        from tagvision.service.exports import Exports
+        from tagvision.service.files import Files
+        from tagvision.service.images import Images
+        from tagvision.service.jobs import Jobs
+        from tagvision.service.keys import KeyStore
+        from tagvision.service.limits import Gate
+        from tagvision.service.migrations import Migrations
+        from tagvision.service.prediction import Prediction
+        from tagvision.service.projects import Projects
+        from tagvision.service.scoring import Scorings
+        from tagvision.service.sessions import LoginPace, Sessions
+        from tagvision.service.training import Training
+        from tagvision.service.transfer import Transfer
+
         self.ctx = ctx
         self.projects = Projects(ctx)
         self.images = Images(ctx)
@@ -53,6 +76,8 @@ class Service:
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> Service:
+        from tagvision.service.context import Context
+
         return cls(Context.open(settings or Settings.load()))
 
     def close(self) -> None:

@@ -313,6 +313,41 @@ class Images:
                 project.last_modified = utcnow()
         return ImageTagCreateSummary(created, duplicated, exceeded)
 
+    def set_tags(self, ref: str, image_ids: list[str], tag_ids: list[str]) -> int:
+        """Give each image exactly ``tag_ids`` (a multiclass image exactly one), in one transaction: re-tagging
+        in one step, where ``untag`` then ``tag`` would leave the image untagged between the two. Returns how
+        many images changed."""
+        wanted = list(dict.fromkeys(tag_ids))
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            tags = [get_tag(session, project, t) for t in wanted]
+            if project.classification_type == "Multiclass" and len(tags) != 1:
+                raise InvalidInput("A multiclass image has exactly one tag: choose one.", code="BadRequestTagName")
+            if not tags or len(tags) > MAX_TAGS_PER_IMAGE:
+                raise InvalidInput(f"Choose from 1 to {MAX_TAGS_PER_IMAGE} tags.", code="BadRequestTagName")
+            if len(tags) > 1 and any(t.type == "Negative" for t in tags):
+                raise InvalidInput(
+                    "An image cannot carry the Negative tag and a regular tag.",
+                    code="BadRequestNegativeAndRegularTagOnSameImage",
+                )
+            rows = {
+                img.id: img
+                for img in session.scalars(select(Image).where(Image.project_id == project.id, Image.id.in_(image_ids)))
+            }
+            changed = 0
+            for image_id in dict.fromkeys(image_ids):
+                if image_id not in rows:
+                    raise NotFound(f"Project has no image {image_id!r}.", code="NotFoundImage")
+                image = rows[image_id]
+                if {t.tag_id for t in image.tags} == {t.id for t in tags}:
+                    continue
+                kept = [t for t in image.tags if t.tag_id in {tag.id for tag in tags}]
+                image.tags = kept + [ImageTag(tag_id=t.id) for t in tags if t.id not in {k.tag_id for k in kept}]
+                changed += 1
+            if changed:
+                project.last_modified = utcnow()
+        return changed
+
     def untag(self, ref: str, image_ids: list[str], tag_ids: list[str]) -> None:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
