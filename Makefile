@@ -23,8 +23,8 @@ $(BIN)/tagvision: pyproject.toml
 
 venv: $(BIN)/tagvision
 
+# serve prints its data directory, endpoint and (at a terminal) the keys once it listens.
 serve: venv
-	$(BIN)/tagvision keys --data-dir $(DATA_DIR)
 	$(BIN)/tagvision serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
 quickstart: venv
@@ -40,6 +40,7 @@ quickstart: venv
 lint: venv
 	$(BIN)/ruff check tagvision tests bench
 	$(BIN)/ruff format --check tagvision tests bench
+	$(BIN)/mypy
 
 # --durations: the full run lists its 15 slowest tests, so CI's log shows where its time goes.
 test: venv lint
@@ -56,6 +57,7 @@ bench: venv
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/acquire.py
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/migrate.py
 
 clean:
 	rm -rf $(VENV) tagvision-data .pytest_cache

@@ -54,7 +54,9 @@ class BackboneSpec:
         """The ``.pth`` file shipped inside the weights package."""
         import importlib
 
-        folder = Path(importlib.import_module(self.weights_package).__file__).parent / "models"
+        module = importlib.import_module(self.weights_package)
+        assert module.__file__ is not None
+        folder = Path(module.__file__).parent / "models"
         (found,) = sorted(folder.glob("*.pth"))
         return found
 
@@ -107,7 +109,7 @@ def pooled_features_module(model):  # -> torch.nn.Module
             self.net = net
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net.extract_features(x).mean(dim=(2, 3))
+            return self.net.extract_features(x).mean(dim=(2, 3))  # type: ignore[operator]  # nn.Module attribute
 
     return PooledFeatures(model).eval()
 
@@ -300,7 +302,7 @@ class Embedder:
                 return index, ImageError(f"Could not read the image: {exc}.", code="ErrorSource")
 
         pending: list[tuple[int, np.ndarray]] = []
-        for index, value in _ordered_map(decode, enumerate(sources), self.decode_threads, self.batch_size * 2):
+        for index, value in ordered_map(decode, enumerate(sources), self.decode_threads, self.batch_size * 2):
             if isinstance(value, ImageError):
                 yield from self._flush(pending, progress)
                 pending = []
@@ -326,7 +328,7 @@ class Embedder:
             progress(len(pending))
 
 
-def _ordered_map(fn, items: Iterable, workers: int, lookahead: int) -> Iterator:
+def ordered_map(fn, items: Iterable, workers: int, lookahead: int) -> Iterator:
     """``map(fn, items)`` on a thread pool, in order, holding at most ``lookahead`` in flight. Each call runs in
     a copy of the caller's context (so a request's decode :func:`images.patience` applies to it)."""
 

@@ -7,39 +7,64 @@ Vision shapes instead. Errors print ``error: <code>: <message>`` and exit with s
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tagvision import cli_knowledge, domains
+from tagvision import cli_knowledge, cli_transfer, domains
 from tagvision.config import Settings
-from tagvision.errors import InvalidInput, TagvisionError
-from tagvision.service import NewImage, Service
+from tagvision.errors import InvalidInput, NotFound, TagvisionError
+from tagvision.service import Service
 from tagvision.service.keys import KeyStore
+
+if TYPE_CHECKING:
+    from tagvision.service.images import NewImage
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp"}
 
-app = typer.Typer(
+
+class _Usage(typer.core.TyperCommand):
+    """Usage lines as people write them, ``tagvision train PROJECT``: typer's own wraps a required argument
+    in braces (``{project}``), which reads as a placeholder left unfilled."""
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [re.sub(r"^\{(.*)\}", r"\1", p) for p in super().collect_usage_pieces(ctx)]
+
+
+class _Typer(typer.Typer):
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Usage)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
     help="tagvision: train and run image classifiers on your own machine.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-project_app = typer.Typer(help="Create, list and delete projects.", no_args_is_help=True)
-tag_app = typer.Typer(help="Create, list and delete tags.", no_args_is_help=True)
-image_app = typer.Typer(help="Add and list training images.", no_args_is_help=True)
-iteration_app = typer.Typer(help="List and delete trained iterations.", no_args_is_help=True)
+project_app = _Typer(help="Create, list, delete, export and import projects.", no_args_is_help=True)
+tag_app = _Typer(help="Create, list and delete tags.", no_args_is_help=True)
+image_app = _Typer(help="Add and list training images.", no_args_is_help=True)
+iteration_app = _Typer(help="List and delete trained iterations.", no_args_is_help=True)
+prediction_app = _Typer(help="Review stored predictions and turn them into training images.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
 app.add_typer(tag_app, name="tag")
 app.add_typer(image_app, name="image")
 app.add_typer(iteration_app, name="iteration")
+cli_transfer.register(app, project_app)  # migrate, project export/import, dataset export/import
+app.add_typer(prediction_app, name="prediction")
 
 out = Console(soft_wrap=True)
 if not out.is_terminal:
@@ -49,24 +74,49 @@ err = Console(stderr=True, soft_wrap=True)
 DataDir = Annotated[
     Path | None,
     typer.Option(
-        "--data-dir", help="Data directory [default: $TAGVISION_DATA_DIR, else ./tagvision-data].", show_default=False
+        "--data-dir",
+        help="Data directory (default: $TAGVISION_DATA_DIR, else ./tagvision-data).",
+        show_default=False,
+        metavar="DIR",
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (Custom Vision shapes).")]
-ProjectArg = Annotated[str, typer.Argument(help="Project name or id.")]
+ProjectArg = Annotated[str, typer.Argument(help="Project name or id.", metavar="PROJECT", show_default=False)]
+IterationArg = Annotated[str, typer.Argument(help="Iteration name or id.", metavar="ITERATION", show_default=False)]
+YesFlag = Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")]
 IterationOpt = Annotated[
     str | None,
-    typer.Option("--iteration", help="Iteration name or id [default: the newest completed].", show_default=False),
+    typer.Option("--iteration", help="Iteration name or id (default: the newest completed).", show_default=False),
 ]
 
 
 @contextmanager
-def service(data_dir: Path | None) -> Iterator[Service]:
-    svc = Service.open(Settings.load(data_dir))
+def service(data_dir: Path | None, *, create: bool = False) -> Iterator[Service]:
+    """The service on the data directory, which must exist unless ``create`` (a command that makes things in a
+    new one); which directory it is goes to stderr, so a wrong one is noticed at once."""
+    settings = existing(data_dir, create=create)
+    err.print(f"Data directory: {settings.data_dir}", style="dim", highlight=False)
+    svc = Service.open(settings)
     try:
         yield svc
     finally:
         svc.close()
+
+
+def existing(data_dir: Path | None, *, create: bool = False) -> Settings:
+    """The settings, refusing a data directory that does not exist: a command that only asks a question must
+    not make a fresh one (with new keys) in whatever folder it was run from."""
+    settings = Settings.load(data_dir)
+    if not create and not settings.data_dir.is_dir():
+        told = "--data-dir" if data_dir else "TAGVISION_DATA_DIR" if os.environ.get("TAGVISION_DATA_DIR") else ""
+        raise NotFound(
+            f"No tagvision data directory at {settings.data_dir}"
+            + (f" (from {told})" if told else " (the default, ./tagvision-data, in this folder)")
+            + ". Point at the server's with --data-dir DIR or TAGVISION_DATA_DIR=DIR; "
+            "tagvision serve prints the one it uses.",
+            code="NotFoundDataDirectory",
+        )
+    return settings
 
 
 @contextmanager
@@ -101,7 +151,7 @@ def print_json(value: Any) -> None:
 
 @project_app.command("create")
 def project_create(
-    name: Annotated[str, typer.Argument(help="Project name (unique).")],
+    name: Annotated[str, typer.Argument(help="Project name (unique).", metavar="NAME")],
     type_: Annotated[str, typer.Option("--type", help="multiclass (one tag per image) or multilabel.")] = "multiclass",
     domain: Annotated[
         str,
@@ -115,7 +165,7 @@ def project_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a project."""
-    with service(data_dir) as svc:
+    with service(data_dir, create=True) as svc:
         project = svc.projects.create(name, classification=type_, domain=domain, description=description)
     if as_json:
         print_json(project.to_json())
@@ -165,7 +215,7 @@ def project_delete(
 @tag_app.command("create")
 def tag_create(
     project: ProjectArg,
-    names: Annotated[list[str], typer.Argument(help="Tag names.")],
+    names: Annotated[list[str], typer.Argument(help="Tag names.", metavar="NAME")],
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -175,7 +225,7 @@ def tag_create(
     if as_json:
         print_json([t.to_json() for t in tags])
     else:
-        out.print(f"Created {len(tags)} tags: {', '.join(t.name for t in tags)}", highlight=False)
+        out.print(f"Created {_count(len(tags), 'tag')}: {', '.join(t.name for t in tags)}", highlight=False)
 
 
 @tag_app.command("list")
@@ -194,7 +244,9 @@ def tag_list(project: ProjectArg, data_dir: DataDir = None, as_json: JsonFlag = 
 
 @tag_app.command("delete")
 def tag_delete(
-    project: ProjectArg, tag: Annotated[str, typer.Argument(help="Tag name or id.")], data_dir: DataDir = None
+    project: ProjectArg,
+    tag: Annotated[str, typer.Argument(help="Tag name or id.", metavar="TAG")],
+    data_dir: DataDir = None,
 ) -> None:
     """Delete a tag (its images stay, untagged from it)."""
     with service(data_dir) as svc:
@@ -222,13 +274,17 @@ def image_files(path: Path) -> Iterator[Path]:
 
 
 def new_image(path: Path, tags: tuple[str, ...]) -> NewImage:
+    from tagvision.service.images import NewImage
+
     return NewImage(name=str(path), read=path.read_bytes, tags=tags, source={"file": path.name})
 
 
 @image_app.command("add")
 def image_add(
     project: ProjectArg,
-    paths: Annotated[list[Path] | None, typer.Argument(help="Image files or folders.", show_default=False)] = None,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Image files or folders.", show_default=False, metavar="PATH")
+    ] = None,
     tag: Annotated[
         list[str] | None,
         typer.Option("--tag", help="Tag (name or id) for every image; repeatable.", show_default=False),
@@ -269,7 +325,8 @@ def image_add(
         return
     refused = [r for r in summary.results if not r.ok]
     out.print(
-        f"Added {summary.count('OK')} images, {summary.count('OKDuplicate')} already there, {len(refused)} refused.",
+        f"Added {_count(summary.count('OK'), 'image')}, {summary.count('OKDuplicate')} already there, "
+        f"{len(refused)} refused.",
         highlight=False,
     )
     for r in refused:
@@ -388,6 +445,10 @@ def performance(
     out.print(table)
 
 
+def _count(n: int, singular: str) -> str:
+    return f"{n} {singular if n == 1 else singular + 's'}"
+
+
 def _pct(value: float, std: float, spread: bool = True) -> str:
     """A figure, with its standard deviation across folds where there are folds to differ."""
     return f"{value:6.1%} ± {std:.1%}" if spread else f"{value:6.1%}"
@@ -396,7 +457,7 @@ def _pct(value: float, std: float, spread: bool = True) -> str:
 @app.command("predict")
 def predict(
     project: ProjectArg,
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.", metavar="PATH")],
     iteration: IterationOpt = None,
     top: Annotated[int, typer.Option(min=1, help="Tags shown per image.")] = 3,
     data_dir: DataDir = None,
@@ -449,7 +510,7 @@ def iteration_list(project: ProjectArg, data_dir: DataDir = None, as_json: JsonF
 @iteration_app.command("delete")
 def iteration_delete(
     project: ProjectArg,
-    iteration: Annotated[str, typer.Argument(help="Iteration name or id.")],
+    iteration: IterationArg,
     data_dir: DataDir = None,
 ) -> None:
     """Delete an iteration."""
@@ -489,6 +550,84 @@ def export_model(
     tmp.replace(out_path)
     out.print(
         f"Wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB, {format_}, labels: {', '.join(model.labels)})",
+        highlight=False,
+    )
+
+
+# ---------------------------------------------------------------------- scoring
+
+
+@app.command("score")
+def score(
+    project: ProjectArg,
+    source: Annotated[
+        str, typer.Argument(help="A folder (recursive), a .txt/.csv list of paths or URLs, or an s3://bucket/prefix.")
+    ],
+    out_path: Annotated[
+        Path,
+        typer.Option("--out", help="Results file: .jsonl, .csv or .parquet. Run again to resume (done images stay)."),
+    ],
+    iteration: Annotated[
+        str | None,
+        typer.Option("--iteration", help="Iteration name or id (default: the published one).", show_default=False),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision", help="fp32 or int8 (default: the iteration's setting, else fp32).", show_default=False
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, max=50, help="Tags written per image, most probable first.")] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024, help="Images per network run.")] = 32,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray", help="Run on a Ray cluster: its address, or auto (needs the ray extra).", show_default=False
+        ),
+    ] = None,
+    ray_gpus: Annotated[bool, typer.Option("--ray-gpus", help="Ray actors take a GPU each (CUDA provider).")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Score a whole catalogue: top tags per image into a results file, resumable, errors recorded per image."""
+    from tagvision.scoring import engine, sources
+
+    with service(data_dir) as svc:
+        model_file = svc.scorings.model(project, iteration, precision)
+        allow_private = svc.ctx.settings.allow_private_urls
+    spec = sources.SourceSpec.parse(source, allow_private=allow_private)
+    if ray_address:
+        from tagvision.scoring.ray_runner import ray_runner
+
+        runner = ray_runner(
+            model_file.onnx,
+            spec,
+            address=ray_address,
+            top=top,
+            batch_size=batch_size,
+            gpus=ray_gpus,
+            information=model_file.information,
+        )
+    else:
+        model = engine.ScoringModel(model_file.onnx, information=model_file.information)
+        runner = engine.local_runner(model, top=top, batch_size=batch_size)
+    err.print(
+        f"Scoring with {model_file.iteration_name} ({model_file.precision}"
+        f"{', on Ray at ' + ray_address if ray_address else ''}) into {out_path}",
+        highlight=False,
+    )
+    with progress_bar() as update:
+        summary = engine.score_to_file(
+            spec,
+            out_path,
+            runner,
+            top=top,
+            with_information=bool(model_file.information),
+            progress=lambda done, total: update("scoring", done, total),
+        )
+    errors = ", ".join(f"{code} {n}" for code, n in sorted(summary.errors.items())) or "none"
+    out.print(
+        f"Scored {summary.scored} images, {sum(summary.errors.values())} refused ({errors}), "
+        f"{summary.skipped} already in {out_path}; {summary.rate:.1f} images/s.",
         highlight=False,
     )
 
@@ -593,19 +732,55 @@ def serve(
     bound = sock.getsockname()[1]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     endpoint = f"http://[{shown}]:{bound}" if ":" in shown else f"http://{shown}:{bound}"
-    svc = Service.open(Settings.load(data_dir))
+    svc = Service.open(existing(data_dir, create=True))
+    settings = svc.ctx.settings
+    running, closed = settings.data_dir / SERVER_FILE, False
     try:
-        svc.keys.current()  # made at first start
-        (svc.ctx.settings.data_dir / "server.json").write_text(json.dumps({"endpoint": endpoint}))
-        err.print(
-            f"tagvision serving on {endpoint}  (API docs: {endpoint}/docs; keys: tagvision keys"
-            f"{' --data-dir ' + str(data_dir) if data_dir else ''})",
-            highlight=False,
-        )
+        current = svc.keys.current()  # made at first start
+        running.write_text(json.dumps({"endpoint": endpoint, "pid": os.getpid()}))
+        lines = [
+            f"tagvision serving on {endpoint} (portal: {endpoint}/, API docs: {endpoint}/docs)",
+            f"Data directory:  {settings.data_dir}",
+            f"Endpoint:        {settings.public_url or endpoint}",
+        ]
+        if err.is_terminal:  # a person at a terminal; never into a log file
+            lines += [f"Training-Key:    {current.training}", f"Prediction-Key:  {current.prediction}"]
+        else:
+            lines += [f"Keys:            tagvision keys --data-dir {settings.data_dir}"]
+        err.print("\n".join(lines), highlight=False)
         config = uvicorn.Config(create_app(svc), log_level="info", access_log=access_log, timeout_keep_alive=30)
-        uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        with server.capture_signals():  # uvicorn raises SIGTERM/SIGINT again once it leaves this: tidy up in it
+            try:
+                server.run(sockets=[sock])
+            finally:
+                if _server_of(settings) == (endpoint, os.getpid()):
+                    running.unlink(missing_ok=True)
+                svc.close()
+                closed = True
     finally:
-        svc.close()
+        if not closed:
+            svc.close()
+
+
+SERVER_FILE = "server.json"  # {"endpoint", "pid"} of the server running on a data directory
+
+
+def _server_of(settings: Settings) -> tuple[str, int] | None:
+    """(endpoint, pid) of the server running on this data directory, from its server.json, or None when no
+    server wrote one or its process is gone (a killed server leaves the file behind)."""
+    try:
+        running = json.loads((settings.data_dir / SERVER_FILE).read_text())
+        endpoint, pid = str(running["endpoint"]), int(running["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return endpoint, pid
 
 
 @app.command()
@@ -615,34 +790,206 @@ def keys(
     regenerate: Annotated[
         str | None,
         typer.Option(
-            help="Replace a key: training or prediction. The old key stops working at once.", show_default=False
+            help="Replace a key: training or prediction. The old key stops working at once.",
+            show_default=False,
+            metavar="KIND",
         ),
     ] = None,
 ) -> None:
-    """Show the server's endpoint, Training-Key and Prediction-Key."""
-    settings = Settings.load(data_dir)
+    """Show the data directory, the running server's endpoint, the Training-Key and the Prediction-Key."""
+    settings = existing(data_dir)
     store = KeyStore(settings.data_dir, settings.training_key, settings.prediction_key)
     current = store.regenerate(regenerate) if regenerate else store.current()
-    try:
-        endpoint = json.loads((settings.data_dir / "server.json").read_text())["endpoint"]
-    except (OSError, ValueError, KeyError):
-        endpoint = "http://127.0.0.1:8000"
+    server = _server_of(settings)
+    endpoint = settings.public_url or (server[0] if server else None)
     if as_json:
-        print_json({"endpoint": endpoint, "trainingKey": current.training, "predictionKey": current.prediction})
+        print_json(
+            {
+                "dataDir": str(settings.data_dir),
+                "endpoint": endpoint,
+                "serverRunning": server is not None,
+                "trainingKey": current.training,
+                "predictionKey": current.prediction,
+            }
+        )
         return
+    if server is None:
+        where = f"{endpoint} (no server is running on this data directory)" if endpoint else "no server is running"
+        endpoint_line = f"{where}; start one with: tagvision serve --data-dir {settings.data_dir}"
+    else:
+        endpoint_line = str(endpoint)
     out.print(
-        f"Endpoint:        {endpoint}\nTraining-Key:    {current.training}\nPrediction-Key:  {current.prediction}",
+        f"Data directory:  {settings.data_dir}\nEndpoint:        {endpoint_line}\n"
+        f"Training-Key:    {current.training}\nPrediction-Key:  {current.prediction}",
+        highlight=False,
+    )
+
+
+# ---------------------------------------------------------------------- publish, stored predictions
+
+
+@app.command("publish")
+def publish(
+    project: ProjectArg,
+    iteration: IterationArg,
+    name: Annotated[str, typer.Option("--name", help="The name apps call the Prediction URL with.", metavar="NAME")],
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Take the name over from the iteration that has it, in one step: apps get the new "
+            "iteration's answers at once, with no downtime.",
+        ),
+    ] = False,
+    yes: YesFlag = False,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Publish an iteration: the Prediction API answers under NAME with it."""
+    from tagvision.errors import Conflict
+
+    with service(data_dir) as svc:
+        target = svc.training.iteration(project, iteration)
+        wanted = name.strip()
+        holder = next(
+            (i for i in svc.training.iterations(project) if i.publish_name == wanted and i.id != target.id), None
+        )
+        if holder is not None and not replace:
+            raise Conflict(
+                f"{holder.name} is published as {wanted!r}. Add --replace to put {target.name} in its place in one "
+                "step (apps see no downtime), or choose another name.",
+                code="BadRequestInvalidPublishName",
+            )
+        if holder is not None and not yes and sys.stdin.isatty():
+            typer.confirm(
+                f"Replace {holder.name} as {wanted!r}? Apps using the Prediction URL get {target.name}'s answers "
+                "at once, with no downtime.",
+                abort=True,
+            )
+        view = svc.training.publish(project, target.id, wanted, overwrite=replace)
+    if as_json:
+        print_json(view.to_json())
+        return
+    replaced = f", in place of {holder.name}" if holder is not None else ""
+    out.print(f"{view.name} is published as {view.publish_name!r}{replaced}.", highlight=False)
+
+
+@app.command("unpublish")
+def unpublish(project: ProjectArg, iteration: IterationArg, yes: YesFlag = False, data_dir: DataDir = None) -> None:
+    """Stop an iteration answering the Prediction API (apps calling its name get errors)."""
+    with service(data_dir) as svc:
+        view = svc.training.iteration(project, iteration)
+        if view.publish_name and not yes and sys.stdin.isatty():
+            typer.confirm(
+                f"Unpublish {view.name}? Apps calling {view.publish_name!r} get errors until an iteration is "
+                "published under that name again.",
+                abort=True,
+            )
+        svc.training.unpublish(project, view.id)
+    out.print(f"{view.name} is no longer published as {view.publish_name!r}.", highlight=False)
+
+
+def _tag_ids(svc: Service, project: str, refs: list[str]) -> list[tuple[str, str]]:
+    """(id, name) of tags named by name or id; a clear error for one the project does not have."""
+    tags = svc.projects.list_tags(project)
+    found = []
+    for ref in refs:
+        tag = next((t for t in tags if ref in (t.name, t.id)), None)
+        if tag is None:
+            raise NotFound(
+                f"The project has no tag {ref!r}; create it with: tagvision tag create {project} {ref}",
+                code="NotFoundTag",
+            )
+        found.append((tag.id, tag.name))
+    return found
+
+
+@prediction_app.command("list")
+def prediction_list(
+    project: ProjectArg,
+    tag: Annotated[
+        str | None,
+        typer.Option(help="Only predictions of this tag (name or id) within the probability range.", metavar="TAG"),
+    ] = None,
+    min_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Lowest probability (with --tag).")] = 0.0,
+    max_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Highest probability (with --tag).")] = 1.0,
+    order: Annotated[
+        str, typer.Option(help="Suggested (most uncertain first), Newest or Oldest.", metavar="ORDER")
+    ] = "Suggested",
+    iteration: IterationOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List stored predictions (images sent to a published iteration, and quick tests)."""
+    from tagvision.service.prediction import MAX_QUERY_RESULTS, PredictionQuery, QueryTag
+
+    if tag is None and (min_probability, max_probability) != (0.0, 1.0):
+        raise InvalidInput("--min-probability and --max-probability apply to a --tag.", code="BadRequestInvalid")
+    with service(data_dir) as svc:
+        chosen = _tag_ids(svc, project, [tag] if tag else [])
+        tags = tuple(QueryTag(i, min_probability, max_probability) for i, _ in chosen)
+        found, token = [], None
+        while len(found) < limit:
+            query = PredictionQuery(
+                order_by=order.capitalize(),
+                tags=tags,
+                iteration_id=iteration,
+                max_count=min(limit - len(found), MAX_QUERY_RESULTS),
+                continuation=token,
+            )
+            page, token = svc.prediction.query(project, query)
+            found += page
+            if not token or not page:
+                break
+        names = {i.id: i.name for i in svc.training.iterations(project)}
+    if as_json:
+        print_json([p.to_stored_json() for p in found])
+        return
+    table = Table("prediction id", "created", "iteration", "predictions", "uncertainty")
+    for p in found:
+        table.add_row(
+            p.id,
+            p.created.strftime("%Y-%m-%d %H:%M:%S"),
+            names.get(p.iteration_id or "", ""),
+            ", ".join(f"{t.tag_name} {t.probability:.1%}" for t in p.predictions[:3]),
+            "" if p.uncertainty is None else f"{p.uncertainty:.2f}",
+        )
+    out.print(table)
+
+
+@prediction_app.command("tag")
+def prediction_tag(
+    project: ProjectArg,
+    prediction_id: Annotated[str, typer.Argument(help="A stored prediction's id.", metavar="PREDICTION_ID")],
+    tags: Annotated[list[str], typer.Argument(help="The image's tag(s), names or ids.", metavar="TAG")],
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Confirm or correct a stored prediction's tag: the image becomes a training image (train again to use it)."""
+    with service(data_dir) as svc:
+        chosen = _tag_ids(svc, project, tags)
+        result = svc.prediction.to_training_image(project, prediction_id, tuple(i for i, _ in chosen))
+    if not result.ok:
+        raise TagvisionError(result.message or "The image could not be added.", code=result.status)
+    if as_json:
+        print_json(result.to_json())
+        return
+    already = " (it was already among them)" if result.status == "OKDuplicate" else ""
+    out.print(
+        f"Added to the training images as {', '.join(n for _, n in chosen)}{already}: image {result.image_id}. "
+        "Train again to use it.",
         highlight=False,
     )
 
 
 # tag info, catalogue, rules, records (tagvision/cli_knowledge.py): installed with this module's helpers.
-cli_knowledge.install(app, tag_app, cli_knowledge.Helpers(service, progress_bar, print_json, out))
+cli_knowledge.install(app, tag_app, cli_knowledge.Helpers(service, progress_bar, print_json, out, _Typer))
 
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="tagvision")  # also under python -m tagvision.cli
     except TagvisionError as exc:
         err.print(f"[red]error:[/] {exc.code}: {exc.message}", highlight=False)
         sys.exit(1)

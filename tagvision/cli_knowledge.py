@@ -1,6 +1,7 @@
 """CLI commands for what tags know and the records predictions leave: ``tag info``, ``catalogue``, ``rules``
 and ``records``. ``tagvision.cli`` installs them with its helpers (:func:`install`), so this module never
-imports it (``python -m tagvision.cli`` would load a second copy)."""
+imports it (``python -m tagvision.cli`` would load a second copy). The service's modules are imported when a
+command runs: ``tagvision --help`` starts without numpy or SQLAlchemy."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,9 +21,10 @@ from rich.table import Table
 from tagvision.errors import InvalidInput
 from tagvision.knowledge import catalogue as cat
 from tagvision.knowledge import information as info
-from tagvision.service import Service
-from tagvision.service.prediction import PredictionQuery
-from tagvision.service.records import describe, metadata_from_pairs
+
+if TYPE_CHECKING:
+    from tagvision.service import Service
+    from tagvision.service.prediction import PredictionQuery
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Helpers:
     progress_bar: Callable[[], AbstractContextManager[Any]]
     print_json: Callable[[Any], None]
     out: Console
+    typer: Callable[..., typer.Typer] = typer.Typer  # the CLI's Typer (its usage lines)
 
 
 _h: Helpers | None = None
@@ -43,22 +46,17 @@ def h() -> Helpers:
     return _h
 
 
-catalogue_app = typer.Typer(
-    help="Import and export tag information (a product or crop catalogue).", no_args_is_help=True
-)
-rules_app = typer.Typer(help="Decision rules over predicted tags and their information.", no_args_is_help=True)
-records_app = typer.Typer(
-    help="Stored predictions as records: search by metadata, export, retention.", no_args_is_help=True
-)
-
 DataDir = Annotated[
     Path | None,
     typer.Option(
-        "--data-dir", help="Data directory [default: $TAGVISION_DATA_DIR, else ./tagvision-data].", show_default=False
+        "--data-dir",
+        help="Data directory (default: $TAGVISION_DATA_DIR, else ./tagvision-data).",
+        show_default=False,
+        metavar="DIR",
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-ProjectArg = Annotated[str, typer.Argument(help="Project name or id.")]
+ProjectArg = Annotated[str, typer.Argument(help="Project name or id.", metavar="PROJECT", show_default=False)]
 MetaOpt = Annotated[
     list[str] | None,
     typer.Option("--meta", help="Only records with this metadata, key=value; repeatable.", show_default=False),
@@ -66,12 +64,20 @@ MetaOpt = Annotated[
 
 
 def install(app: typer.Typer, tag_app: typer.Typer, helpers: Helpers) -> None:
+    """Add ``tag info`` and the ``catalogue``, ``rules`` and ``records`` commands to the CLI's apps."""
     global _h
     _h = helpers
     tag_app.command("info")(tag_info)
-    app.add_typer(catalogue_app, name="catalogue")
-    app.add_typer(rules_app, name="rules")
-    app.add_typer(records_app, name="records")
+    groups = (
+        ("catalogue", "Import and export tag information (a product or crop catalogue).", CATALOGUE),
+        ("rules", "Decision rules over predicted tags and their information.", RULES),
+        ("records", "Stored predictions as records: search by metadata, export, retention.", RECORDS),
+    )
+    for name, help_text, commands in groups:
+        group = helpers.typer(help=help_text, no_args_is_help=True)
+        for command, function in commands:
+            group.command(command)(function)
+        app.add_typer(group, name=name)
 
 
 def _read(path: Path) -> bytes:
@@ -127,7 +133,6 @@ def tag_info(
 # ---------------------------------------------------------------------- catalogue
 
 
-@catalogue_app.command("import")
 def catalogue_import(
     project: ProjectArg,
     file: Annotated[Path, typer.Argument(help="A .csv, .json or .jsonl file ('-': stdin, with --format).")],
@@ -139,7 +144,7 @@ def catalogue_import(
         ),
     ] = None,
     format_: Annotated[
-        str | None, typer.Option("--format", help="csv, json or jsonl [default: from the suffix].", show_default=False)
+        str | None, typer.Option("--format", help="csv, json or jsonl (default: from the suffix).", show_default=False)
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; change nothing.")] = False,
     data_dir: DataDir = None,
@@ -190,13 +195,12 @@ def _print_report(report) -> None:
         out.print(f"  {e.sentence()}", highlight=False, markup=False)
 
 
-@catalogue_app.command("export")
 def catalogue_export(
     project: ProjectArg,
     format_: Annotated[str, typer.Option("--format", help="csv, json or jsonl.")] = "csv",
     key: Annotated[str, typer.Option("--key", help="The name of the tag column.")] = "tag",
     out_path: Annotated[
-        Path | None, typer.Option("--out", help="File to write [default: stdout].", show_default=False)
+        Path | None, typer.Option("--out", help="File to write (default: stdout).", show_default=False)
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -224,14 +228,12 @@ def _write(out_path: Path | None, chunks) -> None:
 # ---------------------------------------------------------------------- rules
 
 
-@rules_app.command("show")
 def rules_show(project: ProjectArg, data_dir: DataDir = None) -> None:
     """Print the project's decision rules as JSON."""
     with h().service(data_dir) as svc:
         h().print_json(svc.knowledge.rules(project))
 
 
-@rules_app.command("set")
 def rules_set(
     project: ProjectArg,
     file: Annotated[Path, typer.Argument(help='A JSON file: a list of rules (or {"rules": [...]}); "-": stdin.')],
@@ -243,7 +245,6 @@ def rules_set(
         h().print_json(svc.knowledge.set_rules(project, raw))
 
 
-@rules_app.command("clear")
 def rules_clear(project: ProjectArg, data_dir: DataDir = None) -> None:
     """Remove every decision rule."""
     with h().service(data_dir) as svc:
@@ -255,6 +256,9 @@ def rules_clear(project: ProjectArg, data_dir: DataDir = None) -> None:
 
 
 def _query(meta: list[str] | None, since: datetime | None, until: datetime | None) -> PredictionQuery:
+    from tagvision.service.prediction import PredictionQuery
+    from tagvision.service.records import metadata_from_pairs
+
     return PredictionQuery(
         order_by="Oldest", start_time=since, end_time=until, metadata=tuple(metadata_from_pairs(meta or []).items())
     )
@@ -266,7 +270,6 @@ SinceOpt = Annotated[
 UntilOpt = Annotated[datetime | None, typer.Option("--until", help="Stored at or before.", show_default=False)]
 
 
-@records_app.command("search")
 def records_search(
     project: ProjectArg,
     meta: MetaOpt = None,
@@ -296,7 +299,6 @@ def records_search(
     h().out.print(table)
 
 
-@records_app.command("export")
 def records_export(
     project: ProjectArg,
     format_: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "jsonl",
@@ -304,7 +306,7 @@ def records_export(
     since: SinceOpt = None,
     until: UntilOpt = None,
     out_path: Annotated[
-        Path | None, typer.Option("--out", help="File to write [default: stdout].", show_default=False)
+        Path | None, typer.Option("--out", help="File to write (default: stdout).", show_default=False)
     ] = None,
     images_dir: Annotated[
         Path | None,
@@ -337,7 +339,6 @@ def _endpoint(svc: Service) -> str:
         return "http://127.0.0.1:8000"
 
 
-@records_app.command("retention")
 def records_retention(
     project: ProjectArg,
     value: Annotated[
@@ -348,6 +349,8 @@ def records_retention(
     as_json: JsonFlag = False,
 ) -> None:
     """Show or set how long the project's stored predictions are kept; setting it purges what is past it."""
+    from tagvision.service.records import describe
+
     with h().service(data_dir) as svc:
         if value is None:
             view, purged = svc.records.retention(project), None
@@ -368,12 +371,23 @@ def records_retention(
     )
 
 
-@records_app.command("purge")
 def records_purge(
-    project: Annotated[str | None, typer.Argument(help="Project name or id [default: every project].")] = None,
+    project: Annotated[
+        str | None, typer.Argument(help="Project name or id (default: every project).", metavar="[PROJECT]")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Delete stored predictions past their retention now (the server also does it every 10 minutes)."""
     with h().service(data_dir) as svc:
         purged = svc.records.purge(project)
     h().out.print(f"Purged {purged} stored predictions.", highlight=False)
+
+
+CATALOGUE = (("import", catalogue_import), ("export", catalogue_export))
+RULES = (("show", rules_show), ("set", rules_set), ("clear", rules_clear))
+RECORDS = (
+    ("search", records_search),
+    ("export", records_export),
+    ("retention", records_retention),
+    ("purge", records_purge),
+)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import IO
@@ -158,41 +159,100 @@ def write_bundle(model_bytes: bytes, labels: list[str], path_or_file: str | Path
         bundle.writestr("predict.py", predictor)
 
 
-class _Calibration:
-    """Feeds onnxruntime's static quantiser one preprocessed image at a time."""
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How :func:`quantize_int8` quantises: ONNX Runtime static quantisation, QDQ, int8 per-channel weights and
+    uint8 activations, calibrated with ``method`` (``MinMax``, ``Entropy`` or ``Percentile`` at ``percentile``).
+    ``float_stem`` keeps the first convolution in float, ``float_blocks`` the first blocks after it (at the
+    highest resolutions, where int8 errors start and then grow), ``float_head`` the last convolution. The
+    tagvision head (mirror, power, linear head, link) always stays in float. The default is the recipe chosen
+    by measurement (bench/NOTES.md, "int8")."""
 
-    def __init__(self, images: np.ndarray) -> None:
-        self._rows = iter(images)
+    method: str = "MinMax"
+    percentile: float = 99.999
+    float_stem: bool = True
+    float_blocks: int = 1
+    float_head: bool = False
+    batch: int = 8  # calibration images run at once (memory: some 80 MB of activations per image and mirror)
+
+    def describe(self) -> str:
+        kept = ["first convolution"] if self.float_stem else []
+        kept += [f"first {self.float_blocks} block{'s' if self.float_blocks > 1 else ''}"] if self.float_blocks else []
+        kept += ["last convolution"] if self.float_head else []
+        method = f"{self.method} {self.percentile:g}" if self.method == "Percentile" else self.method
+        floats = f", {' and '.join(kept)} in float" if kept else ""
+        return f"int8 static (QDQ, per-channel weights{floats}), {method} calibration"
+
+
+LEGACY_INT8 = Int8Recipe(float_stem=False, float_blocks=0)  # the recipe before issue 18: all int8, MinMax
+
+
+class _Calibration:
+    """Feeds onnxruntime's static quantiser preprocessed images, ``batch`` at a time; the model mirrors them
+    itself, so the calibration sees the mirrored pass too. ``set_range`` lets the quantiser collect the
+    statistics in slices (bounded memory)."""
+
+    def __init__(self, images: np.ndarray, batch: int) -> None:
+        self.images, self.batch = images, batch
+        self.set_range(0, len(images))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._starts = iter(range(start_index, end_index, self.batch))
+        self._end = end_index
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        row = next(self._rows, None)
-        return None if row is None else {INPUT: row[None].astype(np.float32)}
+        start = next(self._starts, None)
+        if start is None:
+            return None
+        return {INPUT: np.ascontiguousarray(self.images[start : min(start + self.batch, self._end)], np.float32)}
 
 
-def quantize_int8(model_bytes: bytes, calibration: np.ndarray) -> bytes:
-    """The classifier with int8 weights and activations (ONNX Runtime static quantisation, QDQ,
-    per-channel weights), calibrated on ``calibration``: preprocessed images (n, 3, S, S) of the
-    project. The head and the link stay in float: they are a few kilobytes and set the output."""
+def _float_nodes(model: onnx.ModelProto, recipe: Int8Recipe) -> list[str]:
+    """Names of the nodes kept in float: tagvision's own (mirror, head, link) and, as the recipe says, the
+    backbone's first convolution, its first blocks (``/_blocks.N/`` in the exported names) and its last
+    convolution (graph order is topological)."""
+    nodes = model.graph.node
+    kept = [node.name for node in nodes if node.name.startswith("tagvision/")]
+    kept += [node.name for node in nodes if any(f"/_blocks.{b}/" in node.name for b in range(recipe.float_blocks))]
+    convs = [node.name for node in nodes if node.op_type == "Conv"]
+    if convs and recipe.float_stem:
+        kept.append(convs[0])
+    if convs and recipe.float_head:
+        kept.append(convs[-1])
+    return kept
+
+
+def quantize_int8(model_bytes: bytes, calibration: np.ndarray, recipe: Int8Recipe = Int8Recipe()) -> bytes:
+    """The classifier with int8 weights and activations (see :class:`Int8Recipe`), calibrated on
+    ``calibration``: preprocessed images (n, 3, S, S) of the project."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    head_nodes = [
-        node.name for node in onnx.load_from_string(model_bytes).graph.node if node.name.startswith("tagvision/")
-    ]
+    if recipe.method not in ("MinMax", "Entropy", "Percentile"):
+        raise ValueError(f"unknown calibration method {recipe.method!r}")
     with tempfile.TemporaryDirectory(prefix="tagvision-int8-") as tmp:
         fp32, prepared, int8 = Path(tmp, "fp32.onnx"), Path(tmp, "prepared.onnx"), Path(tmp, "int8.onnx")
         fp32.write_bytes(model_bytes)
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        batch = max(1, min(recipe.batch, len(calibration)))
+        usable = len(calibration) - len(calibration) % batch  # the quantiser's slices (one batch) divide the set
         quantize_static(
             str(prepared),
             str(int8),
-            _Calibration(calibration),
+            _Calibration(calibration[:usable], batch),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=head_nodes,
+            calibrate_method=getattr(CalibrationMethod, recipe.method),
+            nodes_to_exclude=_float_nodes(onnx.load(str(prepared)), recipe),
+            extra_options={
+                "CalibStridedMinMax": batch,  # statistics merged batch by batch: bounded memory for every method
+                "CalibPercentile": recipe.percentile,
+            },
         )
         model = onnx.load(str(int8))
     source = onnx.load_from_string(model_bytes)
@@ -200,8 +260,7 @@ def quantize_int8(model_bytes: bytes, calibration: np.ndarray) -> bytes:
         model,
         {
             **{p.key: p.value for p in source.metadata_props},
-            "quantization": f"int8 static (QDQ, per-channel weights), calibrated on {len(calibration)} "
-            "of the project's training images",
+            "quantization": f"{recipe.describe()} on {usable} of the project's training images",
         },
     )
     return model.SerializeToString()

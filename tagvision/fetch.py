@@ -25,7 +25,8 @@ setting ``TAGVISION_ALLOW_PRIVATE_URLS=1``; callers pass that setting as ``allow
 Only the bytes are returned; the Content-Type and the URL's extension are not
 trusted, the caller validates the data with :func:`tagvision.images.validate`.
 A caller-supplied ``httpx.Client`` lends only its transport: its default headers,
-cookies and auth are never sent to the URL. Each request asks for
+cookies and auth are never sent to the URL; headers the caller names (an API key, when
+reading an API the user named) go only to the URL's own origin. Each request asks for
 ``Connection: close``, so no pooled connection made for one host name carries a
 request for another.
 """
@@ -36,7 +37,9 @@ import email.utils
 import ipaddress
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import httpx
 
@@ -96,19 +99,27 @@ def fetch(
     client: httpx.Client | None = None,
     user_agent: str = "tagvision/0.1 (+https://github.com/tagvision)",
     clock: Clock = SYSTEM,
+    headers: Mapping[str, str] | None = None,
+    sink: BinaryIO | None = None,
 ) -> Fetched:
     """Download ``url`` within ``timeout`` seconds in all; raise :class:`InvalidInput` or :class:`ImageError`.
 
     ``allow_private``: the operator's ``Settings.allow_private_urls`` (non-public addresses allowed).
+    ``headers``: extra request headers (an API key, ``Accept``), sent only to the origin of ``url``: a
+    redirect to another scheme, host or port drops them. ``sink``: the body is written there as it
+    arrives (``data`` is then empty), for files too large to hold in memory.
     """
     deadline = _Deadline(clock, timeout, clock.monotonic() + timeout)
     session = client if client is not None else httpx.Client(follow_redirects=False, timeout=timeout, trust_env=False)
-    headers = {"User-Agent": user_agent, "Accept": "image/*", "Accept-Encoding": "identity", "Connection": "close"}
+    base = {"User-Agent": user_agent, "Accept": "image/*", "Accept-Encoding": "identity", "Connection": "close"}
+    extra = {k: v for k, v in (headers or {}).items() if k.lower() not in ("host", "connection")}
     try:
         current = url
+        origin = _origin(url)
         for _ in range(max_redirects + 1):
             hop = _check(current, allow_private)
-            response = _open(session, hop, headers, deadline)
+            sent = {**base, **extra} if _origin(current) == origin else base
+            response = _open(session, hop, sent, deadline)
             try:
                 if response.has_redirect_location:
                     current = _redirect_target(hop, response.headers["Location"])
@@ -119,8 +130,9 @@ def fetch(
                         status=response.status_code,
                         transient=response.status_code == 429 or response.status_code >= 500,
                         retry_after=retry_after(response.headers.get("Retry-After"), clock),
+                        detail=_error_detail(response, deadline),
                     )
-                data = _read(response, max_bytes, deadline)
+                data = _read(response, max_bytes, deadline, sink)
                 return Fetched(url, str(hop.url), data, response.headers.get("Content-Type", ""))
             finally:
                 response.close()
@@ -234,8 +246,9 @@ def _redirect_target(hop: _Hop, location: str) -> str:
         raise _bad(f"The image URL redirected to an invalid URL ({exc}).") from None
 
 
-def _read(response: httpx.Response, max_bytes: int, deadline: _Deadline) -> bytes:
-    """The body, refused as soon as it is known to exceed ``max_bytes`` or the deadline passes."""
+def _read(response: httpx.Response, max_bytes: int, deadline: _Deadline, sink: BinaryIO | None = None) -> bytes:
+    """The body (or b"" once written to ``sink``), refused as soon as it is known to exceed ``max_bytes`` or
+    the deadline passes."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise ImageError(
@@ -243,12 +256,39 @@ def _read(response: httpx.Response, max_bytes: int, deadline: _Deadline) -> byte
             code="ErrorImageSize",
         )
     body = bytearray()
+    size = 0
     for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > max_bytes:
+        size += len(chunk)
+        if size > max_bytes:
             raise ImageError(f"The image at the URL is larger than {max_bytes} bytes.", code="ErrorImageSize")
+        if sink is not None:
+            sink.write(chunk)
+        else:
+            body += chunk
         deadline.left()
     return bytes(body)
+
+
+def _error_detail(response: httpx.Response, deadline: _Deadline, limit: int = 4096) -> str:
+    """The start of an error response's body (a JSON error, as APIs send), for the caller to read."""
+    body = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= limit:
+                break
+            deadline.left()
+    except (httpx.HTTPError, InvalidInput):
+        pass
+    return bytes(body[:limit]).decode("utf-8", errors="replace")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return ("", url, None)
+    return (parsed.scheme, parsed.host.lower(), parsed.port)
 
 
 def _timed_out(timeout: float) -> InvalidInput:
@@ -261,10 +301,17 @@ class FetchError(InvalidInput):
     after ``retry_after`` seconds when the server said so."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, transient: bool = False, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        transient: bool = False,
+        retry_after: float | None = None,
+        detail: str = "",
     ) -> None:
         super().__init__(message, code=_CODE)
         self.status, self.transient, self.retry_after = status, transient, retry_after
+        self.detail = detail  # the start of the error response's body, if any
 
 
 def retry_after(value: str | None, clock: Clock = SYSTEM) -> float | None:

@@ -25,6 +25,7 @@ Shapes: ``n`` images, ``d`` embedding dimensions, ``T`` tags.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,17 +108,28 @@ class QuickClassifier:
     shrinkage_: float = field(init=False)
     cv_log_loss_: dict[float, float] = field(init=False)
 
-    def fit(self, plain: np.ndarray, flipped: np.ndarray, labels: np.ndarray) -> QuickClassifier:
+    def fit(
+        self,
+        plain: np.ndarray,
+        flipped: np.ndarray,
+        labels: np.ndarray,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> QuickClassifier:
         """Fit on embeddings (n, d) of the images and of their mirrors, labels (n, T) bool.
+
+        ``progress(done, total)``, when given, is called as the steps finish: per fold, its discriminants
+        and each shrinkage's scores; then each shrinkage's calibration; then the final head.
 
         BLAS runs on one thread here: OpenBLAS's threads spin while they wait, and beside other work (a
         server embedding or predicting, another training) a fit took 23-38 s instead of 6.6 s on one
         thread (bench/NOTES.md); on an idle machine one thread costs little.
         """
         with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
-            return self._fit(plain, flipped, labels)
+            return self._fit(plain, flipped, labels, progress)
 
-    def _fit(self, plain: np.ndarray, flipped: np.ndarray, labels: np.ndarray) -> QuickClassifier:
+    def _fit(
+        self, plain: np.ndarray, flipped: np.ndarray, labels: np.ndarray, progress: Callable[[int, int], None] | None
+    ) -> QuickClassifier:
         labels = np.asarray(labels, dtype=bool)
         _check_inputs(plain, flipped, labels, self.multilabel)
         plain, flipped = features(plain), features(flipped)
@@ -131,16 +143,31 @@ class QuickClassifier:
         stats = [_Moments.of(rows[row_folds == f], row_labels[row_folds == f]) for f in range(k)]
         total = sum(stats[1:], stats[0])
 
+        steps, done = k * (len(self.shrinkages) + 1) + len(self.shrinkages) + 1, 0
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, steps)
+
+        if progress is not None:
+            progress(0, steps)
         oof_scores = {s: np.zeros(labels.shape) for s in self.shrinkages}
         for f in range(k):
             held = row_folds == f
             discriminants = _Discriminants(total - stats[f], self.multilabel)
+            step()
             for s in self.shrinkages:
                 w, b = discriminants.at(s)
                 scores = rows[held] @ w + b
                 oof_scores[s][self.folds_ == f] = (scores[: held.sum() // 2] + scores[held.sum() // 2 :]) / 2
+                step()
 
-        fits = {s: _Calibration.fit(oof_scores[s], labels, self.multilabel) for s in self.shrinkages}
+        fits = {}
+        for s in self.shrinkages:
+            fits[s] = _Calibration.fit(oof_scores[s], labels, self.multilabel)
+            step()
         self.cv_log_loss_ = {s: fits[s].log_loss for s in self.shrinkages}
         self.shrinkage_ = min(self.shrinkages, key=lambda s: (self.cv_log_loss_[s], s))
         calibration = fits[self.shrinkage_]
@@ -151,6 +178,7 @@ class QuickClassifier:
         weights = w * calibration.slope
         bias = (b - mean @ w) * calibration.slope + calibration.offset
         self.head_ = LinearHead(weights.astype(np.float32), bias.astype(np.float32), self.multilabel)
+        step()
         return self
 
     def predict_proba(self, plain: np.ndarray, flipped: np.ndarray) -> np.ndarray:

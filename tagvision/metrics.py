@@ -91,6 +91,12 @@ class MeasuredOn:
             told += "; the model in use was then trained once more on all the images, so it may do a little better"
         return told
 
+    def short(self) -> str:
+        """A table cell's words for the same thing: "5-fold cross-validation", "20 held-out images"."""
+        if self.method is Method.CROSS_VALIDATION:
+            return f"{self.folds}-fold cross-validation"
+        return f"{self.images} held-out images"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "method": self.method.value,

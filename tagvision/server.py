@@ -48,7 +48,14 @@ def create_app(service: Service) -> FastAPI:
             log.info("resumed %d interrupted jobs", resumed)
         yield
 
-    app = FastAPI(title="tagvision", version=__version__, description=api.DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="tagvision",
+        version=__version__,
+        description=api.DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # web.install_docs serves /docs and /redoc from local files
+        redoc_url=None,
+    )
     app.state.service = service
     api.install(app)
     web.install(app)

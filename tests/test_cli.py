@@ -227,8 +227,9 @@ def _count(database: Path, query: str) -> int:
 
 
 def test_keys_are_made_once_private_and_rotatable(data_dir: Path, monkeypatch) -> None:
+    data_dir.mkdir()  # keys never make a data directory (tests/test_cli_workflow.py)
     first = json.loads(tagvision("keys", "--json", data_dir=data_dir).stdout)
-    assert set(first) == {"endpoint", "trainingKey", "predictionKey"}
+    assert set(first) == {"dataDir", "endpoint", "serverRunning", "trainingKey", "predictionKey"}
     assert len(first["trainingKey"]) == 32 and first["trainingKey"] != first["predictionKey"]
     assert (data_dir / "keys.json").stat().st_mode & 0o777 == 0o600
     assert json.loads(tagvision("keys", "--json", data_dir=data_dir).stdout) == first  # stable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import ipaddress
 import shutil
 import socket
@@ -82,6 +83,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.redirect("/loop")
         elif path == "/to-private":
             self.redirect(f"http://127.0.0.2:{port}/photo.jpg")
+        elif path == "/to-other-name":  # another origin on the same server (FakeDNS: other.test is 127.0.0.1)
+            self.redirect(f"http://other.test:{port}/photo.jpg")
         elif path == "/to-file":
             self.redirect("file:///etc/passwd")
         elif path == "/nowhere":
@@ -205,6 +208,27 @@ def test_downloads_exact_bytes_with_our_headers(server: Server, photo: bytes) ->
     assert seen.headers["accept"] == "image/*"
     fetch(url, max_bytes=MB, allow_private=True, user_agent="probe/1")
     assert server.seen[-1].headers["user-agent"] == "probe/1"
+
+
+def test_caller_headers_go_to_the_urls_origin_only(server: Server, photo: bytes, dns: FakeDNS) -> None:
+    key = {"Training-Key": "secret"}
+    assert fetch(server.url("/chain/1"), max_bytes=MB, allow_private=True, headers=key).data == photo
+    assert [s.headers.get("training-key") for s in server.seen] == ["secret"] * 3, "same origin: every hop"
+    server.seen.clear()
+    dns.add("other.test", "127.0.0.1")
+    assert fetch(server.url("/to-other-name"), max_bytes=MB, allow_private=True, headers=key).data == photo
+    first, second = server.seen
+    assert first.headers["training-key"] == "secret" and "training-key" not in second.headers
+    assert second.headers["host"] == f"other.test:{server.port}"
+
+
+def test_a_sink_takes_the_body_and_an_error_keeps_the_start_of_its_body(server: Server, photo: bytes) -> None:
+    sink = io.BytesIO()
+    got = fetch(server.url("/photo.jpg"), max_bytes=MB, allow_private=True, sink=sink)
+    assert got.data == b"" and sink.getvalue() == photo
+    with pytest.raises(fetch_module.FetchError) as missing:
+        fetch(server.url("/absent"), max_bytes=MB, allow_private=True)
+    assert (missing.value.status, missing.value.detail) == (404, "not here")
 
 
 def test_caller_client_lends_only_its_transport(server: Server, photo: bytes) -> None:

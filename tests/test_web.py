@@ -111,8 +111,18 @@ def page(browser, server):
     context.set_default_timeout(120_000)  # a give-up deadline; a busy machine only waits longer
     context.grant_permissions(["clipboard-read", "clipboard-write"])
     tab = context.new_page()
+    tab.console_errors = watch_console(tab)
     yield tab
     context.close()
+
+
+def watch_console(tab) -> list[str]:
+    """Every console error and uncaught exception of the tab, with the page it happened on (a 404 favicon,
+    an invalid ``pattern`` attribute and a failed fetch all land here)."""
+    errors: list[str] = []
+    tab.on("console", lambda m: errors.append(f"{tab.url}: {m.text}") if m.type == "error" else None)
+    tab.on("pageerror", lambda e: errors.append(f"{tab.url}: {e}"))
+    return errors
 
 
 def login(page, server: Server) -> None:
@@ -177,6 +187,7 @@ def train_and_wait(page, project_id: str, iteration: str) -> None:
     status = page.locator("[data-poll-text]")
     expect(status).to_contain_text(f"{iteration}: ")
     expect(status).to_contain_text(f"{iteration}: Completed", timeout=TRAINING_TIMEOUT_MS)
+    expect(page.locator(".flash", has_text=f"{iteration} is training")).to_have_count(0)  # the banner goes
     expect(page.get_by_role("link", name=f"See the performance of {iteration}")).to_be_visible()
     expect(page.locator("#iteration-table tbody tr").first).to_contain_text("Completed")
 
@@ -233,6 +244,11 @@ def test_whole_workflow_in_the_browser(page, server, tmp_path):
     shot(page, "03-train")
 
     page.get_by_role("link", name="See the performance of Iteration 1").click()
+    first = httpx.get(server.training(f"/projects/{project_id}/iterations"), headers=server.training_headers).json()[0]
+    assert first["measuredOn"]["method"] == "cross-validation" and first["imageCount"] == 3 * PER_TAG, first
+    expect(page.locator("[data-metrics-from]")).to_have_text(f"Figures from: {first['metricsFrom']}.")
+    expect(page.locator(".figures [data-figure-std]")).to_have_count(2)  # folds differ: their spread is shown
+    expect(page.get_by_label("Publish name")).to_have_value("Iteration1")  # nothing is published yet
     precision, recall = page.locator('[data-figure="precision"]'), page.locator('[data-figure="recall"]')
     before = (precision.inner_text(), recall.inner_text())
     assert all(re.fullmatch(r"\d+\.\d%", v) for v in before), before
@@ -307,12 +323,27 @@ def test_whole_workflow_in_the_browser(page, server, tmp_path):
     expect(cards.first.locator(".bar-label").first).to_have_text(top)
     expect(cards.first.get_by_label("Tag of this image")).to_have_value(re.compile(".+"))  # the top tag, preselected
     shot(page, "07-predictions")
+    expect(cards.first.get_by_label("New tag name")).to_be_hidden()  # until "New tag…" is chosen
     cards.first.get_by_label("Tag of this image").select_option(label="hat")  # confirm or correct: it is a hat
+    page.evaluate("window.stayed = true")  # gone if the page reloads
     cards.first.get_by_role("button", name="Add to training images").click()
-    expect(page.locator(".flash.ok")).to_contain_text("Added to the training images as hat")
+    expect(page.locator(".prediction-done")).to_have_text("Added to the training images as hat. Train again to use it.")
+    assert page.evaluate("window.stayed === true"), "the card is updated in place, without a reload"
     expect(cards).to_have_count(0)
+    expect(page.locator("[data-shown]")).to_have_text("0 shown")
     page.goto(f"/projects/{project_id}/images")
     expect(tag_count(page, "hat")).to_have_text(str(PER_TAG + 1))
+
+    # Re-tag a tagged image in one step (multiclass: one tag each): a dress, tagged shoes by mistake.
+    page.get_by_role("link", name=re.compile(r"^dress")).click()
+    moved = page.locator('.grid input[name="image"]').first
+    moved_id = moved.get_attribute("value")
+    moved.check()
+    page.get_by_label("Tag", exact=True).select_option(label="shoes")
+    page.get_by_role("button", name="Tag selected").click()
+    expect(page.locator(".flash.ok")).to_have_text("1 image tagged shoes.")
+    expect(tag_count(page, "dress")).to_have_text(str(PER_TAG - 1))
+    expect(tag_count(page, "shoes")).to_have_text(str(PER_TAG + 1))
 
     train_and_wait(page, project_id, "Iteration 2")
     page.goto(f"/projects/{project_id}/performance")
@@ -323,7 +354,8 @@ def test_whole_workflow_in_the_browser(page, server, tmp_path):
     expect(compared.first.locator("td")).to_have_text(
         [
             "Completed",
-            "cross-validation",
+            re.compile(r"^\d+-fold cross-validation$"),
+            "3",
             str(3 * PER_TAG + 1),
             re.compile(r"%$"),
             re.compile(r"%$"),
@@ -333,6 +365,47 @@ def test_whole_workflow_in_the_browser(page, server, tmp_path):
     )
     expect(compared.last.locator("td").last).to_have_text("clothes")
     shot(page, "08-performance-iteration-2")
+
+    # The mistaken dress is misclassified in cross-validation: re-tag it there, in one step.
+    wrong = page.locator(f"#wrong-{moved_id}")
+    expect(wrong).to_have_count(1)
+    expect(wrong.locator(".tags")).to_have_text("Tagged shoes")
+    expect(wrong.locator(".caption")).to_contain_text("Predicted dress")
+    expect(wrong.get_by_label(re.compile("^Tag of "))).to_have_value(re.compile(".+"))
+    shot(page, "08b-misclassified-retag")
+    wrong.get_by_label(re.compile("^Tag of ")).select_option(label="dress")
+    wrong.get_by_role("button", name="Re-tag").click()
+    expect(page.locator(".flash.ok")).to_have_text("The image is now tagged dress. Train again to use it.")
+    expect(page).to_have_url(re.compile(r"#wrong-heading$"))
+    expect(page.locator(f"#wrong-{moved_id}")).to_have_count(0)
+
+    republish_while_clients_poll(page, server, project_id, probe)
+
+    page.once("dialog", lambda dialog: dialog.dismiss())  # Unpublish asks first; "no" keeps it published
+    page.get_by_role("button", name="Unpublish").click()
+    expect(page.locator(".badge")).to_have_text("Published as clothes")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Unpublish").click()
+    expect(page.locator(".flash.ok")).to_have_text(
+        "Iteration 2 is unpublished: the Prediction API no longer answers as clothes."
+    )
+    expect(page.get_by_label("Publish name")).to_have_value("Iteration2")
+
+    # A stored prediction can go in under a tag the project does not have yet.
+    tab(page, "Quick test").click()
+    page.get_by_label("Image file").set_input_files(str(photos(CLOTHING, "test", "t-shirt", 1)[0]))
+    page.get_by_role("button", name="Test").click()
+    tab(page, "Predictions").click()
+    card = page.locator(".prediction-card").first
+    card.get_by_label("Tag of this image").select_option(label="New tag…")
+    card.get_by_label("New tag name").fill("t-shirt")
+    shot(page, "07b-predictions-new-tag")
+    card.get_by_role("button", name="Add to training images").click()
+    expect(page.locator(".prediction-done")).to_have_text(
+        "Added to the training images as t-shirt. Train again to use it."
+    )
+    page.goto(f"/projects/{project_id}/images")
+    expect(tag_count(page, "t-shirt")).to_have_text("1")
 
     page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen
     for path, name in (
@@ -345,6 +418,57 @@ def test_whole_workflow_in_the_browser(page, server, tmp_path):
             .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
             .map(e => e.tagName + '.' + e.className + '#' + e.id).slice(0, 8)""")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), (path, wide)
+    assert page.console_errors == [], page.console_errors
+
+
+def republish_while_clients_poll(page, server: Server, project_id: str, probe: Path) -> None:
+    """Publish Iteration 2 as "clothes", which Iteration 1 has, while two clients keep calling the Prediction
+    URL: after the confirmation, the name moves in one step and no client sees anything but 200."""
+    url = f"{server.endpoint}/customvision/v3.0/Prediction/{project_id}/classify/iterations/clothes/image/nostore"
+    iterations = {
+        i["name"]: i["id"]
+        for i in httpx.get(
+            server.training(f"/projects/{project_id}/iterations"), headers=server.training_headers
+        ).json()
+    }
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(headers={**server.prediction_headers, "Content-Type": "application/octet-stream"}) as http:
+            while not stop.is_set():
+                response = http.post(url, content=probe.read_bytes(), timeout=120)
+                answers.append((response.status_code, response.json().get("iteration", "")))
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 600
+        while len(answers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        publish_name = page.get_by_label("Publish name")
+        expect(publish_name).to_have_value("clothes")  # the name apps call now, not "Iteration2"
+        page.get_by_role("button", name="Publish Iteration 2").click()
+        expect(page.get_by_role("heading", name="Replace Iteration 1 as clothes?")).to_be_visible()
+        expect(page.locator("main")).to_contain_text(
+            "Apps using the Prediction URL get Iteration 2's answers at once, with no downtime"
+        )
+        shot(page, "08c-republish-confirmation")
+        page.get_by_role("button", name="Replace Iteration 1 with Iteration 2").click()
+        expect(page.locator(".flash.ok")).to_contain_text("Iteration 2 is published as clothes in place of Iteration 1")
+        expect(page.locator(".badge")).to_have_text("Published as clothes")
+        swapped = len(answers)
+        while time.monotonic() < deadline and not any(it == iterations["Iteration 2"] for _, it in answers[swapped:]):
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(120)
+    statuses = [status for status, _ in answers]
+    print(f"republish: {len(answers)} predictions during the swap, statuses {sorted(set(statuses))}")
+    assert statuses.count(200) == len(statuses), [a for a in answers if a[0] != 200]
+    assert {iterations["Iteration 1"], iterations["Iteration 2"]} <= {it for _, it in answers}
 
 
 # ---------------------------------------------------------------------- 300 uploads
@@ -634,6 +758,9 @@ def test_search_images_for_tags_review_and_add(page, server, openverse):
         "scarf: the search failed before finishing this tag (0 of 2 candidates)."
     )
     expect(page.locator("[data-review]")).to_be_hidden()
+    expect(message).to_have_class(re.compile(r"\berror\b"))  # styled as the error it is
+    expect(page.get_by_label("Tag names")).to_have_value("scarf")  # what was typed, to search again
+    expect(page.get_by_label("Provider")).to_have_value("wikimedia")
     shot(page, "19-search-failed")
     expect(page.locator("body")).not_to_contain_text("Traceback")
     page.get_by_label("Provider").select_option("pexels")  # a keyed provider without its key: refused at once
@@ -642,6 +769,13 @@ def test_search_images_for_tags_review_and_add(page, server, openverse):
     expect(page.locator(".flash.error")).to_contain_text("Pexels needs an API key: set TAGVISION_PEXELS_KEY")
     expect(page.get_by_label("Tag names")).to_have_value("scarf")  # the form keeps what was typed
     expect(page.get_by_label("Provider")).to_have_value("pexels")
+
+    # The server has one library folder: a blank folder field means it (it holds no photos here).
+    page.get_by_label("Provider").select_option("library")
+    expect(page.get_by_label("Library folder on the server")).to_have_value("")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(message).to_contain_text("Search finished without usable images", timeout=WAIT_MS)
+    expect(page.locator(".flash.error")).to_have_count(0)
 
 
 # ---------------------------------------------------------------------- advanced training
@@ -690,17 +824,20 @@ def test_advanced_training_from_the_train_page(page, server):
     assert view["status"] == "Completed" and view["trainingType"] == "Advanced" and view["metricsFrom"], view
     expect(page.locator("[data-metrics-from]")).to_have_text(f"Figures from: {view['metricsFrom']}.")
     served = (
-        f"{view['backbone']} fine-tuned"
+        f"Advanced training within a {BUDGET_TEXT} budget fine-tuned {view['backbone']} on your images"
         if view["fineTuned"]
-        else f"{view['backbone']}'s stock features and a linear head (fine-tuning did not beat them)"
+        else f"Advanced training within a {BUDGET_TEXT} budget kept the quick model: fine-tuning did not score "
+        "better on the held-out images"
     )
     assert view["backbone"] in ("efficientnet-lite0", "efficientnet-lite2"), view
     expect(page.locator("[data-backbone]")).to_have_text(served)
     # Fine-tuned: figures from the held-out validation split; else it is a quick training, cross-validated.
-    evaluated_on = "the validation split" if view["fineTuned"] else "cross-validation"
+    evaluated_on = "the held-out images" if view["fineTuned"] else "cross-validation"
     expect(page.locator("[data-metrics-from]")).to_contain_text(
-        "validation split" if view["fineTuned"] else "fold cross-validation"
+        "set aside before training" if view["fineTuned"] else "fold cross-validation"
     )
+    spread = view["measuredOn"]["method"] == "cross-validation" and view["measuredOn"]["folds"] > 1
+    expect(page.locator(".figures [data-figure-std]")).to_have_count(2 if spread else 0)  # no ± for one split
     expect(page.get_by_role("heading", name=re.compile(f"^Misclassified in {evaluated_on}"))).to_be_visible()
     shot(page, "21-performance-advanced")
     tab(page, "Train").click()  # the form offers the same kind of training again
@@ -708,3 +845,40 @@ def test_advanced_training_from_the_train_page(page, server):
     expect(page.get_by_label("Time budget for advanced training (minutes)")).to_have_value(
         f"{ADVANCED_BUDGET_MINUTES:g}"
     )
+
+
+# ---------------------------------------------------------------------- offline
+
+
+def test_api_docs_render_with_the_network_blocked(browser, server):
+    """/docs lists the operations (and /redoc renders) with every request to anything but the server aborted:
+    Swagger UI's and ReDoc's files come from the installed fastapi-offline package, not a CDN."""
+    context = browser.new_context(base_url=server.endpoint, viewport={"width": 1280, "height": 900})
+    blocked: list[str] = []
+
+    def only_the_server(route) -> None:
+        if route.request.url.startswith(server.endpoint + "/"):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_server)
+    try:
+        tab = context.new_page()
+        errors = watch_console(tab)
+        tab.goto("/docs")
+        expect(tab.locator(".swagger-ui .info .title")).to_contain_text("tagvision")
+        operations = tab.locator(".opblock")
+        expect(operations.first).to_be_visible()
+        assert operations.count() >= 45
+        expect(
+            tab.locator(".opblock-summary-path", has_text="/customvision/{version}/training/projects").first
+        ).to_be_visible()
+        shot(tab, "22-api-docs-offline")
+        tab.goto("/redoc")
+        expect(tab.get_by_role("heading", name=re.compile(r"^tagvision"), level=1)).to_be_visible()
+        assert blocked == [] and errors == [], (blocked, errors)
+        assert tab.request.get("/favicon.ico").ok
+    finally:
+        context.close()

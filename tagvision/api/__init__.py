@@ -2,9 +2,10 @@
 
 Routers translate HTTP into service calls and service views into Custom Vision JSON: ``training``
 (projects, tags, iterations, exports, stored predictions), ``images`` (training images),
-``acquisitions`` (images for tags from providers), ``knowledge`` (catalogues, decision rules, retention and
-prediction records), ``prediction`` and ``files`` (signed
-downloads); ``params`` holds what the Training API's routers share. ``errors`` gives every error
+``acquisitions`` (images for tags from providers), ``transfer`` (project export and import by token),
+``scorings`` (scoring catalogues), ``knowledge`` (catalogues of tag information, decision rules, retention
+and prediction records), ``prediction`` and ``files`` (signed downloads); ``params`` holds what
+the Training API's routers share. ``errors`` gives every error
 the ``{"code", "message"}`` body, ``auth`` checks the key headers, ``middleware`` matches paths
 case-insensitively and bounds request bodies. ``tagvision.server`` mounts it beside the portal.
 """
@@ -16,10 +17,11 @@ import re
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-from tagvision.api.knowledge import LIMITS as KNOWLEDGE_LIMITS
 from tagvision.api.middleware import LIMITS
+from tagvision.knowledge.catalogue import MAX_FILE as MAX_CATALOGUE
 
-BODY_LIMITS = LIMITS + KNOWLEDGE_LIMITS
+# A catalogue file (tagvision.api.knowledge) may be larger than the default body.
+BODY_LIMITS = LIMITS + ((re.compile(r"/training/projects/[^/]+/catalogue$"), MAX_CATALOGUE, "BadRequestCatalogue"),)
 
 DESCRIPTION = """Self-hosted image classification, wire-compatible with Azure Custom Vision.
 
@@ -31,9 +33,18 @@ server with the keys from `tagvision keys`: the Training API lives under `/custo
 
 def routers() -> tuple[APIRouter, ...]:
     # Imported here: the route modules import from this package (auth, render, ...).
-    from tagvision.api import acquisitions, files, images, knowledge, prediction, training
+    from tagvision.api import acquisitions, files, images, knowledge, prediction, scorings, training, transfer
 
-    return (training.router, images.router, acquisitions.router, knowledge.router, prediction.router, files.router)
+    return (
+        training.router,
+        images.router,
+        transfer.router,
+        acquisitions.router,
+        scorings.router,
+        knowledge.router,
+        prediction.router,
+        files.router,
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
 from tagvision.errors import NotFound
@@ -48,6 +49,8 @@ async def download(
     headers = dict(CACHE)  # served as stored, and (as every response) marked nosniff: never sniffed into HTML
     if file.filename is not None:
         headers["Content-Disposition"] = attachment(file.filename)
+    if file.path is not None:
+        return FileResponse(file.path, media_type=file.media_type, headers=headers)
     return Response(file.data, media_type=file.media_type, headers=headers)
 
 

@@ -12,7 +12,6 @@ A tag's information itself rides on Custom Vision's tag routes (``GET``/``PATCH 
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated
 
@@ -34,8 +33,6 @@ router = APIRouter(
     dependencies=[Depends(version_gate("Training API", VERSIONS)), Depends(require_training_key)],
 )
 MEDIA = {"csv": "text/csv; charset=utf-8", "json": "application/json", "jsonl": "application/x-ndjson"}
-# (path pattern, byte limit, code) for the server's body-size middleware: a catalogue file may be large.
-LIMITS = ((re.compile(r"/training/projects/[^/]+/catalogue$"), cat.MAX_FILE, "BadRequestCatalogue"),)
 Format = Annotated[str, Query(alias="format", description="csv, json or jsonl")]
 
 

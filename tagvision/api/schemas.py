@@ -76,6 +76,15 @@ class Project(Wire):
     status: str = "Succeeded"
 
 
+class ProjectExport(Wire):
+    iterationCount: int
+    imageCount: int
+    tagCount: int
+    regionCount: int
+    estimatedImportTimeInMS: int
+    token: str
+
+
 class Tag(Wire):
     id: str
     name: str
@@ -305,7 +314,8 @@ class TagUpdate(Body):
 
 
 class IterationUpdate(Body):
-    name: str
+    name: str | None = None
+    precision: str | None = None  # tagvision: Float32 or Int8, how predictions and scorings run the iteration
 
 
 class TrainingParameters(Body):

@@ -189,12 +189,18 @@ def get_iteration(service: Svc, project_id: ProjectId, iteration_id: IterationId
 
 
 @router.patch(
-    "/projects/{projectId}/iterations/{iterationId}", response_model=schemas.Iteration, summary="Rename an iteration"
+    "/projects/{projectId}/iterations/{iterationId}",
+    response_model=schemas.Iteration,
+    summary="Rename an iteration; tagvision: set its precision (Float32 or Int8) for predictions and scorings",
 )
 def update_iteration(
     service: Svc, project_id: ProjectId, iteration_id: IterationId, body: schemas.IterationUpdate
 ) -> dict:
-    return service.training.rename_iteration(project_id, iteration_id, body.name).to_json()
+    if body.precision is not None:
+        service.jobs.set_precision(project_id, iteration_id, body.precision)
+    if body.name is not None:
+        return service.training.rename_iteration(project_id, iteration_id, body.name).to_json()
+    return service.training.iteration(project_id, iteration_id).to_json()
 
 
 @router.delete("/projects/{projectId}/iterations/{iterationId}", status_code=204, summary="Delete an iteration")

@@ -177,8 +177,6 @@ class Job:
     def fine_tune(self, spec: backbone.BackboneSpec, larger: bool) -> Tuning:
         """Fine-tune ``spec``: the first schedule, the choice against quick, then the refit when planned.
         ``larger``: raise :class:`TooSlow` unless two schedules of ``Recipe.larger_epochs`` fit."""
-        import torch
-
         sizes = Sizes(
             len(self.training), len(self.validation), len(self.labels), min(self.recipe.batch_size, len(self.training))
         )
@@ -192,6 +190,8 @@ class Job:
             raise
         if larger:
             self.planner.larger_fits(self.countdown.left(), self.costs, guessed=True)
+        import torch  # only once fine-tuning is going to happen: importing it takes seconds
+
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -222,7 +222,8 @@ class Job:
         tuning = Tuning(spec.model_name, self.recipe, f"stem + {first.split} of {len(first.model._blocks)} blocks", log)
         head = self.choose(tuning, first)
         self.served = [first]
-        if self.refit and (self.report.verdict.tuned_wins or self.recipe.force_fine_tuned):
+        wins = self.report.verdict is not None and self.report.verdict.tuned_wins
+        if self.refit and (wins or self.recipe.force_fine_tuned):
             refit, tuning.refit = self.refit_schedule(task, first, log)
             self.served.append(refit)
             head = choice.joint_head([first.linear_head(), refit.linear_head()], tuning.temperature)

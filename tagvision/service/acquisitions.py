@@ -375,7 +375,10 @@ class Acquisitions:
         elif any(images.hamming(done.dhash, h) <= NEAR_DUPLICATE_BITS for h in hashes):
             # Checked before keeping a spare, so a picture and its copy always give one duplicate, whichever
             # download finishes first and whether or not the target was met by then.
-            item.status, item.message = "Duplicate", "The same picture (or nearly) is already in the project."
+            item.status, item.message = (
+                "Duplicate",
+                "The same picture (or nearly) is already in the project or in this search.",
+            )
             state["duplicates"] += 1
         elif state["added"] >= state["wanted"] or stopped:  # in flight when the target was met or the user stopped
             item.status, item.sha256 = "Spare", self.ctx.blobs.put(done.data)

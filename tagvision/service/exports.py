@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +34,7 @@ class ExportedModel:
 class Exports:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._int8_lock = threading.Lock()
 
     def start(self, ref: str, iteration_ref: str, platform: str, flavor: str | None = None) -> ExportView:
         """Queue an export of a completed iteration (status Exporting); an existing one is returned as is."""
@@ -79,7 +82,9 @@ class Exports:
             details = IterationDetails.from_json(iteration.details)
             labels = [name for _, name in details.tags]
             name = f"{project.name}-{iteration.name}".replace(" ", "-")
-            calibration_ids = details.image_ids[:CALIBRATION_IMAGES]
+            # Spread over the whole list (ordered by tag), so every tag's images calibrate the ranges.
+            step = max(1, len(details.image_ids) // CALIBRATION_IMAGES)
+            calibration_ids = details.image_ids[::step][:CALIBRATION_IMAGES]
             hashes = list(session.scalars(select(Image.sha256).where(Image.id.in_(calibration_ids))))
         spec = self.ctx.spec(domain, backbone_key)
         head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))
@@ -102,6 +107,20 @@ class Exports:
                 model, np.stack([backbone.preprocess_bytes(self.ctx.blobs.get(h), spec) for h in hashes])
             )
         return ExportedModel(model, labels, name)
+
+    def int8_model(self, ref: str, iteration_ref: str) -> bytes:
+        """The iteration's int8 classifier: its finished Int8 export's model, or quantised now (minutes on a small
+        machine) and kept as that export, so serving, scoring and downloads quantise an iteration once."""
+        with self._int8_lock:
+            view = self.start(ref, iteration_ref, "ONNX", INT8)
+            if view.status != "Done":
+                view = self.run(view.id)
+            if view.status != "Done":
+                raise TrainingError(f"The int8 model could not be made: {view.error}", code="ErrorExport")
+            with self.ctx.db.session() as session:
+                key = session.get(Export, view.id).blob
+            with zipfile.ZipFile(io.BytesIO(self.ctx.blobs.get(key))) as bundle:
+                return bundle.read("model.onnx")
 
     def run(self, export_id: str) -> ExportView:
         """Build the file of a queued export: Done with its blob, or Failed with the reason."""

@@ -13,6 +13,7 @@ import hmac
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 from tagvision import images
@@ -23,7 +24,7 @@ from tagvision.service.keys import KeyStore
 
 FILES_PATH = "/tagvision/files"
 LIFETIME = 24 * 3600
-KINDS = ("image", "thumbnail", "prediction", "prediction-thumbnail", "export")
+KINDS = ("image", "thumbnail", "prediction", "prediction-thumbnail", "export", "project")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 THUMBNAIL, THUMBNAIL_SIZE = "thumbnail256", 256
 
@@ -35,6 +36,7 @@ class Download:
     data: bytes
     media_type: str
     filename: str | None = None
+    path: Path | None = None  # a large file served from disk (a project archive) instead of ``data``
 
 
 class Files:
@@ -60,10 +62,15 @@ class Files:
         return hmac.compare_digest(self._sign(kind, ident, expires), signature)
 
     def get(self, kind: str, ident: str) -> Download:
-        """The file a link names: an export bundle by export id, else an image (or its thumbnail) by sha256."""
+        """The file a link names: an export bundle by export id, a project archive (``project``) or an image (or
+        its thumbnail) by sha256."""
         if kind == "export":
             name, data = self.exports.file(ident)
             return Download(data, "application/zip", name)
+        if kind == "project":  # a project archive made by export_project, by its sha256
+            if not SHA256.fullmatch(ident) or not self.ctx.blobs.exists(ident):
+                raise NotFound("This project archive is no longer stored.", code="NotFound")
+            return Download(b"", "application/zip", "project.tvproj", self.ctx.blobs.path(ident))
         if not SHA256.fullmatch(ident) or not self.ctx.blobs.exists(ident):
             raise NotFound("This image is no longer stored.", code="NotFoundImage")
         if kind.endswith("thumbnail"):

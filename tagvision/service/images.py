@@ -6,8 +6,10 @@ import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
+import httpx
 from sqlalchemy import delete, func, select
 
 from tagvision import fetch, images
@@ -39,6 +41,9 @@ class NewImage:
     tags: tuple[str, ...] = ()  # tag ids or names
     source: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    # Object-detection regions ({regionId, tagId, left, top, width, height}; tag ids, not names), kept as given.
+    regions: tuple[dict[str, Any], ...] = ()
+    created: datetime | None = None  # when the image was first added (a migration keeps the source's)
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,10 @@ class _Checked:
 class Images:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        # Every request's image URLs share these threads: the process fetches at most this many at once.
+        # Every request's image URLs share these threads (the process fetches at most this many at once) and one
+        # HTTP client: building one per download cost ~45 ms each (bench/NOTES.md, migration).
         self.fetchers = ThreadPoolExecutor(max_workers=ctx.settings.url_fetchers, thread_name_prefix="fetch")
+        self.http = httpx.Client(follow_redirects=False, timeout=15.0, trust_env=False)
 
     def add(
         self,
@@ -154,7 +161,9 @@ class Images:
                     size_bytes=c.facts.size_bytes,
                     source={"name": c.item.name, **c.item.source},
                     image_metadata=dict(c.item.metadata),
+                    regions=[dict(r) for r in c.item.regions] or None,
                     tags=[ImageTag(tag_id=t) for t in c.tag_ids],
+                    **({"created": c.item.created} if c.item.created else {}),
                 )
                 session.add(row)
                 session.flush()
@@ -175,7 +184,10 @@ class Images:
         def download(url: str) -> bytes | TagvisionError:
             try:
                 return fetch.fetch(
-                    url, max_bytes=images.MAX_TRAINING_BYTES, allow_private=self.ctx.settings.allow_private_urls
+                    url,
+                    max_bytes=images.MAX_TRAINING_BYTES,
+                    allow_private=self.ctx.settings.allow_private_urls,
+                    client=self.http,
                 ).data
             except TagvisionError as exc:
                 return exc
@@ -301,6 +313,41 @@ class Images:
                 project.last_modified = utcnow()
         return ImageTagCreateSummary(created, duplicated, exceeded)
 
+    def set_tags(self, ref: str, image_ids: list[str], tag_ids: list[str]) -> int:
+        """Give each image exactly ``tag_ids`` (a multiclass image exactly one), in one transaction: re-tagging
+        in one step, where ``untag`` then ``tag`` would leave the image untagged between the two. Returns how
+        many images changed."""
+        wanted = list(dict.fromkeys(tag_ids))
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            tags = [get_tag(session, project, t) for t in wanted]
+            if project.classification_type == "Multiclass" and len(tags) != 1:
+                raise InvalidInput("A multiclass image has exactly one tag: choose one.", code="BadRequestTagName")
+            if not tags or len(tags) > MAX_TAGS_PER_IMAGE:
+                raise InvalidInput(f"Choose from 1 to {MAX_TAGS_PER_IMAGE} tags.", code="BadRequestTagName")
+            if len(tags) > 1 and any(t.type == "Negative" for t in tags):
+                raise InvalidInput(
+                    "An image cannot carry the Negative tag and a regular tag.",
+                    code="BadRequestNegativeAndRegularTagOnSameImage",
+                )
+            rows = {
+                img.id: img
+                for img in session.scalars(select(Image).where(Image.project_id == project.id, Image.id.in_(image_ids)))
+            }
+            changed = 0
+            for image_id in dict.fromkeys(image_ids):
+                if image_id not in rows:
+                    raise NotFound(f"Project has no image {image_id!r}.", code="NotFoundImage")
+                image = rows[image_id]
+                if {t.tag_id for t in image.tags} == {t.id for t in tags}:
+                    continue
+                kept = [t for t in image.tags if t.tag_id in {tag.id for tag in tags}]
+                image.tags = kept + [ImageTag(tag_id=t.id) for t in tags if t.id not in {k.tag_id for k in kept}]
+                changed += 1
+            if changed:
+                project.last_modified = utcnow()
+        return changed
+
     def untag(self, ref: str, image_ids: list[str], tag_ids: list[str]) -> None:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
@@ -415,4 +462,5 @@ def image_view(img: Image, tag_names: dict[str, str]) -> ImageView:
         [(t.tag_id, tag_names[t.tag_id], t.created) for t in img.tags],
         img.source,
         dict(img.image_metadata or {}),
+        [{**r, "tagName": tag_names.get(r.get("tagId"), "")} for r in img.regions or []],
     )

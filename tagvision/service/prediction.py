@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import and_, select
@@ -48,6 +49,7 @@ class Model:
     head: LinearHead
     tags: list[tuple[str, str]]
     tuned: str | None = None  # blob of the fine-tuned backbone (advanced training), else the stock one
+    precision: str = "Float32"  # Int8: served by the iteration's int8 classifier (a setting of the iteration)
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,18 @@ def uncertainty(probabilities: np.ndarray, multilabel: bool) -> float:
 
 
 class Prediction:
-    def __init__(self, ctx: Context, training: Training, knowledge: Knowledge | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        training: Training,
+        int8: Callable[[str, str], Any] | None = None,
+        knowledge: Knowledge | None = None,
+    ) -> None:
+        """``int8``: (project id, iteration id) -> the iteration's int8 classifier, for Int8 iterations;
+        ``knowledge``: the tags' information and the project's decision rules that predictions carry."""
         self.ctx = ctx
         self.training = training
+        self.int8 = int8
         self.knowledge = knowledge or Knowledge(ctx)
         self.on_store: Callable[[], None] = lambda: None  # after a prediction is stored (retention purges)
         self._models: OrderedDict[str, Model] = OrderedDict()
@@ -155,17 +166,19 @@ class Prediction:
                     code="BadRequestIterationIsNotTrained",
                 )
             iteration_id, domain, tuned = iteration.id, iteration.domain, iteration.backbone_blob
+            precision = iteration.precision or "Float32"
             head_key, tags = iteration.head_blob, IterationDetails.from_json(iteration.details).tags
             project_id, types = project.id, {t.id: t.type for t in project.tags}
             knowledge = self.knowledge.of(session, project)
         with self._lock:  # the server predicts from many threads
-            cached = self._models.get(iteration_id)
+            key = f"{iteration_id}:{precision}"
+            cached = self._models.get(key)
             if cached is None:
                 head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))
-                cached = self._models[iteration_id] = Model(project_id, iteration_id, domain, head, tags, tuned)
+                cached = self._models[key] = Model(project_id, iteration_id, domain, head, tags, tuned, precision)
                 while len(self._models) > HEAD_CACHE:
                     self._models.popitem(last=False)
-            self._models.move_to_end(iteration_id)
+            self._models.move_to_end(key)
             return cached, types, knowledge
 
     def predict(
@@ -225,8 +238,12 @@ class Prediction:
             facts, img = images.inspect(data, max_bytes=max_bytes, min_side=embedder.spec.resize)
         except ImageError as exc:
             raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
-        plain, flipped = embedder.forward_pairs(backbone.preprocess(img, embedder.spec)[None])
-        row = model.head.predict_proba(plain, flipped)[0]
+        batch = backbone.preprocess(img, embedder.spec)[None]
+        if model.precision == "Int8" and self.int8 is not None:
+            row = self.int8(model.project_id, model.iteration_id).probabilities(batch)[0]
+        else:
+            plain, flipped = embedder.forward_pairs(batch)
+            row = model.head.predict_proba(plain, flipped)[0]
         ranked, decision = knowledge.annotate(_ranked(model.tags, row, types), extras)
         created = utcnow()
         prediction_id = new_id()

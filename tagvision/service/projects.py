@@ -33,6 +33,19 @@ def clean_name(value: str, what: str) -> str:
     return name
 
 
+def free_name(name: str, taken: set[str], word: str = "") -> str:
+    """``name``, else ``name (word)``, ``name (word 2)``... (``name (2)``... without a word): the first whose
+    casefold is not in ``taken`` (projects and tags brought over keep their names where they can)."""
+    if name.casefold() not in taken:
+        return name
+    for n in range(1, 10_000):
+        label = " ".join(x for x in (word, str(n) if n > 1 or not word else "") if x)
+        candidate = f"{name[: MAX_NAME - len(label) - 3]} ({label})"
+        if candidate.casefold() not in taken:
+            return candidate
+    raise Conflict(f"Could not find a free name for {name!r}.", code="BadRequestProjectNameNotUnique")
+
+
 def classification_type(value: str) -> str:
     for known in CLASSIFICATION_TYPES:
         if value.lower() == known.lower():
@@ -93,7 +106,7 @@ class Projects:
                 project.name = name
             if description is not None:
                 project.description = _description(description, "Project")
-            if domain is not None:
+            if domain is not None and domain.lower() != (project.detection_domain or "").lower():
                 project.domain = domains.resolve(domain).id
             if classification is not None:
                 kind = classification_type(classification)
@@ -259,4 +272,5 @@ def _project_view(session, project: Project) -> ProjectView:
         project.last_modified,
         queries.image_count(session, project.id),
         len(project.tags),
+        project.detection_domain,
     )

@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy import select
 
 from tagvision import backbone, domains, learn, metrics
+from tagvision.clock import SYSTEM, Clock
 from tagvision.errors import Conflict, InvalidInput, StorageError, TrainingError
 from tagvision.service import images as images_service
 from tagvision.service.context import Context, Progress, get_iteration, get_project, get_tag, no_progress
@@ -120,6 +121,12 @@ class Training:
         )
         with self.ctx.db.session(not_unique=busy) as session:
             project = get_project(session, ref)
+            if project.detection_domain is not None:
+                raise TrainingError(
+                    f"Project {project.name!r} is an object-detection project (brought over with its images, tags "
+                    "and regions); tagvision does not train object detection yet.",
+                    code="BadRequestNotSupported",
+                )
             if any(i.status == "Training" for i in project.iterations):
                 raise TrainingError(
                     f"Project {project.name!r} is already training; wait for that iteration.",
@@ -155,8 +162,12 @@ class Training:
                 domain=project.domain,
                 reserved_budget_hours=reserved_budget_hours,
                 training_type=training_type,
-                details=IterationDetails(
-                    snapshot.fingerprint, selected, budget_seconds if training_type == "Advanced" else None
+                details=IterationDetails(  # tags and images now, so a training iteration shows its counts
+                    snapshot.fingerprint,
+                    selected,
+                    budget_seconds if training_type == "Advanced" else None,
+                    tags=list(snapshot.tags),
+                    image_ids=list(snapshot.image_ids),
                 ).to_json(),
             )
             session.add(iteration)
@@ -217,9 +228,10 @@ class Training:
         progress("fitting", 0, 1)
         with self.ctx.db.session() as session:
             plain, flipped = queries.load_embeddings(session, self.ctx.backbone_key(domain), snapshot.hashes)
-        model = learn.QuickClassifier(multilabel=multilabel).fit(plain, flipped, snapshot.labels)
+        model = learn.QuickClassifier(multilabel=multilabel).fit(
+            plain, flipped, snapshot.labels, progress=lambda done, total: progress("fitting", done, total)
+        )
         evaluation = Evaluation(model.oof_proba_, snapshot.labels, model.folds_, np.array(snapshot.image_ids))
-        progress("fitting", 1, 1)
         folds = int(model.folds_.max()) + 1
         n = len(snapshot.image_ids)
         measured_on = metrics.MeasuredOn(metrics.Method.CROSS_VALIDATION, n, n, folds)
@@ -287,17 +299,19 @@ class Training:
             session.flush()
             return iteration_view(iteration)
 
-    def recorder(self, iteration_id: str, every: float = 1.0) -> Progress:
+    def recorder(self, iteration_id: str, every: float = 1.0, clock: Clock = SYSTEM) -> Progress:
         """A progress callback that keeps the iteration's ``progress`` (stage, done, total, and ``etaSeconds``
         when the training estimates its time left) up to date in the store, at most once per ``every``
-        seconds, so the API and the portal can show it."""
+        seconds, so the API and the portal can show it; a new stage, and each stage's last step, are always
+        written."""
         last = [0.0]
+        last_stage = [""]
 
         def record(stage: str, done: int, total: int, /, eta: float | None = None) -> None:
-            now = time.monotonic()
-            if now - last[0] < every and done < total:
+            now = clock.monotonic()
+            if now - last[0] < every and done < total and stage == last_stage[0]:
                 return
-            last[0] = now
+            last[0], last_stage[0] = now, stage
             with self.ctx.db.session() as session:
                 iteration = session.get(Iteration, iteration_id)
                 if iteration is not None and iteration.status == "Training":
@@ -540,6 +554,7 @@ def iteration_view(iteration: Iteration) -> IterationView:
         iteration.backbone_blob is not None,
         _served_backbone(iteration, details),
         details.measured_on,
+        iteration.precision or "Float32",
     )
 
 
@@ -598,6 +613,11 @@ def _check_budget(spec: backbone.BackboneSpec, images: int, budget_seconds: floa
             f"{budget_seconds / 60:g}. Give it more time, or use quick training.",
             code="BadRequestReservedBudgetInHoursNotEnoughForAdvancedTraining",
         )
+
+
+def training_fingerprint(session, project: Project, selected: list[str] | None = None) -> str:
+    """The fingerprint a training of the project as it stands would record (selected tag ids, or all)."""
+    return _training_set(session, project, selected).fingerprint
 
 
 def _check_trainable(snapshot: TrainingSet) -> None:

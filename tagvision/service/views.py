@@ -34,6 +34,12 @@ class ProjectView:
     last_modified: datetime
     image_count: int = 0
     tag_count: int = 0
+    # An object-detection project brought over from Custom Vision: its domain. Not trainable here yet.
+    detection_domain: str | None = None
+
+    @property
+    def trainable(self) -> bool:
+        return self.detection_domain is None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,7 +47,7 @@ class ProjectView:
             "name": self.name,
             "description": self.description,
             "settings": {
-                "domainId": self.domain,
+                "domainId": self.detection_domain or self.domain,
                 "classificationType": self.classification_type,
                 "targetExportPlatforms": [],
                 "useNegativeSet": False,
@@ -55,6 +61,7 @@ class ProjectView:
             "thumbnailUri": "",
             "drModeEnabled": False,
             "status": "Succeeded",
+            "trainable": self.trainable,
         }
 
 
@@ -89,6 +96,7 @@ class ImageView:
     tags: list[tuple[str, str, datetime]]  # (tag id, tag name, when tagged)
     source: dict[str, Any]
     metadata: dict[str, str] = field(default_factory=dict)
+    regions: list[dict[str, Any]] = field(default_factory=list)  # ImageRegion shapes, with tagName
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,7 +108,7 @@ class ImageView:
             "thumbnailUri": None,
             "originalImageUri": None,
             "tags": [{"tagId": tag_id, "tagName": name, "created": iso_time(when)} for tag_id, name, when in self.tags],
-            "regions": None,
+            "regions": self.regions or None,
             "metadata": self.metadata or None,
             "contentType": self.content_type,
             "sha256": self.sha256,
@@ -188,6 +196,7 @@ class IterationView:
     fine_tuned: bool = False  # served by its own fine-tuned backbone (advanced training that beat the quick head)
     backbone: str = ""  # the network serving it (e.g. efficientnet-lite0): the domain's, or the one fine-tuned
     measured_on: metrics.MeasuredOn | None = None  # None for iterations trained before it was recorded
+    precision: str = "Float32"  # how predictions and scorings run it: Float32, or Int8 (the int8 export)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -218,6 +227,7 @@ class IterationView:
             "budgetSeconds": self.budget_seconds,
             "fineTuned": self.fine_tuned,
             "backbone": self.backbone,
+            "precision": self.precision,
         }
 
 

@@ -52,6 +52,33 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
+    def put_file(self, source: Path) -> str:
+        """Store a file's contents without holding them in memory (a project archive); returns its key.
+        The file is copied to a temporary file beside its target (hashing as it goes), then renamed."""
+        digest = hashlib.sha256()
+        staging = self.root / ".staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=staging, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                    for chunk in iter(lambda: src.read(1024 * 1024), b""):
+                        digest.update(chunk)
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                key = digest.hexdigest()
+                target = self.path(key)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise StorageError(f"Could not write to the blob store: {exc.strerror or exc}.") from exc
+        return key
+
     def get(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()

@@ -46,6 +46,9 @@ class Project(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     classification_type: Mapped[str] = mapped_column(String(16))  # Multiclass | Multilabel
     domain: Mapped[str] = mapped_column(String(64))
+    # An object-detection project brought over from Custom Vision keeps its domain here (``domain`` then
+    # holds the classification domain of the same family); it is not trainable until detection is.
+    detection_domain: Mapped[str | None] = mapped_column(String(64), default=None)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(default=utcnow)
     # Decision rules over the predicted tags' information (tagvision.knowledge.rules), as saved (validated).
@@ -107,6 +110,9 @@ class Image(Base):
     source: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Custom Vision image metadata: string keys to string values, set by clients.
     image_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    # Object-detection regions (Custom Vision's ImageRegion: regionId, tagId, left, top, width, height as
+    # fractions of the image), kept for when detection is trained; None: no regions.
+    regions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
     tags: Mapped[list[ImageTag]] = relationship(cascade="all, delete-orphan", passive_deletes=True, lazy="selectin")
@@ -163,6 +169,8 @@ class Iteration(Base):
     # Published iterations answer the Prediction API under this name (unique per project).
     publish_name: Mapped[str | None] = mapped_column(String(255), default=None)
     publish_resource_id: Mapped[str | None] = mapped_column(Text, default=None)
+    # How predictions and scorings run it: None or "Float32", or "Int8" (the int8 export). A setting, not an artifact.
+    precision: Mapped[str | None] = mapped_column(String(16), default=None)
 
     project: Mapped[Project] = relationship(back_populates="iterations")
 
@@ -283,3 +291,47 @@ class RevokedSession(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the session's own token
     expires: Mapped[datetime] = mapped_column(index=True)
+
+
+class ProjectMigration(Base):
+    """A project brought over from a Custom Vision Training API (Azure's or another tagvision's).
+
+    One row per source project and endpoint, written with the project it created, so a re-run finds its
+    project again and only adds what is missing. ``tag_map``: source tag id -> tag id here. ``report``: the
+    last run's summary.
+    """
+
+    __tablename__ = "project_migrations"
+    __table_args__ = (UniqueConstraint("endpoint", "source_project_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    endpoint: Mapped[str] = mapped_column(String(512))
+    source_project_id: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    tag_map: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="Running")  # Running | Completed | Failed
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_modified: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Scoring(Base):
+    """A batch scoring job (a server-side folder or a list of URLs) run in the background.
+
+    ``request``: the source (``folder`` or ``urls``), ``top``. ``progress``: done, total, scored, errors per code.
+    The rows accumulate in a JSON Lines file under the data directory, which a resumed job appends to.
+    """
+
+    __tablename__ = "scorings"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    iteration_id: Mapped[str | None] = mapped_column(ForeignKey("iterations.id", ondelete="SET NULL"))
+    precision: Mapped[str] = mapped_column(String(16), default="Float32")
+    status: Mapped[str] = mapped_column(String(16), default="Running")  # Running | Completed | Failed | Cancelled
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_modified: Mapped[datetime] = mapped_column(default=utcnow)

@@ -10,7 +10,8 @@ Modules: ``routing`` (the page and JSON route classes: login, CSRF, errors as se
 ``auth`` (log in and out), ``projects``, ``images`` (training images and uploads), ``search`` (search
 providers for images of tags, review the candidates, add them), ``training``
 (train, performance, publish, export), ``predictions`` (stored predictions, quick test,
-prediction URL) and ``knowledge`` (catalogue, a tag's information, decision rules, records).
+prediction URL), ``scoring`` (score a catalogue in the background, download the results) and ``knowledge``
+(catalogue of tag information, a tag's page, decision rules, records).
 ``tagvision.server`` mounts the portal beside the API; neither imports the other.
 """
 
@@ -40,10 +41,50 @@ BODY_LIMITS = (
 
 
 def install(app: FastAPI) -> None:
-    """Add the portal's routes and its static files to ``app``."""
-    from tagvision.web import auth, images, knowledge, predictions, projects, search, training
+    """Add the portal's routes, its static files and the API docs page to ``app``."""
+    from tagvision.web import auth, images, knowledge, predictions, projects, scoring, search, training
 
-    for module in (auth, projects, images, search, training, predictions, knowledge):
+    for module in (auth, projects, images, search, training, predictions, scoring, knowledge):
         for router in module.routers:
             app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    install_docs(app)
+
+
+def install_docs(app: FastAPI) -> None:
+    """The API docs, Swagger UI at ``/docs`` and ReDoc at ``/redoc``, with their files served from the installed
+    ``fastapi-offline`` package (Swagger UI 5, which reads OpenAPI 3.1; no CDN, so the pages work offline), and
+    a favicon for browsers that ask for ``/favicon.ico``. The app is made with ``docs_url=None, redoc_url=None``.
+    """
+    import fastapi_offline
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.responses import FileResponse, HTMLResponse
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+    openapi = app.openapi_url or "/openapi.json"
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi,
+            title=f"{app.title} API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi,
+            title=f"{app.title} API",
+            redoc_js_url="/docs-assets/redoc.standalone.js",
+            redoc_favicon_url="/static/favicon.svg",
+            with_google_fonts=False,
+        )
+
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/redoc", redoc, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/favicon.ico", favicon, methods=["GET"], include_in_schema=False)

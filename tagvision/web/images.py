@@ -96,6 +96,14 @@ async def act_on_selection(request: Request, project_id: str) -> Response:
         return _back(form, project_id)
     if action != "tag":
         raise InvalidInput("Choose Tag, Remove tag or Delete.", code="BadRequest")
+    if not shape.is_multilabel(svc.projects.get(project_id)):
+        # Multiclass: one tag per image, so tagging re-tags, in one step and one transaction.
+        changed = await run_in_threadpool(svc.images.set_tags, project_id, ids, [tag.id])
+        message = f"{plural(changed, 'image')} tagged {tag.name}."
+        if changed < len(set(ids)):
+            message += f" {plural(len(set(ids)) - changed, 'image')} already had it."
+        sessions.current(request).flash("ok", message)
+        return _back(form, project_id)
     summary = await run_in_threadpool(svc.images.tag, project_id, [(i, tag.id) for i in ids])
     message = f"{plural(len(summary.created), 'image')} tagged {tag.name}."
     if summary.duplicated:
@@ -107,6 +115,20 @@ async def act_on_selection(request: Request, project_id: str) -> Response:
         )
     sessions.current(request).flash("error" if summary.exceeded and not summary.created else "ok", message)
     return _back(form, project_id)
+
+
+@pages.post("/projects/{project_id}/images/{image_id}/tags")
+async def set_image_tags(request: Request, project_id: str, image_id: str) -> Response:
+    """Re-tag one image in one step (its tags become the chosen ones): from the misclassified images."""
+    form = await request.form()
+    svc = shape.service(request)
+    tags = shape.chosen_tags(svc, project_id, form)
+    await run_in_threadpool(svc.images.set_tags, project_id, [image_id], [t.id for t in tags])
+    sessions.current(request).flash(
+        "ok", f"The image is now tagged {', '.join(t.name for t in tags)}. Train again to use it."
+    )
+    back = safe_next(shape.form_text(form, "next")) or f"/projects/{project_id}/images"
+    return RedirectResponse(f"{back}#wrong-heading" if "/performance" in back else back, status_code=303)
 
 
 @data.post("/projects/{project_id}/images/upload")

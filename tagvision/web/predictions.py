@@ -7,8 +7,8 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import RedirectResponse
-from starlette.datastructures import UploadFile
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.datastructures import FormData, UploadFile
 
 from tagvision.errors import InvalidInput
 from tagvision.images import MAX_TRAINING_BYTES
@@ -16,11 +16,12 @@ from tagvision.service.prediction import PredictionQuery, QueryTag
 from tagvision.service.views import IterationView, PredictionView
 from tagvision.web import charts, shape
 from tagvision.web import session as sessions
-from tagvision.web.routing import PageRoute, safe_next
+from tagvision.web.routing import JsonRoute, PageRoute, safe_next
 from tagvision.web.templates import render
 
 pages = APIRouter(route_class=PageRoute)
-routers = (pages,)
+data = APIRouter(route_class=JsonRoute)
+routers = (pages, data)
 PER_PAGE = 30
 ORDERS = (("Suggested", "Most uncertain first"), ("Newest", "Newest first"), ("Oldest", "Oldest first"))
 PREDICTION_VERSION = "v3.0"  # the version Azure's portal shows in its Prediction URL dialog
@@ -83,18 +84,30 @@ def prediction_list(
         first_page=not page,
         more=f"?{urlencode({**filters, 'page': more})}" if more else "",
         multilabel=shape.is_multilabel(context["project"]),
+        new_tag=shape.NEW_TAG,
     )
 
 
 @pages.post("/projects/{project_id}/predictions/{prediction_id}/train")
 async def move_to_training(request: Request, project_id: str, prediction_id: str) -> Response:
-    """Confirm or correct a stored prediction's tag(s): it becomes a training image and leaves the review list."""
+    """Confirm or correct a stored prediction's tag(s): it becomes a training image and leaves the review list.
+    (Without JavaScript; the page's script posts to :func:`tag_prediction` and updates the card in place.)"""
     form = await request.form()
+    sessions.current(request).flash("ok", await _to_training(request, project_id, prediction_id, form))
+    back = safe_next(shape.form_text(form, "next")) or f"/projects/{project_id}/predictions"
+    return RedirectResponse(f"{back}#predictions-heading", status_code=303)
+
+
+@data.post("/projects/{project_id}/predictions/{prediction_id}/tag")
+async def tag_prediction(request: Request, project_id: str, prediction_id: str) -> Response:
+    """The same for the page's script: ``{"message"}``, and the card is replaced where it was."""
+    form = await request.form()
+    return JSONResponse({"message": await _to_training(request, project_id, prediction_id, form)})
+
+
+async def _to_training(request: Request, project_id: str, prediction_id: str, form: FormData) -> str:
     svc = shape.service(request)
-    tags = svc.projects.list_tags(project_id)
-    chosen = [shape.tag_by_id(tags, t) for t in shape.form_values(form, "tag")]
-    if not chosen:
-        raise InvalidInput("Choose the image's tag before adding it to the training images.", code="BadRequest")
+    chosen = await run_in_threadpool(shape.chosen_tags, svc, project_id, form)
     result = await run_in_threadpool(
         svc.prediction.to_training_image, project_id, prediction_id, tuple(t.id for t in chosen)
     )
@@ -102,10 +115,7 @@ async def move_to_training(request: Request, project_id: str, prediction_id: str
         raise InvalidInput(result.message or "The image could not be added.", code=result.status)
     names = ", ".join(t.name for t in chosen)
     already = " (it was already among them)" if result.status == "OKDuplicate" else ""
-    sessions.current(request).flash("ok", f"Added to the training images as {names}{already}. Train again to use it.")
-    return RedirectResponse(
-        safe_next(shape.form_text(form, "next")) or f"/projects/{project_id}/predictions", status_code=303
-    )
+    return f"Added to the training images as {names}{already}. Train again to use it."
 
 
 # ---------------------------------------------------------------------- quick test

@@ -122,7 +122,7 @@ def tag_sentence(t: TagProgress, status: str, current: bool) -> str:
     name, wanted, added = t.tag, t.wanted, t.added
     extras = []
     if t.duplicates:
-        extras.append(f"{t.duplicates} already in the project")
+        extras.append(f"{plural(t.duplicates, 'duplicate')} of a picture already in the project or this search")
     if t.refused:
         extras.append(f"{t.refused} could not be used (broken link, too small or not a photo)")
     tail = f" ({'; '.join(extras)})" if extras else ""
@@ -198,6 +198,12 @@ def by_tag(request: Request, view: AcquisitionView) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------- routes
 
 
+def _only_root(svc: Service) -> str | None:
+    """The library folder a blank field means: the server's only library root, when it has one."""
+    roots = svc.acquisitions.library_roots
+    return str(roots[0]) if len(roots) == 1 else None
+
+
 @pages.get("/projects/{project_id}/search")
 def search_page(
     request: Request,
@@ -228,9 +234,9 @@ def search_page(
         providers=providers(svc),
         library_roots=[str(root) for root in svc.acquisitions.library_roots],
         max_per_tag=MAX_PER_TAG,
-        form={
-            "tags": tags,
-            "provider": provider or "openverse",
+        form={  # the search shown above, as it was typed: after a failure, searching again is one click
+            "tags": tags or (", ".join(t["name"] for t in view.request.get("tags", [])) if view else ""),
+            "provider": provider or (view.request.get("providers", ["openverse"])[0] if view else "openverse"),
             "library": library,
             "per_tag": int(per_tag) if per_tag.isdigit() else DEFAULT_PER_TAG,
         },
@@ -270,7 +276,7 @@ async def start_search(request: Request, project_id: str) -> Response:
             names,
             per_tag=per_tag,
             providers=(provider,),
-            library=library.strip() or None,
+            library=(library.strip() or _only_root(svc)) if provider == "library" else None,
             review=True,
             min_side=MIN_SIDE,
         )

@@ -21,6 +21,7 @@ TABS = (  # (tab id, label, path under the project)
     ("predictions", "Predictions", "predictions"),
     ("quicktest", "Quick test", "quicktest"),
     ("prediction-url", "Prediction URL", "prediction-url"),
+    ("scoring", "Score a catalogue", "scoring"),
     ("catalogue", "Catalogue", "catalogue"),
     ("records", "Records", "records"),
 )
@@ -72,6 +73,26 @@ def tag_by_id(tags: list[TagView], tag_id: str) -> TagView:
         if tag.id == tag_id:
             return tag
     raise InvalidInput("Choose one of the project's tags.", code="BadRequestTagName")
+
+
+NEW_TAG = "__new__"  # the "New tag…" choice of a tag list; its name comes in the form's ``new_tag`` field
+
+
+def chosen_tags(svc: Service, project_id: str, form: FormData) -> list[TagView]:
+    """The tags a re-tagging form chose (``tag`` values: ids, or ``NEW_TAG`` with a ``new_tag`` name, which is
+    created unless the project has it already)."""
+    tags = svc.projects.list_tags(project_id)
+    values = form_values(form, "tag")
+    chosen = [tag_by_id(tags, v) for v in values if v != NEW_TAG]
+    new_name = form_text(form, "new_tag").strip()
+    if NEW_TAG in values or (new_name and not chosen):
+        if not new_name:
+            raise InvalidInput("Type the new tag's name.", code="BadRequestTagName")
+        existing = next((t for t in tags if t.name.lower() == new_name.lower()), None)
+        chosen.append(existing or svc.projects.create_tags(project_id, [new_name])[0])
+    if not chosen:
+        raise InvalidInput("Choose the image's tag first.", code="BadRequestTagName")
+    return list({t.id: t for t in chosen}.values())
 
 
 def chosen_images(form: FormData) -> list[str]:

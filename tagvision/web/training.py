@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse
 
+from tagvision import metrics
 from tagvision.errors import InvalidInput
 from tagvision.service import Service
 from tagvision.service import training as training_service
@@ -209,6 +211,7 @@ def performance_page(request: Request, project_id: str, iteration: str = "", thr
     curves = charts.pr_curves(evaluation.probabilities, evaluation.labels, figures.tags, at_threshold)
     matrix = charts.confusion(evaluation.probabilities, evaluation.labels, figures.tags)
     wrong = svc.training.misclassified(project_id, selected.id, threshold)
+    measured = selected.measured_on
     return render(
         request,
         "performance.html",
@@ -225,9 +228,46 @@ def performance_page(request: Request, project_id: str, iteration: str = "", thr
         wrong=wrong[:MISCLASSIFIED_SHOWN],
         wrong_count=len(wrong),
         exports=exports_json(request, svc, project_id, selected.id),
-        default_publish_name=selected.publish_name or selected.name.replace(" ", ""),
-        evaluated_on="the validation split" if selected.fine_tuned else "cross-validation",
+        default_publish_name=publish_name(iterations, selected),
+        published={i.publish_name: i.name for i in iterations if i.publish_name and i.id != selected.id},
+        evaluated_on=evaluated_on(selected),
+        spread=measured is None or measured.has_spread,
+        figures_from=figures_from,
+        tags=svc.projects.list_tags(project_id),
+        multilabel=selected.classification_type == "Multilabel",
         budget=minutes(selected.budget_seconds or 0),
+    )
+
+
+def publish_name(iterations: list[IterationView], selected: IterationView) -> str:
+    """The name the publish form offers: the selected iteration's own, else the name the project's apps call
+    now (publishing under it swaps the new iteration in), else one made from the iteration's name."""
+    current = [i for i in iterations if i.publish_name]
+    if selected.publish_name:
+        return selected.publish_name
+    if current:
+        return max(current, key=lambda i: i.last_modified).publish_name or ""
+    return selected.name.replace(" ", "")
+
+
+def evaluated_on(view: IterationView) -> str:
+    """Where the misclassified images and the confusion matrix come from, in a heading's words."""
+    if view.measured_on is not None:
+        held_out = view.measured_on.method is metrics.Method.VALIDATION_SPLIT
+        return "the held-out images" if held_out else "cross-validation"
+    return "the validation split" if view.fine_tuned else "cross-validation"
+
+
+def figures_from(view: IterationView, short: bool = False) -> str:
+    """What an iteration's figures were measured on (``metrics.MeasuredOn``'s words; a table cell's with
+    ``short``), or what an iteration trained before that was recorded says."""
+    if view.measured_on is not None:
+        return view.measured_on.short() if short else view.measured_on.sentence()
+    if short:
+        return "validation split" if view.fine_tuned else "cross-validation"
+    return view.metrics_from or (
+        f"cross-validation on the {view.image_count} training images: each image was scored by a model trained "
+        "without it"
     )
 
 
@@ -258,20 +298,61 @@ def performance_json(figures: PerformanceView) -> dict:
 
 @pages.post("/projects/{project_id}/iterations/{iteration_id}/publish")
 async def publish(request: Request, project_id: str, iteration_id: str) -> Response:
+    """Publish under a name; a name another iteration has is taken over in one transaction (apps calling it
+    never see an error), after the confirmation page when the form did not already confirm it."""
     form = await request.form()
     svc = shape.service(request)
-    view = await run_in_threadpool(svc.training.publish, project_id, iteration_id, shape.form_text(form, "name"))
+    name = shape.form_text(form, "name").strip()
+    holder = _holder(svc, project_id, iteration_id, name)
+    replace = shape.form_text(form, "replace") == "1"
+    if holder is not None and not replace:
+        return RedirectResponse(
+            f"/projects/{project_id}/iterations/{iteration_id}/publish?{urlencode({'name': name})}", status_code=303
+        )
+    view = await run_in_threadpool(svc.training.publish, project_id, iteration_id, name, overwrite=replace)
+    swapped = f" in place of {holder.name}: apps calling it get {view.name}'s answers now" if holder else ""
     sessions.current(request).flash(
-        "ok", f"{view.name} is published as {view.publish_name}. The Prediction URL tab shows how to call it."
+        "ok", f"{view.name} is published as {view.publish_name}{swapped}. The Prediction URL tab shows how to call it."
     )
     return RedirectResponse(_performance_url(project_id, iteration_id), status_code=303)
+
+
+@pages.get("/projects/{project_id}/iterations/{iteration_id}/publish")
+def confirm_publish(request: Request, project_id: str, iteration_id: str, name: str = "") -> Response:
+    """Ask before taking a publish name over from another iteration."""
+    svc = shape.service(request)
+    context = shape.project_page(svc, project_id, "performance")
+    view = svc.training.iteration(project_id, iteration_id)
+    holder = _holder(svc, project_id, view.id, name.strip())
+    if holder is None:  # nobody has it (any more): nothing to confirm
+        return RedirectResponse(_performance_url(project_id, view.id), status_code=303)
+    return render(
+        request,
+        "publish_confirm.html",
+        **{**context, "title": f"Replace {holder.name} as {name.strip()}?"},
+        iteration=view,
+        holder=holder,
+        publish_name=name.strip(),
+        back=_performance_url(project_id, view.id),
+    )
+
+
+def _holder(svc: Service, project_id: str, iteration_id: str, name: str) -> IterationView | None:
+    """Another iteration of the project published as ``name``, if one is."""
+    return next(
+        (i for i in svc.training.iterations(project_id) if name and i.publish_name == name and i.id != iteration_id),
+        None,
+    )
 
 
 @pages.post("/projects/{project_id}/iterations/{iteration_id}/unpublish")
 def unpublish(request: Request, project_id: str, iteration_id: str) -> Response:
     svc = shape.service(request)
+    view = svc.training.iteration(project_id, iteration_id)
     svc.training.unpublish(project_id, iteration_id)
-    sessions.current(request).flash("ok", "Unpublished: the Prediction API no longer answers for this iteration.")
+    sessions.current(request).flash(
+        "ok", f"{view.name} is unpublished: the Prediction API no longer answers as {view.publish_name}."
+    )
     return RedirectResponse(_performance_url(project_id, iteration_id), status_code=303)
 
 

@@ -185,6 +185,9 @@
       }
       if (finished.includes(state.status)) {
         box.querySelectorAll("[data-poll-busy]").forEach((el) => el.remove());
+        document.querySelectorAll(".flashes .flash.ok").forEach((el) => {  // "Iteration 2 is training." is over
+          if (el.textContent.startsWith(`${state.name} is training`)) el.remove();
+        });
         box.querySelectorAll("[data-poll-show]").forEach((el) => { el.hidden = el.dataset.pollShow !== state.status; });
         return refresh();
       }
@@ -313,6 +316,7 @@
 
     const apply = (state) => {
       message.textContent = state.message;
+      message.classList.toggle("error", state.status === "Failed");
       state.tags.forEach((tag) => {
         const group = box.querySelector(`[data-tag-group="${tag.tagId}"]`);
         if (!group) return;
@@ -365,6 +369,47 @@
     if (running) window.setTimeout(tick, 500);
   }
 
+  // ------------------------------------------------------------------ stored predictions: re-tag in place
+  // The card turns into a sentence where it was, so the list does not jump back to the top.
+  function setUpRetag(form) {
+    const select = form.querySelector("[data-new-tag-choice]");
+    const field = form.querySelector("[data-new-tag-field]");
+    const error = form.querySelector("[data-retag-error]");
+    if (select && field) {
+      const update = () => { field.hidden = select.value !== select.dataset.newTagChoice; };
+      select.addEventListener("change", () => {
+        update();
+        if (!field.hidden) field.querySelector("input").focus();
+      });
+      update();
+    }
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const button = form.querySelector('button[type="submit"]');
+      button.disabled = true;
+      error.hidden = true;
+      try {
+        const result = await request(form.dataset.retag, { method: "POST", body: new FormData(form) });
+        const card = form.closest("[data-prediction]");
+        const done = document.createElement("li");
+        done.className = "prediction-done";
+        done.setAttribute("role", "status");
+        done.textContent = result.message;
+        card.replaceWith(done);
+        const count = document.querySelector("[data-shown]");
+        if (count) {
+          const left = Math.max(0, Number(count.dataset.shown) - 1);
+          count.dataset.shown = left;
+          count.textContent = `${left} shown`;
+        }
+      } catch (failure) {
+        error.textContent = failure.message;
+        error.hidden = false;
+        button.disabled = false;
+      }
+    });
+  }
+
   // ------------------------------------------------------------------ copy buttons
   function setUpCopy(button) {
     button.addEventListener("click", async () => {
@@ -394,5 +439,6 @@
     document.querySelectorAll("[data-search-form]").forEach(setUpSearchForm);
     document.querySelectorAll("[data-training-type]").forEach(setUpTrainingType);
     document.querySelectorAll("[data-search]").forEach(setUpSearch);
+    document.querySelectorAll("form[data-retag]").forEach(setUpRetag);
   });
 }());

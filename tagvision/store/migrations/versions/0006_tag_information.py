@@ -1,17 +1,17 @@
 """tag information, decision rules, prediction records
 
 Revision ID: 0006_tag_information
-Revises: 0006_revoked_sessions
+Revises: 0006_scoring
 Create Date: 2026-11-30 09:00:00.000000
 
-Chained after 0006_revoked_sessions in this branch (issue 16); the lead re-chains the 0006_* revisions at merge.
+Chained after 0006_scoring, the newest on main when issue 16 merged it in; the lead re-chains 0006_* at merge.
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_tag_information"
-down_revision = "0006_revoked_sessions"
+down_revision = "0006_scoring"
 branch_labels = None
 depends_on = None
 
