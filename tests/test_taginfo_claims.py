@@ -192,6 +192,8 @@ def test_premium_decisions_with_claim_numbers_and_records_that_keep_their_histor
 
 def test_information_options_on_a_prediction(api: Api, claims: dict) -> None:
     pid, data = claims["pid"], claim_photos()[0][2]
+    scorings = api.http.app.state.service.scorings  # batch scoring's rows carry what the tags know
+    assert scorings.information(pid)["glass_shatter"]["repair"] == "Replace the glass"
     some = classify(api, pid, data, attributes="premiumFactor", informationThreshold="0.3")
     carrying = [p for p in some["predictions"] if "information" in p]
     assert all(p["probability"] >= 0.3 for p in carrying) and carrying

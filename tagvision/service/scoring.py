@@ -26,6 +26,7 @@ from tagvision.scoring.sources import SourceSpec
 from tagvision.service.context import Context, get_iteration, get_project
 from tagvision.service.details import IterationDetails
 from tagvision.service.exports import Exports
+from tagvision.service.knowledge import Knowledge
 from tagvision.store.models import Iteration, Scoring, utcnow
 
 log = logging.getLogger("tagvision.scoring")
@@ -92,9 +93,10 @@ def check_precision(value: str | None) -> str | None:
 
 
 class Scorings:
-    def __init__(self, ctx: Context, exports: Exports) -> None:
+    def __init__(self, ctx: Context, exports: Exports, knowledge: Knowledge | None = None) -> None:
         self.ctx = ctx
         self.exports = exports
+        self.knowledge = knowledge
         self._cancel: dict[str, threading.Event] = {}
         self._stopping: set[str] = set()
         self._int8: dict[str, engine.ScoringModel] = {}
@@ -144,9 +146,8 @@ class Scorings:
         return cached
 
     def information(self, project_id: str) -> dict[str, dict[str, Any]]:
-        """Tag information by tag name, which scored rows carry. Tags carry none yet (issue 16 adds it): this is
-        where the scorer will read it."""
-        return {}
+        """Tag information by tag name, which scored rows carry (``tagvision.service.knowledge``)."""
+        return self.knowledge.information_by_name(project_id) if self.knowledge is not None else {}
 
     # ------------------------------------------------------------------ jobs
 
