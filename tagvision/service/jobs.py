@@ -50,6 +50,13 @@ class Jobs:
         self._submit(f"acquire {view.id}", lambda: self.acquisitions.run(view.id), self._io_pool)
         return view
 
+    def more(self, ref: str, acquisition_id: str) -> AcquisitionView:
+        """Review mode: gather the next page of candidates in the background (the look refitted on the answers)."""
+        view = self.acquisitions.more(ref, acquisition_id)
+        if view.status == "Running":
+            self._submit(f"acquire {view.id}", lambda: self.acquisitions.run(view.id), self._io_pool)
+        return view
+
     def resume(self) -> int:
         """Queue the trainings and exports a stopped process left unfinished; returns how many."""
         interrupted = self.training.interrupted()
