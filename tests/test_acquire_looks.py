@@ -4,10 +4,13 @@ a doubtful candidate can still be added by the user; review pages in the termina
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tagvision.config import Settings
@@ -15,6 +18,7 @@ from tagvision.service import NewImage, Service
 from tagvision.sources import reasons
 from tests.conftest import CLOTHING, REPO, photos
 from tests.fake_providers.openverse import make_openverse
+from tests.server import Server
 
 pytestmark = pytest.mark.slow
 TAGS = ("hat", "shoes", "dress")
@@ -146,3 +150,55 @@ def test_cli_review_pages_refit_on_the_answers(junky, tmp_path: Path) -> None:
         assert "candidates you rejected" in look.models_[0].classes_  # the answers refit the look
     finally:
         svc.close()
+
+
+def csrf(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def test_portal_search_page_shows_doubtful_unticked_and_why_candidates_were_not_used(junky, tmp_path: Path) -> None:
+    """The search page over HTTP: doubtful candidates arrive unticked with the tag they look like, the broken link
+    is listed under its tag with its reason, and adding a page that stopped at its size shows the next one."""
+    fake, _truth = junky
+    fake.broken.add(next(iter(fake.photos)))  # the first hat result's link is broken
+    data = tmp_path / "portal"
+    svc = Service.open(Settings.load(data))
+    try:
+        seeded(svc, "portal", 5)
+        project_id = svc.projects.get("portal").id
+    finally:
+        svc.close()
+    with Server(data, env={"TAGVISION_OPENVERSE_URL": fake.url}) as server:
+        web = httpx.Client(base_url=server.endpoint, timeout=600, follow_redirects=True)
+        page = web.get("/login").text
+        assert web.post("/login", data={"key": server.training_key, "csrf": csrf(page)}).status_code == 200
+        search = web.get(f"/projects/{project_id}/search").text
+        started = web.post(
+            f"/projects/{project_id}/search",
+            data={"tags": "hat", "provider": "openverse", "per_tag": "25", "csrf": csrf(search)},
+        )
+        acquisition = re.search(r"acquisition=([0-9a-f-]+)", str(started.url)).group(1)
+        deadline = time.monotonic() + 600
+        state_url = f"/projects/{project_id}/acquisitions/{acquisition}/state"
+        while (state := web.get(state_url).json())["running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert "set aside as doubtful" in state["message"]
+        assert "1 could not be used: 1 download failed" in state["tags"][0]["text"]
+        html = web.get(str(started.url)).text
+        cells = re.findall(r'<li class="cell candidate( doubtful)?".*?</li>', html, re.S)
+        doubtful = re.findall(r'<li class="cell candidate doubtful".*?</li>', html, re.S)
+        assert doubtful and all(" checked" not in c and "Doubtful:</strong> It looks more like" in c for c in doubtful)
+        kept = re.findall(r'<li class="cell candidate".*?</li>', html, re.S)
+        assert kept and all(" checked" in c and "looks " in c and "% like hat" in c for c in kept)
+        assert len(cells) == len(doubtful) + len(kept) == 13  # 14 results less the broken link
+        assert "Not used: 1" in html and "download failed. The image URL answered HTTP 404" in html
+
+        # Add the ticked ones: the page stopped at 20 of the 25 asked, so the next page is gathered at once.
+        ticked = re.findall(r'name="item" value="([^"]+)"[^>]*checked', html)
+        added = web.post(
+            f"/projects/{project_id}/search/{acquisition}/add",
+            data={"action": "add", "item": ticked, "csrf": csrf(html)},
+        )
+        assert "Here is the next page, ranked again with your choices." in added.text
+        assert f"acquisition={acquisition}" in str(added.url)
