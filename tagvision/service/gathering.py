@@ -155,6 +155,8 @@ class Gathering:
 
     def judge(self, run: Run, tag: str, done: Downloaded) -> Verdict:
         """What the look says about a downloaded candidate for ``tag`` (embedded first, unless it came embedded)."""
+        if done.candidate.verdict is not None:  # judged by the provider among its whole pool (the library)
+            return done.candidate.verdict
         if run.look is None or not run.look.scores(tag):
             return Verdict(None, False)
         if done.candidate.embedding is not None:
@@ -238,10 +240,12 @@ class Gathering:
         return None
 
     def _fresh(self, provider, query: str, state: dict, settled: set[str]) -> Iterator[Candidate]:
-        """The provider's candidates not seen before, until the goal is met."""
+        """The provider's candidates not seen before, until the goal is met (or as many were set aside as doubtful:
+        the rest of what it offers looks no better)."""
         limit = min(MAX_CANDIDATES, state["goal"] * SEARCH_FACTOR + len(settled))
+        doubtful_before = state["doubtful"]
         for candidate in provider.search(query, limit):
-            if state["added"] >= state["goal"]:
+            if state["added"] >= state["goal"] or state["doubtful"] - doubtful_before >= max(state["goal"], 1):
                 return
             state["found"] += 1
             if candidate.key in settled:

@@ -68,6 +68,8 @@ class Candidate:
     ping_url: str | None = None  # GET once the image is kept, where the provider asks for it (Unsplash)
     # (plain, flipped) backbone embeddings where the provider already computed them (the library ranks by look)
     embedding: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    # The look's Verdict (tagvision.sources.look) where the provider judged it among its whole pool (the library)
+    verdict: Any = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:

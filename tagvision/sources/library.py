@@ -16,11 +16,11 @@ Sleeves"). A file's rank is the first that applies, ties in path order:
 **By look.** Given a ``look`` (:mod:`tagvision.sources.look`: a classifier fitted on the
 project's tagged images, or centroids where it has images of one tag only) and an ``embedder``,
 the files not matched by name follow, in the order the look ranks them for the query (a tag
-name): for a tag with enough images to judge, only the files that look like it and like no other
-tag. Each candidate found by look carries its embeddings, so the acquisition does not embed it
-again. Precision of what it gathers in ``bench/library.py``. Embeddings (plain and mirrored) are
-cached in ``cache_dir`` by relative path, size, mtime and backbone: only new or changed files are
-embedded.
+name): first those that look like it more than like any other tag, most likely first (the
+acquisition sets the others aside as doubtful). Each candidate found by look carries its
+embeddings, so the acquisition does not embed it again. Precision of what it gathers in
+``bench/library.py``. Embeddings (plain and mirrored) are cached in ``cache_dir`` by relative
+path, size, mtime and backbone: only new or changed files are embedded.
 
 Hidden files and folders are skipped, symlinked folders are not followed and symlinked files
 count only when they stay inside the root; a file reached by several paths is listed once (by
@@ -44,8 +44,9 @@ import numpy as np
 from PIL import Image, IptcImagePlugin
 
 from tagvision import backbone
+from tagvision.sources import look
 from tagvision.sources.base import Candidate, ProviderError
-from tagvision.sources.look import Look
+from tagvision.sources.look import Look, Verdict
 
 SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 _DC_SUBJECT = "{http://purl.org/dc/elements/1.1/}subject"
@@ -145,6 +146,7 @@ class LibraryProvider:
             self.cache_file = Path(cache_dir) / f"library-{digest}-{model}-pairs.npz"  # plain and mirrored
         self._entries: dict[str, _Entry] = {}
         self._vectors: dict[str, np.ndarray] | None = None  # key -> (2, d): plain, mirrored
+        self._pool: tuple[tuple[str, ...], np.ndarray | None] | None = None  # the files looked among, their graph
         self._scan()
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:
@@ -154,12 +156,12 @@ class LibraryProvider:
         if 0 in ranks.values():  # a folder named exactly so: folders that merely contain the words
             ranks = {rel: r for rel, r in ranks.items() if r != 1}  # ("t-shirt" for "shirt") are another thing
         order = sorted((e for e in entries if e.rel in ranks), key=lambda e: ranks[e.rel])  # stable: path order
-        pairs: dict[str, np.ndarray] = {}
+        pairs: dict[str, tuple[np.ndarray, Verdict]] = {}
         if len(order) < limit and self.look is not None and self.embedder is not None:
             looked, pairs = self._by_look([e for e in entries if e.rel not in ranks], query)
             order += looked
         for entry in order[: max(limit, 0)]:
-            pair = pairs.get(entry.rel)
+            pair, verdict = pairs.get(entry.rel, (None, None))
             yield Candidate(
                 provider=self.name,
                 provider_id=entry.rel,
@@ -169,10 +171,11 @@ class LibraryProvider:
                 height=entry.height,
                 path=entry.path,
                 embedding=(pair[0], pair[1]) if pair is not None else None,
+                verdict=verdict,
             )
 
     def close(self) -> None:
-        self._entries, self._vectors = {}, None
+        self._entries, self._vectors, self._pool = {}, None, None
 
     def _scan(self) -> list[_Entry]:
         """The image files under the root, one path per file, sorted; metadata read only for changed files."""
@@ -225,17 +228,24 @@ class LibraryProvider:
             *size,
         )
 
-    def _by_look(self, entries: list[_Entry], query: str) -> tuple[list[_Entry], dict[str, np.ndarray]]:
-        """``entries`` the look offers for ``query``, best first, with their (2, d) embeddings; unreadable ones
-        dropped."""
+    def _by_look(self, entries: list[_Entry], query: str) -> tuple[list[_Entry], dict[str, tuple[np.ndarray, Verdict]]]:
+        """``entries`` in the order the look offers them for ``query``, with their (2, d) embeddings and verdicts
+        (judged among all of them: see :func:`tagvision.sources.look.neighbours`); unreadable ones dropped."""
         assert self.look is not None
         pairs = self._embeddings(entries)
         readable = np.flatnonzero(np.isfinite(pairs).all(axis=(1, 2)))
         if not len(readable):
             return [], {}
-        order = self.look.rank(query, pairs[readable, 0], pairs[readable, 1])
+        plain, flipped = pairs[readable, 0], pairs[readable, 1]
+        pool = tuple(entries[i].key for i in readable)
+        if self._pool is None or self._pool[0] != pool:
+            self._pool = (pool, look.neighbours(plain, flipped))
+        graph = self._pool[1]
+        order = self.look.rank(query, plain, flipped, graph)
+        verdicts = self.look.verdicts(query, plain, flipped, graph)
         chosen = [entries[readable[i]] for i in order]
-        return chosen, {e.rel: pairs[readable[i]] for e, i in zip(chosen, order, strict=True)}
+        found = {e.rel: (pairs[readable[i]], verdicts[i]) for e, i in zip(chosen, order, strict=True)}
+        return chosen, found
 
     def _embeddings(self, entries: list[_Entry]) -> np.ndarray:
         """Embeddings (n, 2, d) of ``entries``, plain and mirrored; NaN for files that are not images."""

@@ -18,6 +18,11 @@ the classifier is ahead by more than 0.10 on clothing-small and car-damage; the 
 shrinkage-LDA sibling (:class:`~tagvision.learn.QuickClassifier`) ranks as well but spends ~40x
 longer choosing its shrinkage by cross-validation, too slow to refit between review pages.
 
+Within a pool of candidates known at once (a library), each candidate's probabilities are smoothed
+with those of its :data:`NEIGHBOURS` nearest candidates (cosine of the same features), half and half:
+pictures that look alike tend to show the same thing. On the same benchmark this added 0.01 to 0.02
+(k of 5 to 20 and weights of 0.3 to 0.7 all within 0.01 of each other).
+
 A tag is *judged* (its doubtful candidates set aside) once it has :data:`MIN_TO_JUDGE` images;
 until then its candidates are only ranked. A project whose images fall in fewer than two classes
 cannot be told apart; :class:`Centroid` then ranks by cosine to each tag's centroid, judging none.
@@ -36,6 +41,8 @@ from sklearn.linear_model import LogisticRegression
 from tagvision.learn import features
 
 MIN_TO_JUDGE = 5  # images a tag needs before its candidates can be found doubtful
+NEIGHBOURS, SMOOTHING = 10, 0.5  # within a pool: each row's probabilities half its own, half its neighbours'
+MAX_POOL = 20_000  # larger pools are not smoothed (the neighbour search grows with the square of the pool)
 REGULARISATION = 10.0  # scikit-learn's C, chosen on bench/library.py (1, 10 and 100 within 0.01)
 MAX_PER_TAG = 300  # images of a tag the classifier is fitted on (a seeded draw beyond): fitting stays ~1 s
 OTHER = "candidates you rejected"  # what the extra class of a multiclass look is called in messages
@@ -83,8 +90,24 @@ class Verdict:
         )
 
 
+def neighbours(plain: np.ndarray, flipped: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray | None:
+    """The ``k`` nearest other rows of each row, (n, k) indices (cosine of the flip-mean features); None for a
+    pool too small (``k`` rows or fewer) or too large (over :data:`MAX_POOL`) to smooth over."""
+    n = len(plain)
+    if n <= k or n > MAX_POOL:
+        return None
+    x = vectors((np.asarray(plain, np.float32) + np.asarray(flipped, np.float32)) / 2).astype(np.float32)
+    out = np.empty((n, k), np.int64)
+    for start in range(0, n, 1024):
+        sims = x[start : start + 1024] @ x.T
+        sims[np.arange(len(sims)), np.arange(start, start + len(sims))] = -np.inf  # not its own neighbour
+        out[start : start + len(sims)] = np.argpartition(-sims, k, axis=1)[:, :k]
+    return out
+
+
 class Look(Protocol):
-    """Scores and orders candidates for a tag by how they look."""
+    """Scores and orders candidates for a tag by how they look. ``neighbours``: where the rows are a pool of
+    candidates, :func:`neighbours` of it, to smooth each row's probabilities with its neighbours'."""
 
     def scores(self, tag: str) -> bool:
         """Whether it gives candidates for ``tag`` a probability (a :class:`Verdict` with a score)."""
@@ -94,11 +117,16 @@ class Look(Protocol):
         """Whether ``tag`` has enough images for its candidates to be found doubtful."""
         ...
 
-    def rank(self, tag: str, plain: np.ndarray, flipped: np.ndarray) -> np.ndarray:
-        """Indices of the rows worth offering for ``tag``, best first (a judged tag: only those not doubtful)."""
+    def rank(
+        self, tag: str, plain: np.ndarray, flipped: np.ndarray, neighbours: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Indices of the rows in the order to offer them for ``tag``: those that look like it (its most likely
+        class, or probability >= 1/2) by probability, then the others by probability."""
         ...
 
-    def verdicts(self, tag: str, plain: np.ndarray, flipped: np.ndarray) -> list[Verdict]:
+    def verdicts(
+        self, tag: str, plain: np.ndarray, flipped: np.ndarray, neighbours: np.ndarray | None = None
+    ) -> list[Verdict]:
         """One :class:`Verdict` per row."""
         ...
 
@@ -159,33 +187,41 @@ class LookClassifier:
     def judges(self, tag: str) -> bool:
         return tag in self.tags_ and self.counts_.get(tag, 0) >= self.min_to_judge
 
-    def proba(self, plain: np.ndarray, flipped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def proba(
+        self, plain: np.ndarray, flipped: np.ndarray, neighbours: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(n, len(tags_)) probabilities of the scored tags, and (n,) of "other" (zeros for multilabel)."""
         a, b = vectors(plain), vectors(flipped)
         if self.multilabel:
             p = np.stack([(m.predict_proba(a)[:, 1] + m.predict_proba(b)[:, 1]) / 2 for m in self.models_], axis=1)
-            return p, np.zeros(len(a))
-        model = self.models_[0]
-        p = (model.predict_proba(a) + model.predict_proba(b)) / 2
-        columns = [self._classes.index(t) for t in self.tags_]
-        other = p[:, self._classes.index(OTHER)] if OTHER in self._classes else np.zeros(len(a))
-        return p[:, columns], other
+            other = np.zeros(len(a))
+        else:
+            model = self.models_[0]
+            full = (model.predict_proba(a) + model.predict_proba(b)) / 2
+            other = full[:, self._classes.index(OTHER)] if OTHER in self._classes else np.zeros(len(a))
+            p = full[:, [self._classes.index(t) for t in self.tags_]]
+        if neighbours is not None:
+            p = (1 - SMOOTHING) * p + SMOOTHING * p[neighbours].mean(axis=1)
+            other = (1 - SMOOTHING) * other + SMOOTHING * other[neighbours].mean(axis=1)
+        return p, other
 
-    def rank(self, tag: str, plain: np.ndarray, flipped: np.ndarray) -> np.ndarray:
+    def rank(
+        self, tag: str, plain: np.ndarray, flipped: np.ndarray, neighbours: np.ndarray | None = None
+    ) -> np.ndarray:
         if tag not in self.tags_ or not len(plain):
             return np.zeros(0, np.int64)
-        p, other = self.proba(plain, flipped)
+        p, other = self.proba(plain, flipped, neighbours)
         own = p[:, self.tags_.index(tag)]
         order = np.argsort(-own, kind="stable")
         fits = self._fits(p, other, own)
-        if self.judges(tag):
-            return order[fits[order]]
-        return np.concatenate([order[fits[order]], order[~fits[order]]])  # those that fit best first
+        return np.concatenate([order[fits[order]], order[~fits[order]]])  # those that look like the tag first
 
-    def verdicts(self, tag: str, plain: np.ndarray, flipped: np.ndarray) -> list[Verdict]:
+    def verdicts(
+        self, tag: str, plain: np.ndarray, flipped: np.ndarray, neighbours: np.ndarray | None = None
+    ) -> list[Verdict]:
         if tag not in self.tags_:
             return [Verdict(None, False) for _ in range(len(plain))]
-        p, other = self.proba(plain, flipped)
+        p, other = self.proba(plain, flipped, neighbours)
         own = p[:, self.tags_.index(tag)]
         fits = self._fits(p, other, own)
         judged = self.judges(tag)
@@ -233,14 +269,18 @@ class Centroid:
     def judges(self, tag: str) -> bool:
         return False
 
-    def rank(self, tag: str, plain: np.ndarray, flipped: np.ndarray) -> np.ndarray:
+    def rank(
+        self, tag: str, plain: np.ndarray, flipped: np.ndarray, neighbours: np.ndarray | None = None
+    ) -> np.ndarray:
         scores = self._scores(tag, plain, flipped)
         if scores is None:
             return np.zeros(0, np.int64)
         order = np.argsort(-scores, kind="stable")
         return order[np.isfinite(scores[order])]
 
-    def verdicts(self, tag: str, plain: np.ndarray, flipped: np.ndarray) -> list[Verdict]:
+    def verdicts(
+        self, tag: str, plain: np.ndarray, flipped: np.ndarray, neighbours: np.ndarray | None = None
+    ) -> list[Verdict]:
         return [Verdict(None, False) for _ in range(len(plain))]
 
     def _scores(self, tag: str, plain: np.ndarray, flipped: np.ndarray) -> np.ndarray | None:
