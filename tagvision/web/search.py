@@ -170,6 +170,8 @@ def tag_sentence(t: TagProgress, status: str, current: bool) -> str:
     if t.done:
         if added >= wanted:
             return f"{name}: done, {plural(added, 'candidate')} found{tail}."
+        if t.page_limited and added >= t.goal:
+            return f"{name}: a page of {plural(added, 'candidate')}{tail}; adding them shows the next page."
         return f"{name}: done, but only {added} of {wanted} usable images found{tail}."
     if status == "Running":
         if not current:
