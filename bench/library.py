@@ -218,8 +218,30 @@ def measure(dataset: str, args: argparse.Namespace) -> None:
         fresh().look()
         timings["refit"].append(time.perf_counter() - started)
 
+    report(dataset, len(paths), len(classes), args, results, counts, ranked, pages, rounds_to)
     print(
-        f"\n2. {dataset}/train by look: {len(paths)} photos under hashed names, {len(classes)} tags, "
+        f"timings: first search (embeds {len(paths)} photos) {embedding:.1f} s = "
+        f"{len(paths) / embedding:.0f} images/s; "
+        f"one acquisition of every tag (searches, refits) median {np.median(timings['search']):.1f} s; "
+        f"a refit of the look on the seeds {timings['refit'][0] * 1000:.0f} ms"
+    )
+
+
+def report(
+    dataset: str,
+    files: int,
+    tags: int,
+    args: argparse.Namespace,
+    results: dict[str, list[float]],
+    counts: dict[str, list[float]],
+    ranked: dict[str, list[float]],
+    pages: dict[int, list[float]],
+    rounds_to: list[int | None],
+) -> None:
+    """The table of precision per method, the review pages' own precision, the rounds to ``args.target``."""
+    methods = list(results)
+    print(
+        f"\n2. {dataset}/train by look: {files} photos under hashed names, {tags} tags, "
         f"{args.seeds} seeds each, {args.per_tag} gathered per tag; precision of the added images, "
         f"mean ± sd over {args.draws} draws"
     )
@@ -242,12 +264,6 @@ def measure(dataset: str, args: argparse.Namespace) -> None:
         f"review rounds until the gathered images reach precision {args.target}: "
         + ", ".join("more than " + str(MAX_ROUNDS) if r is None else str(r) for r in rounds_to)
         + (f" (mean {np.mean(needed):.1f} where reached)" if needed else "")
-    )
-    print(
-        f"timings: first search (embeds {len(paths)} photos) {embedding:.1f} s = "
-        f"{len(paths) / embedding:.0f} images/s; "
-        f"one acquisition of every tag (searches, refits) median {np.median(timings['search']):.1f} s; "
-        f"a refit of the look on the seeds {timings['refit'][0] * 1000:.0f} ms"
     )
 
 

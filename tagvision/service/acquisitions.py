@@ -85,19 +85,8 @@ class Acquisitions:
         ``library_anywhere`` lets a local user (the CLI) name any folder; over the API the
         folder must lie under one of the operator's ``TAGVISION_LIBRARY_ROOTS``.
         """
-        names = list(dict.fromkeys(clean_name(t, "tag") for t in tags))
-        if not names or len(names) > MAX_TAGS:
-            raise InvalidInput(f"Name 1 to {MAX_TAGS} tags.", code="BadRequestTagName")
-        if not 1 <= per_tag <= MAX_PER_TAG:
-            raise InvalidInput(f"Ask for 1 to {MAX_PER_TAG} images per tag.", code="BadRequestInvalid")
-        if min_side is not None and not 0 <= min_side <= images.MAX_SIDE:
-            raise InvalidInput("minSide is 0 (no minimum) to 10240 pixels.", code="BadRequestInvalid")
-        if page_size is not None and not 1 <= page_size <= MAX_PER_TAG:
-            raise InvalidInput(f"pageSize is 1 to {MAX_PER_TAG} candidates per tag.", code="BadRequestInvalid")
+        names, chosen = _checked(tags, per_tag, providers, min_side, page_size)
         page = (page_size or PAGE_SIZE) if review else None
-        chosen = tuple(dict.fromkeys(providers))
-        if not chosen:
-            raise InvalidInput("Choose at least one provider.", code="BadRequestInvalid")
         folder = self._library_folder(library, library_anywhere) if "library" in chosen else None
         for name in chosen:  # unknown or unconfigured providers fail now, not in the background
             if name != "library":
@@ -395,6 +384,25 @@ class Acquisitions:
             else:
                 made.append(sources.make(name, self.ctx.settings.providers))
         return made
+
+
+def _checked(
+    tags: list[str], per_tag: int, providers: tuple[str, ...], min_side: int | None, page_size: int | None
+) -> tuple[list[str], tuple[str, ...]]:
+    """The request's tag names and providers, once each; bad values are refused with their code."""
+    names = list(dict.fromkeys(clean_name(t, "tag") for t in tags))
+    if not names or len(names) > MAX_TAGS:
+        raise InvalidInput(f"Name 1 to {MAX_TAGS} tags.", code="BadRequestTagName")
+    if not 1 <= per_tag <= MAX_PER_TAG:
+        raise InvalidInput(f"Ask for 1 to {MAX_PER_TAG} images per tag.", code="BadRequestInvalid")
+    if min_side is not None and not 0 <= min_side <= images.MAX_SIDE:
+        raise InvalidInput("minSide is 0 (no minimum) to 10240 pixels.", code="BadRequestInvalid")
+    if page_size is not None and not 1 <= page_size <= MAX_PER_TAG:
+        raise InvalidInput(f"pageSize is 1 to {MAX_PER_TAG} candidates per tag.", code="BadRequestInvalid")
+    chosen = tuple(dict.fromkeys(providers))
+    if not chosen:
+        raise InvalidInput("Choose at least one provider.", code="BadRequestInvalid")
+    return names, chosen
 
 
 def _reconsider(session, project_id: str, acquisition_id: str, min_side: int, retry_refused: bool) -> None:
