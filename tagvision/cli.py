@@ -340,10 +340,28 @@ def image_list(
     project: ProjectArg,
     tag: Annotated[str | None, typer.Option(help="Only images with this tag.", show_default=False)] = None,
     untagged: Annotated[bool, typer.Option("--untagged", help="Only images without tags.")] = False,
+    refused: Annotated[
+        bool,
+        typer.Option(
+            "--refused",
+            help="Instead: the candidates acquisitions did not add (refused, duplicate, rejected, "
+            "doubtful), each with its reason.",
+        ),
+    ] = False,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List training images with their tags and source."""
+    if refused:
+        from tagvision import cli_acquire
+
+        with service(data_dir) as svc:
+            set_aside = svc.acquisitions.set_aside(project)
+        if as_json:
+            print_json([{**c.to_json(), "tag": c.tag, "acquisitionId": c.acquisition_id} for c in set_aside])
+        else:
+            cli_acquire.print_set_aside(out, set_aside)
+        return
     with service(data_dir) as svc:
         images = svc.images.list(project, tag=tag, untagged=untagged)
     if as_json:
@@ -655,11 +673,34 @@ def acquire(
         ),
     ] = None,
     library: Annotated[Path | None, typer.Option(help="Folder for --provider library.", show_default=False)] = None,
-    min_side: Annotated[int, typer.Option("--min-side", help="Refuse images smaller than this on a side.")] = 224,
+    min_side: Annotated[
+        int | None,
+        typer.Option(
+            "--min-side",
+            help="Refuse images smaller than this on a side [default: none, as uploads; images smaller than the "
+            "model's input are kept with a warning].",
+            show_default=False,
+        ),
+    ] = None,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Review a page of candidates per tag before they are added; each next page "
+            "is ranked again with your answers.",
+        ),
+    ] = False,
+    page_size: Annotated[int, typer.Option("--page-size", min=1, help="Candidates per tag on a review page.")] = 20,
+    retry_refused: Annotated[
+        bool, typer.Option("--retry-refused", help="Look again at the candidates earlier acquisitions refused.")
+    ] = False,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Gather training images for tag names from an image-search provider or a local folder."""
+    """Gather training images for tag names from an image-search provider or a local folder, ranked and
+    filtered by how they look against every tag of the project."""
+    from tagvision import cli_acquire
+
     providers = tuple(provider or (["library"] if library else ["openverse"]))
     names = [t for t in (part.strip() for part in tags.split(",")) if t]
     with service(data_dir) as svc:
@@ -670,11 +711,18 @@ def acquire(
             providers=providers,
             library=str(library) if library else None,
             min_side=min_side,
+            review=review,
+            page_size=page_size if review else None,
+            retry_refused=retry_refused,
             library_anywhere=True,
         )
-        try:
+
+        def run() -> Any:
             with progress_bar() as update:
-                view = svc.acquisitions.run(started.id, progress=update)
+                return svc.acquisitions.run(started.id, progress=update)
+
+        try:
+            view = cli_acquire.review(svc, project, started.id, run, out, err) if review else run()
         except KeyboardInterrupt:
             svc.acquisitions.cancel(project, started.id)
             err.print("Stopped; what was added stays. Run the same command again to add the rest.")
@@ -682,18 +730,7 @@ def acquire(
     if as_json:
         print_json(view.to_json())
         return
-    table = Table("tag", "added", "wanted", "had before", "duplicates", "refused", "candidates")
-    for tag in view.tags:
-        table.add_row(
-            tag.tag,
-            str(tag.added),
-            str(tag.wanted),
-            str(tag.had_before),
-            str(tag.duplicates),
-            str(tag.refused),
-            str(tag.found),
-        )
-    out.print(table)
+    cli_acquire.print_summary(out, view, project)
     if view.status != "Completed":
         raise TagvisionError(f"The acquisition {view.status.lower()}: {view.error or 'see above'}", code="ErrorSource")
 

@@ -196,6 +196,22 @@ def test_api_runs_acquisitions_in_the_background_with_review(openverse, tmp_path
             sorted(i["status"] for i in items if i["status"] in ("Added", "Rejected"))
             == ["Added"] * 5 + ["Rejected"] * 3
         )
+        rejected = {i["source"]["key"] for i in items if i["status"] == "Rejected"}
+        assert all(i["reason"] == "Rejected" for i in items if i["status"] == "Rejected")
+
+        # The next page: the tags are filled up again to 4 each, the rejected candidates never offered again.
+        more = t.post(f"/projects/{pid}/acquisitions/{started['id']}/more").raise_for_status().json()
+        assert more["status"] == "Running"
+        while (state := t.get(f"/projects/{pid}/acquisitions/{started['id']}").json())["status"] == "Running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert state["status"] == "Completed" and all(x["added"] == 4 for x in state["tags"]), state
+        items = t.get(f"/projects/{pid}/acquisitions/{started['id']}", params={"items": "true"}).json()["items"]
+        pending = [i for i in items if i["status"] == "Pending"]
+        assert len(pending) == 3 and not {i["source"]["key"] for i in pending} & rejected
+        waiting = t.post(f"/projects/{pid}/acquisitions/{started['id']}/more")
+        assert waiting.status_code == 400 and "commit" in waiting.json()["message"]
+
         bad = t.post(f"/projects/{pid}/acquisitions", json={"tags": ["x"], "providers": ["flickr"]})
         assert bad.status_code == 400 and bad.json()["code"] == "BadRequestInvalid"
         library = t.post(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tagvision.clock import ManualClock
+from tagvision.sources import reasons
 from tagvision.sources.base import Candidate
 from tagvision.sources.download import Downloader
 from tests.conftest import CLOTHING, photos
@@ -65,7 +66,7 @@ def test_good_broken_slow_redirected_and_rate_limited_links(host: FakeServer, tm
         "private": "http://169.254.169.254/latest/meta-data",
     }
     # One at a time: the slow link moves the shared clock, which must not cut into another download's deadline.
-    downloader = Downloader(workers=1, timeout=600.0, backoff=0.1, clock=clock, allow_private=True)
+    downloader = Downloader(workers=1, timeout=600.0, backoff=0.1, clock=clock, allow_private=True, min_side=224)
     results = {
         r.candidate.provider_id: r for r in downloader.download([candidate(url, name) for name, url in urls.items()])
     }
@@ -80,6 +81,15 @@ def test_good_broken_slow_redirected_and_rate_limited_links(host: FakeServer, tm
         "html": "ErrorImageFormat",
         "private": "ErrorSource",
     }
+    assert {name: results[f"c{name}"].reason for name in urls if status[name] != "OK"} == {
+        "broken": reasons.PROVIDER_ERROR,
+        "slow": reasons.PROVIDER_ERROR,
+        "tiny": reasons.TOO_SMALL,
+        "html": reasons.NOT_AN_IMAGE,
+        "private": reasons.PROVIDER_ERROR,
+    }
+    assert results["ctiny"].detail == {"width": 100, "height": 80, "minSide": 224}
+    assert Downloader(allow_private=True).one(candidate(urls["tiny"])).status == "OK"  # no minimum by default
     assert "timed out after 600 s" in results["cslow"].message
     assert results["cmoved"].data == results["cgood"].data and results["cgood"].dhash == results["cmoved"].dhash
     # The slow link timed out 4 times, with backoff doubling between; p3 waited its Retry-After: 1, not 0.1 s.

@@ -17,6 +17,7 @@ from PIL import Image
 from tagvision import backbone
 from tagvision.sources.base import ProviderError
 from tagvision.sources.library import LibraryProvider
+from tagvision.sources.look import Centroid
 from tests.conftest import CLOTHING, MODELS, photos
 
 XMP = (
@@ -181,7 +182,7 @@ def test_more_like_these_ranks_by_look_and_caches(library: tuple[Path, dict[str,
             for r in embedder.embedder.embed([p.read_bytes for p in photos(CLOTHING, "train", "shoes", 3)])
         ]
     )
-    provider = LibraryProvider(root, seeds={"shoes": seeds}, embedder=embedder, cache_dir=tmp_path)
+    provider = LibraryProvider(root, look=Centroid({"shoes": seeds}), embedder=embedder, cache_dir=tmp_path)
     found = ids(provider, "shoes")
     assert found[0] == "_inbox/a1.jpg"  # the keyword match first, then every other file by look
     files = 5 * 3 + 1 + 5 + len(anon)  # class folders, _inbox/, anon/: no hidden, outside or twin files
@@ -192,12 +193,12 @@ def test_more_like_these_ranks_by_look_and_caches(library: tuple[Path, dict[str,
     assert sum(t == "shoes" for t in looked) >= 3, looked
 
     assert ids(provider, "shoes") == found and embedder.calls == files - 1  # cached in memory
-    again = LibraryProvider(root, seeds={"shoes": seeds}, embedder=embedder, cache_dir=tmp_path)
+    again = LibraryProvider(root, look=Centroid({"shoes": seeds}), embedder=embedder, cache_dir=tmp_path)
     assert ids(again, "shoes") == found and embedder.calls == files - 1  # cached on disk
     changed = root / next(iter(anon))
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
     assert ids(again, "shoes", 7) == found[:7] and embedder.calls == files  # only the changed file
 
     again.cache_file.write_bytes(b"damaged")  # type: ignore[union-attr]
-    fresh = LibraryProvider(root, seeds={"shoes": seeds}, embedder=embedder, cache_dir=tmp_path)
+    fresh = LibraryProvider(root, look=Centroid({"shoes": seeds}), embedder=embedder, cache_dir=tmp_path)
     assert ids(fresh, "shoes") == found and embedder.calls == 2 * files - 1  # a damaged cache is rebuilt

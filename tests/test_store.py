@@ -22,7 +22,7 @@ def test_migrations_create_exactly_the_models_schema(tmp_path: Path) -> None:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         version = connection.execute(text("select version_num from alembic_version")).scalar()
     assert diff == []
-    assert version == "0006_tag_information"
+    assert version == "0010_tag_information"
 
 
 def test_sqlite_is_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 ``POST /projects/{projectId}/acquisitions`` starts an acquisition in the background and answers
 at once; ``GET`` it to follow the progress per tag. With ``review``, candidates wait until
-``POST .../commit`` adds the chosen ones.
+``POST .../commit`` adds the chosen ones, a page at a time: ``POST .../more`` gathers the next page,
+ranked again with the answers. ``?items=true`` lists every candidate with what became of it and
+why (``reason``: a stable code; ``message``; ``detail``: its facts, a ``warning``; ``score``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def start_acquisition(request: Request, service: Svc, project_id: ProjectId, bod
         library=body.library,
         review=body.review,
         min_side=body.minSide,
+        page_size=body.pageSize,
+        retry_refused=body.retryRefused,
     )
     return _json(request, view)
 
@@ -96,3 +100,12 @@ def commit_acquisition(
     body: schemas.AcquisitionCommit,
 ) -> dict:
     return render.create_summary(request, service.acquisitions.commit(project_id, acquisition_id, body.itemIds))
+
+
+@router.post(
+    "/projects/{projectId}/acquisitions/{acquisitionId}/more",
+    response_model=schemas.Acquisition,
+    summary="Review mode: gather the next page of candidates, ranked again with the answers so far",
+)
+def more_acquisition(request: Request, service: Svc, project_id: ProjectId, acquisition_id: AcquisitionId) -> dict:
+    return _json(request, service.jobs.more(project_id, acquisition_id))

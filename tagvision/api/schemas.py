@@ -382,7 +382,15 @@ class AcquisitionRequest(Body):
         None, description="For the library provider: a folder under one of the operator's TAGVISION_LIBRARY_ROOTS."
     )
     review: bool = Field(False, description="Keep candidates pending until committed (to deselect bad ones).")
-    minSide: int = Field(224, description="Refuse images whose shorter side is under this many pixels.")
+    minSide: int | None = Field(
+        None,
+        description="Refuse images whose shorter side is under this many pixels (default: none, as uploads; "
+        "smaller than the model's input only gets a warning). Changing it looks at earlier size refusals again.",
+    )
+    pageSize: int | None = Field(
+        None, description="Review mode: candidates per tag on one page (default 20); POST .../more for the next."
+    )
+    retryRefused: bool = Field(False, description="Look again at the candidates earlier acquisitions refused.")
 
 
 class AcquisitionCommit(Body):
@@ -399,6 +407,10 @@ class AcquisitionTag(Wire):
     duplicates: int
     refused: int
     done: bool
+    doubtful: int = Field(0, description="Set aside for review: they did not look like the tag.")
+    small: int = Field(0, description="Kept, though smaller than the model's input (scaled up).")
+    reasons: dict[str, int] = Field({}, description="Refused candidates by reason code (TooSmall, NotAnImage, ...).")
+    goal: int | None = Field(None, description="What this run (in review mode: this page) fills the tag up to.")
 
 
 class Acquisition(Wire):

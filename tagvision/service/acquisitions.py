@@ -1,60 +1,50 @@
 """Use cases for gathering training images for tag names from providers or a local library.
 
-An acquisition runs in the background (``Jobs.acquire``) and reports progress per tag. For
-each tag it asks the providers for candidates, skips those the project already has or has
-already refused (so an interrupted acquisition, run again, fetches only what is missing),
-downloads the rest (:class:`~tagvision.sources.download.Downloader`), drops exact and
-near-duplicates (perceptual hash) across tags and against the project's images, and adds the
-good ones as tagged training images with their source, licence and attribution. With
-``review``, downloaded candidates wait (``Pending``) until the user picks the ones to add.
+An acquisition runs in the background (``Jobs.acquire``) and reports progress per tag; the work
+of one run is :mod:`tagvision.service.gathering`. Candidates the project already has or that an
+earlier run settled are skipped, so an interrupted acquisition, run again, fetches only what is
+missing; but a refusal a setting caused (too small for ``minSide``) is looked at again when the
+setting changes, and ``retryRefused`` looks at every earlier refusal again. With ``review``,
+candidates wait (``Pending``) until the user picks the ones to add, a page (``pageSize`` per tag)
+at a time: :meth:`Acquisitions.more` gathers the next page with the look refitted on the answers
+(kept images are the tag's, rejected ones negatives).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tagvision import images, sources
 from tagvision.config import LIBRARY_ROOTS_ENV
 from tagvision.errors import InvalidInput, NotFound, TagvisionError
 from tagvision.service.context import Context, Progress, get_project, no_progress
+from tagvision.service.gathering import Gathering, Run
 from tagvision.service.images import Images, NewImage
+from tagvision.service.looks import Looks
 from tagvision.service.projects import Projects, clean_name
 from tagvision.service.training import Training
-from tagvision.service.views import AcquisitionView, ImageCreateSummary
-from tagvision.sources.base import Candidate
-from tagvision.sources.download import Downloaded, Downloader
-from tagvision.store import queries
-from tagvision.store.models import Acquisition, AcquisitionItem, Image, ImageTag, utcnow
+from tagvision.service.views import AcquisitionView, CandidateView, ImageCreateSummary
+from tagvision.sources import reasons
+from tagvision.sources.download import Downloader
+from tagvision.sources.look import Look
+from tagvision.store.models import Acquisition, AcquisitionItem, Image, ImageTag, Tag, utcnow
 
 log = logging.getLogger("tagvision.acquisitions")
-# Candidate fields -> their names in Candidate.source(), to rebuild a candidate from a stored item.
-SOURCE_FIELDS = {
-    "provider": "provider",
-    "url": "url",
-    "landing_page": "landingPage",
-    "title": "title",
-    "creator": "creator",
-    "creator_url": "creatorUrl",
-    "licence": "licence",
-    "licence_url": "licenceUrl",
-    "attribution": "attribution",
-}
 
 MAX_PER_TAG = 1000
 MAX_TAGS = 50
-NEAR_DUPLICATE_BITS = 6  # dHash distance at or under which two images count as the same picture
-SEARCH_FACTOR = 3  # candidates asked for per image wanted: some links break, some are duplicates
+PAGE_SIZE = 20  # candidates per tag on one review page, unless the request says otherwise
 # Candidates in these states are never fetched again by a later run. "Spare": downloaded after the
-# target was met (downloads run in parallel); kept as a blob and used first by a later run.
-SETTLED = ("Added", "Duplicate", "Refused", "Rejected", "Pending", "Spare")
-SLACK = 2  # downloads in flight beyond what is still needed (some fail or turn out duplicates)
+# target was met (downloads run in parallel); "Doubtful": set aside by look. Both are judged again
+# and used first by a later run.
+SETTLED = ("Added", "Duplicate", "Refused", "Rejected", "Pending", "Spare", "Doubtful")
+TAKEABLE = ("Pending", "Doubtful", "Rejected")  # what a commit can add (a rejection is undone so)
+SET_ASIDE = ("Refused", "Duplicate", "Rejected", "Doubtful")  # what `image list --refused` shows
 
 
 class Acquisitions:
@@ -62,6 +52,8 @@ class Acquisitions:
         self.ctx = ctx
         self.training = training
         self.images = Images(ctx)
+        self.looks = Looks(ctx, training)
+        self.gathering = Gathering(ctx, self.looks)
         self.projects = Projects(ctx)
         self._cancel: dict[str, threading.Event] = {}
         self._stopping: set[str] = set()
@@ -78,27 +70,23 @@ class Acquisitions:
         providers: tuple[str, ...] = ("openverse",),
         library: str | None = None,
         review: bool = False,
-        min_side: int = 224,
+        min_side: int | None = None,
+        page_size: int | None = None,
+        retry_refused: bool = False,
         library_anywhere: bool = False,
     ) -> AcquisitionView:
         """Record an acquisition (status Running); tags that do not exist yet are created.
 
         Each tag is filled until it has ``per_tag`` acquired images (those from earlier
         acquisitions count), so running the same request again adds only what is missing.
+        ``min_side``: refuse images whose shorter side is under it (None: none, as uploads).
+        ``page_size``: in review mode, the candidates per tag on one page (default 20).
 
         ``library_anywhere`` lets a local user (the CLI) name any folder; over the API the
         folder must lie under one of the operator's ``TAGVISION_LIBRARY_ROOTS``.
         """
-        names = list(dict.fromkeys(clean_name(t, "tag") for t in tags))
-        if not names or len(names) > MAX_TAGS:
-            raise InvalidInput(f"Name 1 to {MAX_TAGS} tags.", code="BadRequestTagName")
-        if not 1 <= per_tag <= MAX_PER_TAG:
-            raise InvalidInput(f"Ask for 1 to {MAX_PER_TAG} images per tag.", code="BadRequestInvalid")
-        if not 32 <= min_side <= images.MAX_SIDE:
-            raise InvalidInput("minSide is 32 to 10240 pixels.", code="BadRequestInvalid")
-        chosen = tuple(dict.fromkeys(providers))
-        if not chosen:
-            raise InvalidInput("Choose at least one provider.", code="BadRequestInvalid")
+        names, chosen = _checked(tags, per_tag, providers, min_side, page_size)
+        page = (page_size or PAGE_SIZE) if review else None
         folder = self._library_folder(library, library_anywhere) if "library" in chosen else None
         for name in chosen:  # unknown or unconfigured providers fail now, not in the background
             if name != "library":
@@ -120,9 +108,11 @@ class Acquisitions:
                     "perTag": per_tag,
                     "providers": list(chosen),
                     "library": str(folder) if folder else None,
-                    "minSide": min_side,
+                    "minSide": min_side or None,
+                    "pageSize": page,
+                    "retryRefused": retry_refused,
                 },
-                progress={t["id"]: _empty_progress(t, per_tag, had.get(t["id"], 0)) for t in tag_list},
+                progress={t["id"]: _empty_progress(t, per_tag, had.get(t["id"], 0), page) for t in tag_list},
             )
             session.add(row)
             session.flush()
@@ -183,21 +173,25 @@ class Acquisitions:
         return self.get(ref, acquisition_id)
 
     def commit(self, ref: str, acquisition_id: str, item_ids: list[str]) -> ImageCreateSummary:
-        """Review mode: add the chosen pending candidates as training images; the other pending ones are rejected."""
+        """Add the chosen candidates as training images: pending ones (the other pending ones are rejected, and
+        count as negatives for the look from then on), doubtful ones, or rejected ones (undoing the rejection)."""
         with self.ctx.db.session() as session:
             row = _get(session, ref, acquisition_id)
-            pending = {
+            takeable = {
                 i.id: i
                 for i in session.scalars(
                     select(AcquisitionItem).where(
-                        AcquisitionItem.acquisition_id == row.id, AcquisitionItem.status == "Pending"
+                        AcquisitionItem.acquisition_id == row.id,
+                        AcquisitionItem.status.in_(TAKEABLE),
+                        AcquisitionItem.sha256.is_not(None),
                     )
                 )
             }
-            unknown = [i for i in item_ids if i not in pending]
+            unknown = [i for i in item_ids if i not in takeable]
             if unknown:
                 raise NotFound(f"No pending candidate {unknown[0]!r} in this acquisition.", code="NotFound")
-            chosen = [(i.id, i.sha256, i.tag_id, i.source) for i in pending.values() if i.id in item_ids]
+            wanted = set(item_ids)
+            chosen = [(i.id, i.sha256, i.tag_id, i.source) for i in takeable.values() if i.id in wanted]
         items = [
             NewImage(source.get("url", item_id), lambda sha=sha: self.ctx.blobs.get(sha), (tag_id,), source)
             for item_id, sha, tag_id, source in chosen
@@ -206,15 +200,71 @@ class Acquisitions:
         with self.ctx.db.session() as session:
             for (item_id, *_), result in zip(chosen, summary.results, strict=True):
                 item = session.get(AcquisitionItem, item_id)
-                item.status = "Added" if result.status == "OK" else "Duplicate"
                 item.image_id = result.image_id
+                if result.status == "OK":
+                    item.status, item.reason, item.message = "Added", None, None
+                else:
+                    item.status, item.reason = "Duplicate", reasons.DUPLICATE
+                    item.message = f"The same file as image {result.image_id}, already in the project."
             for item in session.scalars(
                 select(AcquisitionItem).where(
                     AcquisitionItem.acquisition_id == acquisition_id, AcquisitionItem.status == "Pending"
                 )
             ):
-                item.status = "Rejected"
+                item.status, item.reason, item.message = "Rejected", reasons.REJECTED, "You did not keep it."
+            _recount(session, session.get(Acquisition, acquisition_id))
         return summary
+
+    def more(self, ref: str, acquisition_id: str) -> AcquisitionView:
+        """Review mode: gather the next page of candidates (status Running again; ``run`` does the work), the
+        look refitted on the answers so far. Unchanged when every tag has what it wants."""
+        with self.ctx.db.session() as session:
+            row = _get(session, ref, acquisition_id)
+            if not row.review:
+                raise InvalidInput("Only an acquisition in review mode has pages.", code="BadRequest")
+            if row.status == "Running":
+                raise InvalidInput("The acquisition is still gathering this page; wait for it.", code="BadRequest")
+            if _count(session, row.id, "Pending"):
+                raise InvalidInput("Review the candidates waiting first: commit the ones to keep.", code="BadRequest")
+            _recount(session, row)
+            page = int(row.request.get("pageSize") or PAGE_SIZE)
+            progress, short = {}, False
+            for tag_id, state in row.progress.items():
+                state = dict(state)
+                if state["added"] < state["wanted"]:
+                    state["goal"], state["done"], short = min(state["wanted"], state["added"] + page), False, True
+                progress[tag_id] = state
+            if short:
+                row.progress, row.status, row.error, row.error_code = progress, "Running", None, None
+                row.last_modified = utcnow()
+            return _view(row)
+
+    def candidates(self, ref: str, acquisition_id: str, statuses: tuple[str, ...] | None = None) -> list[CandidateView]:
+        """The acquisition's candidates (those in ``statuses``), in the order they were found."""
+        with self.ctx.db.session() as session:
+            row = _get(session, ref, acquisition_id)
+            names = {t["id"]: t["name"] for t in row.request.get("tags", [])}
+            query = select(AcquisitionItem).where(AcquisitionItem.acquisition_id == row.id)
+            if statuses is not None:
+                query = query.where(AcquisitionItem.status.in_(statuses))
+            items = session.scalars(query.order_by(AcquisitionItem.created))
+            return [_candidate(i, names.get(i.tag_id, "")) for i in items]
+
+    def set_aside(self, ref: str) -> list[CandidateView]:
+        """The project's candidates that were not added (refused, duplicates, rejected, doubtful), newest first,
+        once each: a candidate looked at again shows its latest outcome."""
+        with self.ctx.db.session() as session:
+            project = get_project(session, ref)
+            names = {t.id: t.name for t in session.scalars(select(Tag).where(Tag.project_id == project.id))}
+            rows = session.scalars(
+                select(AcquisitionItem)
+                .where(AcquisitionItem.project_id == project.id, AcquisitionItem.status.not_in(("Used", "Retried")))
+                .order_by(AcquisitionItem.created.desc())
+            )
+            latest: dict[str, CandidateView] = {}
+            for item in rows:
+                latest.setdefault(item.key, _candidate(item, names.get(item.tag_id, "")))
+        return [c for c in latest.values() if c.status in SET_ASIDE]
 
     def stop(self, acquisition_id: str) -> None:
         """Stop a running acquisition without recording it as cancelled (the process is shutting down)."""
@@ -284,7 +334,9 @@ class Acquisitions:
             if row is None or row.status != "Running":
                 return
             request, review, project_id = dict(row.request), row.review, row.project_id
-            counts = {t: dict(p) for t, p in row.progress.items()}
+            counts = {t: _filled(p) for t, p in row.progress.items()}
+            min_side = int(request.get("minSide") or 0)
+            _reconsider(session, project_id, acquisition_id, min_side, bool(request.get("retryRefused")))
             settled = set(
                 session.scalars(
                     select(AcquisitionItem.key).where(
@@ -298,175 +350,24 @@ class Acquisitions:
                 if k
             }
             domain = get_project(session, project_id).domain
-        hashes = self._project_hashes(project_id)
-        downloader = Downloader(
-            min_side=request.get("minSide", 224), allow_private=self.ctx.settings.allow_private_urls
-        )
-        providers = self._providers(request, project_id, domain)
+        look = self.looks.fit(project_id, progress)
+        run = Run(acquisition_id, project_id, domain, review, look, self.ctx.spec(domain).image_size, stop=stop)
+        run.seen = self.gathering.project_pictures(project_id)
+        downloader = Downloader(min_side=min_side, allow_private=self.ctx.settings.allow_private_urls)
+        providers = self._providers(request, look, domain)
         try:
             for tag in request["tags"]:
                 if stop.is_set():
                     return
                 state = counts[tag["id"]]
-                self._use_spares(acquisition_id, project_id, tag, review, hashes, state)
-                for provider in providers:
-                    if state["added"] >= state["wanted"] or stop.is_set():
-                        break
-                    # _fresh stops at the target; downloads already in flight still finish (kept as Spare).
-                    window = lambda state=state: state["wanted"] - state["added"] + SLACK  # noqa: E731
-                    for done in downloader.download(self._fresh(provider, tag["name"], state, settled), stop, window):
-                        self._settle(
-                            acquisition_id,
-                            project_id,
-                            tag,
-                            done,
-                            review,
-                            hashes,
-                            provider,
-                            state,
-                            stopped=stop.is_set(),
-                        )
-                        progress(tag["name"], state["added"], state["wanted"])
-                        self._save_progress(acquisition_id, tag["id"], state)
+                self.gathering.tag(run, tag, state, providers, downloader, settled, progress)
                 state["done"] = True
-                self._save_progress(acquisition_id, tag["id"], state)
+                self.gathering.save_progress(acquisition_id, tag["id"], state)
         finally:
             for provider in providers:
                 _close(provider)
 
-    def _fresh(self, provider, query: str, state: dict, settled: set[str]) -> Iterator[Candidate]:
-        """The provider's candidates not seen before, until enough images have been added."""
-        limit = min(MAX_PER_TAG * SEARCH_FACTOR, state["wanted"] * SEARCH_FACTOR + len(settled))
-        for candidate in provider.search(query, limit):
-            if state["added"] >= state["wanted"]:
-                return
-            state["found"] += 1
-            if candidate.key in settled:
-                state["skipped"] += 1
-                continue
-            settled.add(candidate.key)
-            yield candidate
-
-    def _settle(
-        self,
-        acquisition_id: str,
-        project_id: str,
-        tag: dict,
-        done: Downloaded,
-        review: bool,
-        hashes: list[int],
-        provider,
-        state: dict,
-        stopped: bool = False,
-    ) -> None:
-        """Record one downloaded candidate: refused, duplicate, pending review, or added."""
-        candidate = done.candidate
-        item = AcquisitionItem(
-            acquisition_id=acquisition_id,
-            project_id=project_id,
-            tag_id=tag["id"],
-            key=candidate.key,
-            source=candidate.source(),
-            message=done.message or None,
-        )
-        if done.status != "OK":
-            item.status = "Refused"
-            state["refused"] += 1
-        elif any(images.hamming(done.dhash, h) <= NEAR_DUPLICATE_BITS for h in hashes):
-            # Checked before keeping a spare, so a picture and its copy always give one duplicate, whichever
-            # download finishes first and whether or not the target was met by then.
-            item.status, item.message = (
-                "Duplicate",
-                "The same picture (or nearly) is already in the project or in this search.",
-            )
-            state["duplicates"] += 1
-        elif state["added"] >= state["wanted"] or stopped:  # in flight when the target was met or the user stopped
-            item.status, item.sha256 = "Spare", self.ctx.blobs.put(done.data)
-            item.source = {**item.source, "dhash": f"{done.dhash:016x}"}
-            hashes.append(done.dhash)
-        else:
-            state["downloaded"] += 1
-            item.sha256 = self.ctx.blobs.put(done.data)
-            if review:
-                item.status = "Pending"
-                state["added"] += 1  # counted toward the target; the user picks among them
-            else:
-                result = self.images.add(
-                    project_id,
-                    [
-                        NewImage(
-                            candidate.url,
-                            lambda: done.data,
-                            (tag["id"],),
-                            {**candidate.source(), "dhash": f"{done.dhash:016x}"},
-                        )
-                    ],
-                ).results[0]
-                item.status = "Added" if result.status == "OK" else "Duplicate"
-                item.image_id = result.image_id
-                state["added" if result.status == "OK" else "duplicates"] += 1
-                if result.status == "OK" and candidate.ping_url and hasattr(provider, "kept"):
-                    provider.kept(candidate)  # the provider's terms ask to be told (Unsplash)
-            hashes.append(done.dhash)
-        with self.ctx.db.session() as session:
-            session.add(item)
-
-    def _use_spares(
-        self, acquisition_id: str, project_id: str, tag: dict, review: bool, hashes: list[int], state: dict
-    ) -> None:
-        """Images an earlier run downloaded beyond its target: used before asking any provider again."""
-        with self.ctx.db.session() as session:
-            spares = list(
-                session.scalars(
-                    select(AcquisitionItem)
-                    .where(
-                        AcquisitionItem.project_id == project_id,
-                        AcquisitionItem.tag_id == tag["id"],
-                        AcquisitionItem.status == "Spare",
-                    )
-                    .order_by(AcquisitionItem.created)
-                )
-            )
-            for spare in spares:
-                session.expunge(spare)
-        for spare in spares:
-            if state["added"] >= state["wanted"]:
-                return
-            data = self.ctx.blobs.get(spare.sha256)
-            candidate = Candidate(
-                **{k: spare.source.get(v) for k, v in SOURCE_FIELDS.items()}, provider_id=spare.key.split(":", 1)[1]
-            )
-            done = Downloaded(
-                candidate, "OK", data=data, facts=images.validate(data), dhash=int(spare.source["dhash"], 16)
-            )
-            with self.ctx.db.session() as session:
-                session.get(AcquisitionItem, spare.id).status = "Used"
-            self._settle(acquisition_id, project_id, tag, done, review, hashes, None, state)
-            self._save_progress(acquisition_id, tag["id"], state)
-
-    def _save_progress(self, acquisition_id: str, tag_id: str, state: dict) -> None:
-        with self.ctx.db.session() as session:
-            row = session.get(Acquisition, acquisition_id)
-            if row is not None:
-                row.progress = {**row.progress, tag_id: dict(state)}
-                row.last_modified = utcnow()
-
-    def _project_hashes(self, project_id: str) -> list[int]:
-        """Perceptual hashes of the project's images (stored with acquired ones, computed for the rest)."""
-        with self.ctx.db.session() as session:
-            rows = session.execute(select(Image.sha256, Image.source).where(Image.project_id == project_id)).all()
-        out = []
-        for sha, source in rows:
-            if source and source.get("dhash"):
-                out.append(int(source["dhash"], 16))
-                continue
-            try:
-                out.append(images.dhash(self.ctx.blobs.get(sha)))
-            except TagvisionError:
-                continue
-        return out
-
-    def _providers(self, request: dict, project_id: str, domain: str) -> list:
+    def _providers(self, request: dict, look: Look | None, domain: str) -> list:
         made = []
         for name in request["providers"]:
             if name == "library":
@@ -475,7 +376,7 @@ class Acquisitions:
                         "library",
                         self.ctx.settings.providers,
                         library=Path(request["library"]),
-                        seeds=self._seeds(project_id, domain, request["tags"]),
+                        look=look,
                         embedder=self.ctx.embedder(domain),
                         cache_dir=self.ctx.settings.data_dir / "library-cache",
                     )
@@ -484,41 +385,85 @@ class Acquisitions:
                 made.append(sources.make(name, self.ctx.settings.providers))
         return made
 
-    def _seeds(self, project_id: str, domain: str, tags: list[dict]) -> dict[str, np.ndarray]:
-        """Embeddings of each tag's images in the project: "more like these" for the library."""
-        with self.ctx.db.session() as session:
-            rows = session.execute(
-                select(Image.sha256, ImageTag.tag_id)
-                .join(ImageTag, ImageTag.image_id == Image.id)
-                .where(Image.project_id == project_id)
-            ).all()
-        seeds = {}
-        for tag in tags:
-            hashes = [sha for sha, tag_id in rows if tag_id == tag["id"]]
-            if not hashes:
-                continue
-            self.training.cache_embeddings(domain, hashes)
-            with self.ctx.db.session() as session:
-                plain, flipped = queries.load_embeddings(session, self.ctx.backbone_key(domain), hashes)
-            seeds[tag["name"]] = (plain + flipped) / 2
-        return seeds
+
+def _checked(
+    tags: list[str], per_tag: int, providers: tuple[str, ...], min_side: int | None, page_size: int | None
+) -> tuple[list[str], tuple[str, ...]]:
+    """The request's tag names and providers, once each; bad values are refused with their code."""
+    names = list(dict.fromkeys(clean_name(t, "tag") for t in tags))
+    if not names or len(names) > MAX_TAGS:
+        raise InvalidInput(f"Name 1 to {MAX_TAGS} tags.", code="BadRequestTagName")
+    if not 1 <= per_tag <= MAX_PER_TAG:
+        raise InvalidInput(f"Ask for 1 to {MAX_PER_TAG} images per tag.", code="BadRequestInvalid")
+    if min_side is not None and not 0 <= min_side <= images.MAX_SIDE:
+        raise InvalidInput("minSide is 0 (no minimum) to 10240 pixels.", code="BadRequestInvalid")
+    if page_size is not None and not 1 <= page_size <= MAX_PER_TAG:
+        raise InvalidInput(f"pageSize is 1 to {MAX_PER_TAG} candidates per tag.", code="BadRequestInvalid")
+    chosen = tuple(dict.fromkeys(providers))
+    if not chosen:
+        raise InvalidInput("Choose at least one provider.", code="BadRequestInvalid")
+    return names, chosen
 
 
-def _empty_progress(tag: dict, per_tag: int, had: int) -> dict[str, Any]:
-    """``per_tag`` is what a tag should end with: images acquired before count toward it."""
-    return {
-        "tagId": tag["id"],
-        "tag": tag["name"],
-        "wanted": max(0, per_tag - had),
-        "hadBefore": had,
-        "found": 0,
-        "skipped": 0,
-        "downloaded": 0,
-        "added": 0,
-        "duplicates": 0,
-        "refused": 0,
-        "done": False,
-    }
+def _reconsider(session, project_id: str, acquisition_id: str, min_side: int, retry_refused: bool) -> None:
+    """Earlier refusals this run looks at again (marked Retried, so no longer settled): those a setting caused
+    that the current setting allows (an image too small for an earlier minSide), and with ``retry_refused``
+    every other refusal and duplicate of earlier acquisitions."""
+    for item in session.scalars(
+        select(AcquisitionItem).where(
+            AcquisitionItem.project_id == project_id,
+            AcquisitionItem.acquisition_id != acquisition_id,
+            AcquisitionItem.status.in_(("Refused", "Duplicate")),
+        )
+    ):
+        detail = item.detail or {}
+        allowed = item.reason == reasons.TOO_SMALL and min(detail.get("width", 0), detail.get("height", 0)) >= min_side
+        if allowed or retry_refused:
+            item.status = "Retried"
+
+
+def _empty_progress(tag: dict, per_tag: int, had: int, page: int | None = None) -> dict[str, Any]:
+    """``per_tag`` is what a tag should end with: images acquired before count toward it. ``page``: review
+    pages of that many candidates per tag."""
+    wanted = max(0, per_tag - had)
+    return _filled(
+        {
+            "tagId": tag["id"],
+            "tag": tag["name"],
+            "wanted": wanted,
+            "hadBefore": had,
+            "goal": min(wanted, page or wanted),
+        }
+    )
+
+
+def _filled(state: dict[str, Any]) -> dict[str, Any]:
+    """A tag's progress with every counter (progress stored before a counter existed lacks it)."""
+    zeros = ("found", "skipped", "downloaded", "added", "duplicates", "refused", "doubtful", "small")
+    out = {**dict.fromkeys(zeros, 0), "done": False, "reasons": {}, **state}
+    out.setdefault("goal", out.get("wanted", 0))
+    out["reasons"] = dict(out["reasons"])
+    return out
+
+
+def _count(session, acquisition_id: str, status: str, tag_id: str | None = None) -> int:
+    query = select(func.count()).where(
+        AcquisitionItem.acquisition_id == acquisition_id, AcquisitionItem.status == status
+    )
+    if tag_id is not None:
+        query = query.where(AcquisitionItem.tag_id == tag_id)
+    return int(session.scalar(query) or 0)
+
+
+def _recount(session, row: Acquisition) -> None:
+    """After a review: each tag's added (kept or still pending) and doubtful counts, from its items."""
+    progress = {}
+    for tag_id, state in row.progress.items():
+        state = _filled(state)
+        state["added"] = _count(session, row.id, "Added", tag_id) + _count(session, row.id, "Pending", tag_id)
+        state["doubtful"] = _count(session, row.id, "Doubtful", tag_id)
+        progress[tag_id] = state
+    row.progress, row.last_modified = progress, utcnow()
 
 
 def _acquired_counts(session, project_id: str) -> dict[str, int]:
@@ -547,16 +492,26 @@ def _get(session, ref: str, acquisition_id: str) -> Acquisition:
     return row
 
 
+def _candidate(item: AcquisitionItem, tag: str = "") -> CandidateView:
+    return CandidateView(
+        item.id,
+        item.acquisition_id,
+        item.tag_id,
+        item.status,
+        dict(item.source or {}),
+        item.message,
+        item.reason,
+        dict(item.detail or {}),
+        item.score,
+        item.image_id,
+        item.sha256,
+        item.created,
+        tag,
+    )
+
+
 def _item_json(item: AcquisitionItem) -> dict[str, Any]:
-    return {
-        "id": item.id,
-        "tagId": item.tag_id,
-        "status": item.status,
-        "source": item.source,
-        "message": item.message,
-        "imageId": item.image_id,
-        "sha256": item.sha256,
-    }
+    return _candidate(item).to_json()
 
 
 def _view(row: Acquisition, items: list[dict[str, Any]] | None = None) -> AcquisitionView:

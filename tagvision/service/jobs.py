@@ -69,6 +69,13 @@ class Jobs:
         if self.scorings.set_precision(ref, iteration_ref, precision) == "Int8":
             self.export(ref, iteration_ref, "ONNX", "Int8")
 
+    def more(self, ref: str, acquisition_id: str) -> AcquisitionView:
+        """Review mode: gather the next page of candidates in the background (the look refitted on the answers)."""
+        view = self.acquisitions.more(ref, acquisition_id)
+        if view.status == "Running":
+            self._submit(f"acquire {view.id}", lambda: self.acquisitions.run(view.id), self._io_pool)
+        return view
+
     def resume(self) -> int:
         """Queue the trainings and exports a stopped process left unfinished; returns how many."""
         interrupted = self.training.interrupted()

@@ -460,6 +460,10 @@ class TagProgress:
     duplicates: int = 0  # the same picture (or nearly) was already in the project
     refused: int = 0  # broken links, too small, not an image
     done: bool = False
+    doubtful: int = 0  # set aside for review: they did not look like the tag
+    small: int = 0  # added (or pending) although smaller than the backbone's input: scaled up
+    reasons: dict[str, int] = field(default_factory=dict)  # refused candidates by reason code
+    goal: int = 0  # what this run (in review: this page) fills the tag up to; ``wanted`` otherwise
 
     @classmethod
     def from_json(cls, state: dict[str, Any]) -> TagProgress:
@@ -475,7 +479,53 @@ class TagProgress:
             int(state.get("duplicates", 0)),
             int(state.get("refused", 0)),
             bool(state.get("done", False)),
+            int(state.get("doubtful", 0)),
+            int(state.get("small", 0)),
+            {str(k): int(v) for k, v in (state.get("reasons") or {}).items()},
+            int(state.get("goal", state.get("wanted", 0))),
         )
+
+    @property
+    def page_limited(self) -> bool:
+        """Review pages: this page stopped short of what the tag wants, and the next page can find more."""
+        return self.goal < self.wanted
+
+
+@dataclass(frozen=True)
+class CandidateView:
+    """One candidate an acquisition looked at, and what became of it (an item of an acquisition)."""
+
+    id: str
+    acquisition_id: str
+    tag_id: str
+    status: str  # Pending | Added | Duplicate | Refused | Rejected | Doubtful | Spare | Used | Retried
+    source: dict[str, Any]
+    message: str | None = None
+    reason: str | None = None  # a code of tagvision.sources.reasons, where it was not added
+    detail: dict[str, Any] = field(default_factory=dict)  # the reason's facts; "warning": {"code","message"}
+    score: float | None = None  # how much it looked like its tag (0..1), where the tag could be scored
+    image_id: str | None = None
+    sha256: str | None = None
+    created: datetime | None = None
+    tag: str = ""  # the tag's name, where the reader joined it
+
+    @property
+    def warning(self) -> dict[str, str] | None:
+        return self.detail.get("warning")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tagId": self.tag_id,
+            "status": self.status,
+            "source": self.source,
+            "message": self.message,
+            "reason": self.reason,
+            "detail": self.detail,
+            "score": self.score,
+            "imageId": self.image_id,
+            "sha256": self.sha256,
+        }
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,10 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from tagvision.backbone import Embedder
 from tagvision.errors import InvalidInput
 from tagvision.sources.base import Candidate, Provider, ProviderError, ProviderUnavailable
+from tagvision.sources.look import Look
 
 if TYPE_CHECKING:
     from tagvision.config import ProviderSettings
@@ -37,7 +36,7 @@ def make(
     settings: ProviderSettings,
     *,
     library: Path | None = None,
-    seeds: dict[str, np.ndarray] | None = None,
+    look: Look | None = None,
     embedder: Embedder | None = None,
     cache_dir: Path | None = None,
 ) -> Provider:
@@ -49,7 +48,7 @@ def make(
     if name == "library":
         if library is None:
             raise InvalidInput("The library provider needs a folder (--library DIR).", code="BadRequestInvalid")
-        return provider_class(library, seeds=seeds, embedder=embedder, cache_dir=cache_dir)
+        return provider_class(library, look=look, embedder=embedder, cache_dir=cache_dir)
     return provider_class.from_settings(settings)
 
 

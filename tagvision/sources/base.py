@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import numpy as np
 
 from tagvision.clock import SYSTEM, Clock
 from tagvision.errors import TagvisionError
@@ -65,6 +66,10 @@ class Candidate:
     height: int | None = None
     path: Path | None = None  # the local file, for the library provider
     ping_url: str | None = None  # GET once the image is kept, where the provider asks for it (Unsplash)
+    # (plain, flipped) backbone embeddings where the provider already computed them (the library ranks by look)
+    embedding: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    # The look's Verdict (tagvision.sources.look) where the provider judged it among its whole pool (the library)
+    verdict: Any = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:

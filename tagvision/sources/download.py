@@ -9,7 +9,9 @@
   backoff, waiting at least what ``Retry-After`` asks. Waits and deadlines are kept on ``clock``.
 * The bytes are sniffed and validated exactly as uploads are (:func:`tagvision.images.validate`,
   never trusting the URL's extension or the Content-Type); images whose shorter side is under
-  ``min_side`` are refused; each good image gets a perceptual hash for near-duplicate checks.
+  ``min_side`` are refused (none by default: uploads accept small images, which the backbone scales
+  up); each good image gets a perceptual hash for near-duplicate checks.
+* Every refusal names its reason (:mod:`tagvision.sources.reasons`) with the facts behind it.
 * Library candidates (a local ``path``) are read from disk, with the same checks.
 """
 
@@ -19,18 +21,21 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from tagvision import fetch, images
 from tagvision.clock import SYSTEM, Clock
 from tagvision.errors import ImageError, TagvisionError
+from tagvision.sources import reasons
 from tagvision.sources.base import Candidate
 
 
 @dataclass(frozen=True)
 class Downloaded:
-    """A candidate after download: ``status`` OK with ``data``/``facts``/``dhash``, or an error status."""
+    """A candidate after download: ``status`` OK with ``data``/``facts``/``dhash``, or an error status with
+    its ``reason`` (a code of :mod:`tagvision.sources.reasons`) and the facts in ``detail``."""
 
     candidate: Candidate
     status: str  # OK | ErrorSource | ErrorImageFormat | ErrorImageSize | ErrorImageDimensions | ErrorImageTooSmall
@@ -38,6 +43,8 @@ class Downloaded:
     data: bytes | None = None
     facts: images.ImageFacts | None = None
     dhash: int | None = None
+    reason: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -45,7 +52,7 @@ class Downloader:
     workers: int = 8
     per_host: int = 6  # as browsers do
     max_bytes: int = images.MAX_TRAINING_BYTES
-    min_side: int = 224
+    min_side: int = 0  # refuse images whose shorter side is under this; 0: as uploads, none
     timeout: float = 15.0
     retries: int = 3
     backoff: float = 0.5
@@ -91,6 +98,7 @@ class Downloader:
                     yield future.result()
 
     def one(self, candidate: Candidate) -> Downloaded:
+        data: bytes | None = None  # not read yet
         try:
             data = self._bytes(candidate)
             facts = images.validate(data, max_bytes=self.max_bytes)
@@ -99,13 +107,20 @@ class Downloader:
                     candidate,
                     "ErrorImageTooSmall",
                     f"{facts.width}x{facts.height} is smaller than {self.min_side} px on a side.",
+                    reason=reasons.TOO_SMALL,
+                    detail={"width": facts.width, "height": facts.height, "minSide": self.min_side},
                 )
             return Downloaded(candidate, "OK", data=data, facts=facts, dhash=images.dhash(data))
         except TagvisionError as exc:
             status = exc.code if exc.code.startswith("ErrorImage") else "ErrorSource"
-            return Downloaded(candidate, status, exc.message)
+            return Downloaded(candidate, status, exc.message, reason=_reason(status, data))
         except OSError as exc:
-            return Downloaded(candidate, "ErrorSource", f"Could not read {candidate.path}: {exc.strerror or exc}.")
+            return Downloaded(
+                candidate,
+                "ErrorSource",
+                f"Could not read {candidate.path}: {exc.strerror or exc}.",
+                reason=reasons.PROVIDER_ERROR,
+            )
 
     def _bytes(self, candidate: Candidate) -> bytes:
         if candidate.path is not None:
@@ -136,3 +151,14 @@ class Downloader:
     def _host(self, url: str) -> threading.Semaphore:
         with self._hosts_lock:
             return self._hosts[urlsplit(url).netloc.lower()]
+
+
+def _reason(status: str, data: bytes | None) -> str:
+    """The reason code of a failed download or validation (``data``: the bytes read, None before reading)."""
+    if status == "ErrorSource":
+        return reasons.PROVIDER_ERROR
+    if data is not None and (not data or images.sniff_format(data) is None):
+        return reasons.NOT_AN_IMAGE  # empty, or no image format's signature
+    if status == "ErrorImageFormat":
+        return reasons.UNDECODABLE
+    return reasons.TOO_LARGE  # ErrorImageSize, ErrorImageDimensions

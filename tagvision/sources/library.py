@@ -13,14 +13,14 @@ Sleeves"). A file's rank is the first that applies, ties in path order:
    and ``ImageDescription``;
 3. its file name (with its folders) holds it.
 
-**More like these.** Given ``seeds[query]`` (embeddings of the tag's images in the project, each
-the mean of the plain and mirrored embedding) and an ``embedder``, the files not matched by
-name follow, most similar first: cosine of L2-normalised ``features()`` to the centroid of the
-normalised seeds. Precision@50 in ``bench/library.py`` (clothing-small/train under hashed names,
-10 classes): 5 seeds, 3 draws: centroid 0.787, mean of the top-3 seed similarities 0.795, nearest
-seed 0.723, random 0.098; 20 draws, centroid / top-3: 0.739/0.739 with 3 seeds, 0.767/0.759 with 5,
-0.784/0.756 with 10, 0.791/0.766 with 20, hence the centroid. Embeddings are cached in
-``cache_dir`` by relative path, size, mtime and backbone: only new or changed files are embedded.
+**By look.** Given a ``look`` (:mod:`tagvision.sources.look`: a classifier fitted on the
+project's tagged images, or centroids where it has images of one tag only) and an ``embedder``,
+the files not matched by name follow, in the order the look ranks them for the query (a tag
+name): first those that look like it more than like any other tag, most likely first (the
+acquisition sets the others aside as doubtful). Each candidate found by look carries its
+embeddings, so the acquisition does not embed it again. Precision of what it gathers in
+``bench/library.py``. Embeddings (plain and mirrored) are cached in ``cache_dir`` by relative
+path, size, mtime and backbone: only new or changed files are embedded.
 
 Hidden files and folders are skipped, symlinked folders are not followed and symlinked files
 count only when they stay inside the root; a file reached by several paths is listed once (by
@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import os
 import re
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ import numpy as np
 from PIL import Image, IptcImagePlugin
 
 from tagvision import backbone
-from tagvision.learn import features
+from tagvision.sources import look
 from tagvision.sources.base import Candidate, ProviderError
+from tagvision.sources.look import Look, Verdict
 
 SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 _DC_SUBJECT = "{http://purl.org/dc/elements/1.1/}subject"
@@ -130,20 +132,21 @@ class LibraryProvider:
         self,
         root: Path,
         *,
-        seeds: dict[str, np.ndarray] | None = None,
+        look: Look | None = None,
         embedder: backbone.Embedder | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
-        self.seeds = seeds or {}
+        self.look = look
         self.embedder = embedder
         self.cache_file: Path | None = None
         if cache_dir is not None and embedder is not None:
             model = backbone.onnx_path(embedder.spec, Path(cache_dir)).stem
             digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
-            self.cache_file = Path(cache_dir) / f"library-{digest}-{model}.npz"
+            self.cache_file = Path(cache_dir) / f"library-{digest}-{model}-pairs.npz"  # plain and mirrored
         self._entries: dict[str, _Entry] = {}
-        self._vectors: dict[str, np.ndarray] | None = None
+        self._vectors: dict[str, np.ndarray] | None = None  # key -> (2, d): plain, mirrored
+        self._pool: tuple[tuple[str, ...], np.ndarray | None] | None = None  # the files looked among, their graph
         self._scan()
 
     def search(self, query: str, limit: int) -> Iterator[Candidate]:
@@ -153,10 +156,12 @@ class LibraryProvider:
         if 0 in ranks.values():  # a folder named exactly so: folders that merely contain the words
             ranks = {rel: r for rel, r in ranks.items() if r != 1}  # ("t-shirt" for "shirt") are another thing
         order = sorted((e for e in entries if e.rel in ranks), key=lambda e: ranks[e.rel])  # stable: path order
-        seeds = self.seeds.get(query)
-        if len(order) < limit and seeds is not None and len(seeds) and self.embedder is not None:
-            order += self._similar([e for e in entries if e.rel not in ranks], seeds)
+        pairs: dict[str, tuple[np.ndarray, Verdict]] = {}
+        if len(order) < limit and self.look is not None and self.embedder is not None:
+            looked, pairs = self._by_look([e for e in entries if e.rel not in ranks], query)
+            order += looked
         for entry in order[: max(limit, 0)]:
+            pair, verdict = pairs.get(entry.rel, (None, None))
             yield Candidate(
                 provider=self.name,
                 provider_id=entry.rel,
@@ -165,10 +170,12 @@ class LibraryProvider:
                 width=entry.width,
                 height=entry.height,
                 path=entry.path,
+                embedding=(pair[0], pair[1]) if pair is not None else None,
+                verdict=verdict,
             )
 
     def close(self) -> None:
-        self._entries, self._vectors = {}, None
+        self._entries, self._vectors, self._pool = {}, None, None
 
     def _scan(self) -> list[_Entry]:
         """The image files under the root, one path per file, sorted; metadata read only for changed files."""
@@ -221,37 +228,46 @@ class LibraryProvider:
             *size,
         )
 
-    def _similar(self, entries: list[_Entry], seeds: np.ndarray) -> list[_Entry]:
-        """``entries`` ordered by cosine to the seeds' centroid, most similar first; unreadable ones dropped."""
-        vectors = _unit(features(self._embeddings(entries)))
-        centroid = _unit(_unit(features(np.asarray(seeds, np.float32))).mean(axis=0, keepdims=True))[0]
-        scores = vectors @ centroid
-        return [entries[i] for i in np.argsort(-scores, kind="stable") if np.isfinite(scores[i])]
+    def _by_look(self, entries: list[_Entry], query: str) -> tuple[list[_Entry], dict[str, tuple[np.ndarray, Verdict]]]:
+        """``entries`` in the order the look offers them for ``query``, with their (2, d) embeddings and verdicts
+        (judged among all of them: see :func:`tagvision.sources.look.neighbours`); unreadable ones dropped."""
+        assert self.look is not None
+        pairs = self._embeddings(entries)
+        readable = np.flatnonzero(np.isfinite(pairs).all(axis=(1, 2)))
+        if not len(readable):
+            return [], {}
+        plain, flipped = pairs[readable, 0], pairs[readable, 1]
+        pool = tuple(entries[i].key for i in readable)
+        if self._pool is None or self._pool[0] != pool:
+            self._pool = (pool, look.neighbours(plain, flipped))
+        graph = self._pool[1]
+        order = self.look.rank(query, plain, flipped, graph)
+        verdicts = self.look.verdicts(query, plain, flipped, graph)
+        chosen = [entries[readable[i]] for i in order]
+        found = {e.rel: (pairs[readable[i]], verdicts[i]) for e, i in zip(chosen, order, strict=True)}
+        return chosen, found
 
     def _embeddings(self, entries: list[_Entry]) -> np.ndarray:
-        """Flip-mean embeddings (n, d) of ``entries``; NaN rows for files that are not images."""
+        """Embeddings (n, 2, d) of ``entries``, plain and mirrored; NaN for files that are not images."""
         assert self.embedder is not None
         if self._vectors is None:
             self._vectors = {}
             if self.cache_file is not None and self.cache_file.exists():
                 damaged = (OSError, ValueError, KeyError, zipfile.BadZipFile)  # embed again
                 with contextlib.suppress(*damaged), np.load(self.cache_file) as saved:
-                    self._vectors = dict(zip(saved["keys"].tolist(), saved["vectors"], strict=True))
+                    if saved["vectors"].shape[1:] == (2, self.embedder.spec.dim):
+                        self._vectors = dict(zip(saved["keys"].tolist(), saved["vectors"], strict=True))
         missing = [e for e in entries if e.key not in self._vectors]
         dim = self.embedder.spec.dim
         for r in self.embedder.embed([e.path.read_bytes for e in missing]):
-            mean = np.full(dim, np.nan, np.float32) if r.error else (r.plain + r.flipped) / 2
-            self._vectors[missing[r.index].key] = mean
+            pair = np.full((2, dim), np.nan, np.float32) if r.error else np.stack([r.plain, r.flipped])
+            self._vectors[missing[r.index].key] = pair
         if missing and self.cache_file is not None:
             keys = [e.key for e in self._entries.values() if e.key in self._vectors]
-            tmp = self.cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp = self.cache_file.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
             with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
                 self.cache_file.parent.mkdir(parents=True, exist_ok=True)
                 with open(tmp, "wb") as fh:
                     np.savez(fh, keys=np.array(keys), vectors=np.stack([self._vectors[k] for k in keys]))
                 os.replace(tmp, self.cache_file)
-        return np.stack([self._vectors[e.key] for e in entries]) if entries else np.zeros((0, dim), np.float32)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return np.stack([self._vectors[e.key] for e in entries]) if entries else np.zeros((0, 2, dim), np.float32)

@@ -275,11 +275,15 @@ class AcquisitionItem(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     tag_id: Mapped[str] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(512))  # provider:provider_id
-    # Pending (downloaded, waiting for review) | Added | Duplicate | Refused | Rejected (by the user)
+    # Pending (downloaded, waiting for review) | Added | Duplicate | Refused | Rejected (by the user) |
+    # Doubtful (set aside: it did not look like its tag) | Spare | Used | Retried (looked at again by a later run)
     status: Mapped[str] = mapped_column(String(16))
     sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     source: Mapped[dict[str, Any]] = mapped_column(default=dict)
     message: Mapped[str | None] = mapped_column(Text, default=None)
+    reason: Mapped[str | None] = mapped_column(String(32), default=None)  # a stable code (sources.refusals)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # the reason's facts, a warning
+    score: Mapped[float | None] = mapped_column(Float, default=None)  # how much it looks like its tag (0..1)
     image_id: Mapped[str | None] = mapped_column(String(36), default=None)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -4,7 +4,10 @@ The page starts an acquisition in review mode (``svc.jobs.acquire(..., review=Tr
 the background while the page polls :func:`state` for the progress per tag and the candidates that
 arrived since the last poll (each rendered by the ``candidate`` macro, so the server and the script
 show the same cell). Adding commits the ticked candidates (``svc.acquisitions.commit``); the
-unticked ones are rejected and never offered again.
+unticked ones are rejected and never offered again. Candidates that do not look like their tag
+arrive unticked, marked doubtful; what could not be used is listed under each tag with its reason.
+When the page stopped at its size before the tags had what was asked, adding starts the next page
+(``svc.jobs.more``), ranked again with the answers.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from tagvision.errors import InvalidInput, TagvisionError
 from tagvision.service import Service
-from tagvision.service.acquisitions import MAX_PER_TAG
+from tagvision.service.acquisitions import MAX_PER_TAG, PAGE_SIZE
 from tagvision.service.views import AcquisitionView, TagProgress
+from tagvision.sources import reasons
 from tagvision.web import session as sessions
 from tagvision.web import shape
 from tagvision.web.routing import JsonRoute, PageRoute
@@ -39,7 +43,8 @@ PROVIDERS = (  # (name, label); "library" is offered only when the operator list
 )
 LIBRARY = ("library", "Library (a folder on the server)")
 DEFAULT_PER_TAG = 20
-MIN_SIDE = 224
+MIN_SIDE = None  # as uploads: small images are kept (scaled up by the backbone), with a warning
+REVIEWABLE = ("Pending", "Doubtful")
 RECENT = 5
 LIBRARY_HINT = (
     "In the portal, choose “Library (a folder on the server)” as the provider and name a folder "
@@ -69,6 +74,9 @@ class Candidate:
     landing_page: str
     attribution: str
     provider: str
+    doubtful: bool = False  # set aside by look: shown unticked
+    note: str = ""  # why it is doubtful, or a warning (smaller than the model's input)
+    look: str = ""  # "looks 83 % like hat"
 
 
 def web_url(value: Any) -> str:
@@ -78,7 +86,7 @@ def web_url(value: Any) -> str:
 
 
 def candidate(request: Request, item: dict[str, Any], tag_names: dict[str, str]) -> Candidate:
-    source = item.get("source") or {}
+    source, score = item.get("source") or {}, item.get("score")
     return Candidate(
         id=item["id"],
         tag=tag_names.get(item["tagId"], ""),
@@ -91,7 +99,33 @@ def candidate(request: Request, item: dict[str, Any], tag_names: dict[str, str])
         landing_page=web_url(source.get("landingPage")),
         attribution=str(source.get("attribution") or ""),
         provider=str(source.get("provider") or ""),
+        doubtful=item["status"] == "Doubtful",
+        note=str(item.get("message") or "") if item["status"] == "Doubtful" else warning_text(item),
+        look=f"looks {score:.0%} like {tag_names.get(item['tagId'], '')}" if score is not None else "",
     )
+
+
+def warning_text(item: dict[str, Any]) -> str:
+    return str(((item.get("detail") or {}).get("warning") or {}).get("message") or "")
+
+
+def reviewable(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The candidates a user can tick: pending ones best-looking first, then the doubtful ones."""
+    shown = [i for i in items if i["status"] in REVIEWABLE and i.get("sha256")]
+    return sorted(shown, key=lambda i: (i["status"] == "Doubtful", -(i.get("score") or 0.0)))
+
+
+def not_used(items: list[dict[str, Any]], tag_id: str) -> list[dict[str, str]]:
+    """What could not be used for a tag, each with its reason: title, the reason's phrase, its sentence."""
+    return [
+        {
+            "title": str(i["source"].get("title") or shape.image_name(i["source"])),
+            "reason": reasons.phrase(i.get("reason")),
+            "message": str(i.get("message") or ""),
+        }
+        for i in items
+        if i["tagId"] == tag_id and i["status"] in ("Refused", "Duplicate", "Rejected")
+    ]
 
 
 def candidate_html(cell: Candidate) -> str:
@@ -124,7 +158,9 @@ def tag_sentence(t: TagProgress, status: str, current: bool) -> str:
     if t.duplicates:
         extras.append(f"{plural(t.duplicates, 'duplicate')} of a picture already in the project or this search")
     if t.refused:
-        extras.append(f"{t.refused} could not be used (broken link, too small or not a photo)")
+        extras.append(f"{t.refused} could not be used: {reasons.counted(t.reasons) or 'see below'}")
+    if t.doubtful:
+        extras.append(f"{t.doubtful} set aside as doubtful, unticked")
     tail = f" ({'; '.join(extras)})" if extras else ""
     if wanted == 0 and t.had_before:
         return (
@@ -134,6 +170,8 @@ def tag_sentence(t: TagProgress, status: str, current: bool) -> str:
     if t.done:
         if added >= wanted:
             return f"{name}: done, {plural(added, 'candidate')} found{tail}."
+        if t.page_limited and added >= t.goal:
+            return f"{name}: a page of {plural(added, 'candidate')}{tail}; adding them shows the next page."
         return f"{name}: done, but only {added} of {wanted} usable images found{tail}."
     if status == "Running":
         if not current:
@@ -163,6 +201,9 @@ def status_sentence(view: AcquisitionView, library: bool) -> str:
             return f"Reviewed: {plural(added, 'image')} added, {rejected} discarded; {pending} still waiting."
         return f"Reviewed: {plural(added, 'image')} added to the training images, {rejected} discarded."
     stopped = "Search stopped" if view.status == "Cancelled" else "Search finished"
+    doubtful = counts.get("Doubtful", 0)
+    if doubtful:
+        stopped += f" ({doubtful} set aside as doubtful: they do not look like their tag; tick those to keep)"
     if not pending:
         return f"{stopped} without usable images. Try other tag names, more images per tag, or another provider."
     return f"{stopped}: {plural(pending, 'candidate')}. Untick the ones that do not fit their tag, then add the rest."
@@ -171,7 +212,7 @@ def status_sentence(view: AcquisitionView, library: bool) -> str:
 def state_json(request: Request, view: AcquisitionView, after: int = 0) -> dict[str, Any]:
     """Status, progress per tag, and the pending candidates among the items from index ``after`` on."""
     names = {t["id"]: t["name"] for t in view.request.get("tags", [])}
-    fresh = [i for i in view.items[after:] if i["status"] == "Pending" and i.get("sha256")]
+    fresh = reviewable(view.items[after:])
     return {
         "status": view.status,
         "running": view.status == "Running",
@@ -179,6 +220,7 @@ def state_json(request: Request, view: AcquisitionView, after: int = 0) -> dict[
         "tags": tag_progress(view),
         "seen": len(view.items),
         "pending": view.item_counts.get("Pending", 0),
+        "reviewable": sum(view.item_counts.get(s, 0) for s in REVIEWABLE),
         "candidates": [
             {"id": i["id"], "tagId": i["tagId"], "html": candidate_html(candidate(request, i, names))} for i in fresh
         ],
@@ -188,9 +230,13 @@ def state_json(request: Request, view: AcquisitionView, after: int = 0) -> dict[
 def by_tag(request: Request, view: AcquisitionView) -> list[dict[str, Any]]:
     """The tags with their progress and their pending candidates, for the server-rendered page."""
     names = {t["id"]: t["name"] for t in view.request.get("tags", [])}
-    pending = [i for i in view.items if i["status"] == "Pending" and i.get("sha256")]
+    shown = reviewable(view.items)
     return [
-        {**row, "candidates": [candidate(request, i, names) for i in pending if i["tagId"] == row["tagId"]]}
+        {
+            **row,
+            "candidates": [candidate(request, i, names) for i in shown if i["tagId"] == row["tagId"]],
+            "not_used": not_used(view.items, row["tagId"]),
+        }
         for row in tag_progress(view)
     ]
 
@@ -234,6 +280,7 @@ def search_page(
         providers=providers(svc),
         library_roots=[str(root) for root in svc.acquisitions.library_roots],
         max_per_tag=MAX_PER_TAG,
+        page_size=PAGE_SIZE,
         form={  # the search shown above, as it was typed: after a failure, searching again is one click
             "tags": tags or (", ".join(t["name"] for t in view.request.get("tags", [])) if view else ""),
             "provider": provider or (view.request.get("providers", ["openverse"])[0] if view else "openverse"),
@@ -321,6 +368,14 @@ async def add(request: Request, project_id: str, acquisition_id: str) -> Respons
         sessions.current(request).flash("error", "Tick at least one candidate to add, or discard them all.")
         return RedirectResponse(here, status_code=303)
     summary = await run_in_threadpool(svc.acquisitions.commit, project_id, acquisition_id, chosen)
+    after = svc.acquisitions.get(project_id, acquisition_id)
+    if not discard and any(t.page_limited and t.added < t.wanted for t in after.tags):
+        await run_in_threadpool(svc.jobs.more, project_id, acquisition_id)
+        sessions.current(request).flash(
+            "ok",
+            f"{plural(summary.count('OK'), 'image')} added. Here is the next page, ranked again with your choices.",
+        )
+        return RedirectResponse(here, status_code=303)
     if discard:
         sessions.current(request).flash(
             "ok", "The candidates were discarded; later searches will not offer them again."

@@ -1,6 +1,6 @@
 """projects brought over from Custom Vision: regions, detection domain, migration records
 
-Revision ID: 0006_migrate
+Revision ID: 0007_migrate
 Revises: 0006_revoked_sessions
 Create Date: 2026-11-28 09:30:00.000000
 """
@@ -8,7 +8,7 @@ Create Date: 2026-11-28 09:30:00.000000
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_migrate"
+revision = "0007_migrate"
 down_revision = "0006_revoked_sessions"
 branch_labels = None
 depends_on = None

@@ -1,15 +1,15 @@
 """scoring jobs and an iteration's serving precision
 
-Revision ID: 0006_scoring
-Revises: 0006_migrate
+Revision ID: 0008_scoring
+Revises: 0007_migrate
 Create Date: 2026-11-28 10:00:00.000000
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_scoring"
-down_revision = "0006_migrate"
+revision = "0008_scoring"
+down_revision = "0007_migrate"
 branch_labels = None
 depends_on = None
 

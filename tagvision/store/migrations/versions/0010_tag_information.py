@@ -1,17 +1,15 @@
 """tag information, decision rules, prediction records
 
-Revision ID: 0006_tag_information
-Revises: 0006_scoring
+Revision ID: 0010_tag_information
+Revises: 0009_acquisition_reasons
 Create Date: 2026-11-30 09:00:00.000000
-
-Chained after 0006_scoring, the newest on main when issue 16 merged it in; the lead re-chains 0006_* at merge.
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_tag_information"
-down_revision = "0006_scoring"
+revision = "0010_tag_information"
+down_revision = "0009_acquisition_reasons"
 branch_labels = None
 depends_on = None
 
