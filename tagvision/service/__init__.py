@@ -9,6 +9,7 @@ images for tags from providers), ``jobs`` (background training, exports and acqu
 
 from __future__ import annotations
 
+from tagvision.clock import SYSTEM, Clock
 from tagvision.config import Settings
 from tagvision.service.acquisitions import Acquisitions
 from tagvision.service.context import Context, Progress, no_progress
@@ -25,7 +26,7 @@ from tagvision.service.training import Training
 
 
 class Service:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, clock: Clock = SYSTEM) -> None:
         self.ctx = ctx
         self.projects = Projects(ctx)
         self.images = Images(ctx)
@@ -33,8 +34,10 @@ class Service:
         self.prediction = Prediction(ctx, self.training)
         self.exports = Exports(ctx)
         self.acquisitions = Acquisitions(ctx, self.training)
-        self.jobs = Jobs(self.training, self.exports, self.acquisitions)
-        self.keys = KeyStore(ctx.settings.data_dir, ctx.settings.training_key, ctx.settings.prediction_key)
+        self.jobs = Jobs(ctx, self.training, self.exports, self.acquisitions, clock)
+        self.keys = KeyStore(
+            ctx.db, ctx.settings.data_dir, ctx.settings.training_key, ctx.settings.prediction_key, clock=clock
+        )
         self.files = Files(ctx, self.keys, self.exports)
         settings = ctx.settings
         self.sessions = Sessions(ctx)
@@ -42,8 +45,13 @@ class Service:
         self.url_gate = Gate(settings.url_fetchers, settings.request_wait_seconds, "downloading image URLs")
 
     @classmethod
-    def open(cls, settings: Settings | None = None) -> Service:
-        return cls(Context.open(settings or Settings.load()))
+    def open(cls, settings: Settings | None = None, clock: Clock = SYSTEM) -> Service:
+        return cls(Context.open(settings or Settings.load()), clock)
+
+    def sweep_caches(self) -> list[str]:
+        """Drop what this process cached for iterations deleted since (here or by another replica); returns the
+        ids and blob keys dropped."""
+        return self.prediction.sweep() + self.ctx.sweep()
 
     def close(self) -> None:
         self.jobs.shutdown()
