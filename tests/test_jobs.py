@@ -390,3 +390,26 @@ def test_without_a_worker_wait_runs_the_queued_jobs_here(svc) -> None:
     export = svc.jobs.export("p", started.id, "ONNX")
     svc.jobs.wait()
     assert [e.status for e in svc.exports.list("p", started.id)] == ["Done"] and export.status == "Exporting"
+
+
+def test_db_upgrade_runs_once_and_replicas_that_do_not_migrate_need_it(tmp_path: Path, database_url) -> None:
+    from tests.cli import tagvision
+
+    env = {"TAGVISION_DATABASE_URL": database_url or f"sqlite:///{tmp_path / 'fresh.db'}"}
+    if database_url:  # the template is migrated already: start from nothing
+        from tagvision.store import database as store
+
+        engine = store.make_engine(database_url)
+        store.downgrade(engine, "base")
+        engine.dispose()
+    behind = tagvision("db", "status", data_dir=tmp_path / "cli", env=env, check=False)
+    assert behind.returncode == 1 and "run `tagvision db upgrade`" in behind.stdout
+    refused = tagvision("keys", data_dir=tmp_path / "cli", env={**env, "TAGVISION_MIGRATE_AT_OPEN": "0"}, check=False)
+    assert refused.returncode == 1 and "tagvision db upgrade" in refused.stderr
+    assert (
+        "Upgraded the schema from nothing to" in tagvision("db", "upgrade", data_dir=tmp_path / "cli", env=env).stdout
+    )
+    assert "nothing to do" in tagvision("db", "upgrade", data_dir=tmp_path / "cli", env=env).stdout
+    assert tagvision("db", "status", "--json", data_dir=tmp_path / "cli", env=env).stdout.count('"upToDate": true') == 1
+    keys = tagvision("keys", "--json", data_dir=tmp_path / "cli", env={**env, "TAGVISION_MIGRATE_AT_OPEN": "0"})
+    assert '"trainingKey"' in keys.stdout

@@ -179,7 +179,10 @@ class Worker:
         finally:
             running.finished.set()
             keeper.join()
-        return self._close(running, runner, error)
+        try:
+            return self._close(running, runner, error)
+        finally:
+            self._wake.set()  # a slot is free: the next job need not wait for the poll
 
     def _close(self, running: _Running, runner: Runner, error: str | None) -> str:
         claim = running.claim
