@@ -41,8 +41,9 @@ def enqueue(db: Database, kind: str, target_id: str) -> None:
 
 
 def _claimable(kinds: Iterable[str], now: float, targets: Iterable[str] | None = None):
+    kinds = list(kinds)
     lapsed = and_(Job.status == "Running", Job.lease_expires < now)
-    condition = and_(or_(Job.status == "Queued", lapsed), Job.kind.in_(list(kinds)))
+    condition = and_(or_(Job.status == "Queued", lapsed), Job.kind.in_(kinds))
     if targets is not None:
         condition = and_(condition, Job.target_id.in_(list(targets)))
     return condition
@@ -59,6 +60,7 @@ def claim(
 ) -> Claim | None:
     """The oldest job of ``kinds`` (for ``targets`` only, if given) that no live worker holds, now held by
     ``worker`` until ``now + lease``; None when there is none."""
+    kinds = list(kinds)
     pick = (
         select(Job.id, Job.kind, Job.target_id, Job.attempt)
         .where(_claimable(kinds, now, targets))
@@ -72,13 +74,15 @@ def claim(
         if row is None:
             return None
         attempt = row.attempt + 1
-        connection.execute(
+        taken = connection.execute(
             update(Job)
-            .where(Job.id == row.id)
+            .where(Job.id == row.id, Job.attempt == row.attempt, _claimable(kinds, now))  # still as it was read
             .values(
                 status="Running", worker=worker, attempt=attempt, lease_expires=now + lease, started=now, error=None
             )
         )
+        if taken.rowcount != 1:
+            return None
     return Claim(row.id, row.kind, row.target_id, worker, attempt, now + lease)
 
 
