@@ -19,6 +19,10 @@ DATASETS = Path(os.environ.get("TAGVISION_DATASETS", REPO.parent / "shared" / "d
 CLOTHING = DATASETS / "clothing-small"
 CAR_DAMAGE = DATASETS / "car-damage"
 MODELS = REPO / "tagvision-data" / "test-models"  # exported once, reused by every test run
+# Parameters of the fixtures that run a test on each store; the PostgreSQL and S3 variants start a server
+# process (once per session), so make test-fast leaves them out.
+DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.process)]
+BLOB_STORES = ["folder", pytest.param("s3", marks=pytest.mark.process)]
 
 
 def need(path: Path) -> Path:

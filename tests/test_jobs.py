@@ -26,12 +26,12 @@ from tagvision.service.worker import LeaseLost, Runner, Worker, worker_name
 from tagvision.store import jobs as queue
 from tagvision.store.database import Database
 from tagvision.store.models import Iteration, Job
-from tests.conftest import CLOTHING, each_database, photos
+from tests.conftest import CLOTHING, DATABASES, each_database, photos
 
 LEASE = 30.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def database_url(request) -> str | None:
     return each_database(request)
 
@@ -371,8 +371,9 @@ def test_a_training_queued_by_an_api_replica_is_run_by_a_worker_process_sharing_
             "the other service's worker to train it",
         )
         assert done.status == "Completed" and done.image_count == 10
-        job = job_row(api.ctx.db, queue.job_id(api.ctx.db, "train", started.id))
-        assert (job.status, job.worker, job.attempt) == ("Done", running.name, 1)
+        job_id = queue.job_id(api.ctx.db, "train", started.id)
+        job = until(lambda: (row := job_row(api.ctx.db, job_id)).status == "Done" and row, "the job closed")
+        assert (job.worker, job.attempt) == (running.name, 1)  # the iteration is written first, then its job
     finally:
         api.close()
         worker.close()
@@ -413,3 +414,31 @@ def test_db_upgrade_runs_once_and_replicas_that_do_not_migrate_need_it(tmp_path:
     assert tagvision("db", "status", "--json", data_dir=tmp_path / "cli", env=env).stdout.count('"upToDate": true') == 1
     keys = tagvision("keys", "--json", data_dir=tmp_path / "cli", env={**env, "TAGVISION_MIGRATE_AT_OPEN": "0"})
     assert '"trainingKey"' in keys.stdout
+
+
+@pytest.mark.process  # an S3 server
+def test_a_fine_tuned_network_in_s3_is_copied_here_once_and_dropped_when_unused(
+    tmp_path: Path, s3_server, monkeypatch
+) -> None:
+    """ONNX Runtime opens files: a fine-tuned network kept in S3 is copied into the data dir's blob cache, checked,
+    and loaded once; when no iteration uses it any more, the sweep drops the network and the copy."""
+    import onnx
+
+    from tagvision import backbone
+
+    for name, value in s3_server.env(s3_server.new_bucket()).items():
+        monkeypatch.setenv(name, value)
+    svc = Service.open(Settings.load(tmp_path / "data"))
+    try:
+        lite0 = backbone.BACKBONES["general-compact"]
+        model = onnx.load(str(backbone.ensure_onnx(lite0, svc.ctx.settings.models_dir)))
+        onnx.helper.set_model_props(model, {"domain": "general-compact", "backbone": "efficientnet-lite0"})
+        tuned = svc.ctx.blobs.put(model.SerializeToString())
+        copy = tmp_path / "data" / "blob-cache" / tuned[:2] / tuned[2:]
+        assert not copy.exists()
+        assert svc.ctx.spec("general", tuned) == lite0 and copy.is_file()
+        assert svc.ctx.embedder("general", tuned) is svc.ctx.embedder("general", tuned)
+        assert svc.sweep_caches() == [tuned]  # no iteration names it
+        assert not copy.exists() and tuned not in svc.ctx._embedders
+    finally:
+        svc.close()

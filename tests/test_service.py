@@ -12,10 +12,10 @@ from PIL import Image
 
 from tagvision.errors import Conflict, InvalidInput, NotFound, TrainingError
 from tagvision.service import NewImage
-from tests.conftest import CLOTHING, each_database, photos
+from tests.conftest import CLOTHING, DATABASES, each_database, photos
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def database_url(request) -> str | None:
     """Each test runs on both stores: the data dir's SQLite file, and a fresh PostgreSQL database."""
     return each_database(request)

@@ -20,10 +20,10 @@ from tagvision.store import database
 from tagvision.store.blobs import Blobs, BlobStore, open_blobs
 from tagvision.store.database import Database
 from tagvision.store.models import Base
-from tests.conftest import each_database
+from tests.conftest import BLOB_STORES, DATABASES, each_database
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def empty_database(request, tmp_path: Path) -> str:
     """An empty database's URL: a new SQLite file, or a new database on the session's PostgreSQL cluster."""
     if request.param == "sqlite":
@@ -34,7 +34,7 @@ def empty_database(request, tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture(params=["folder", "s3"])
+@pytest.fixture(params=BLOB_STORES)
 def blobs(request, tmp_path: Path) -> Blobs:
     """The blob store on a folder, or on a fresh bucket of the session's S3 server."""
     if request.param == "folder":
@@ -108,7 +108,7 @@ def test_sqlite_is_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
         assert connection.execute(text("pragma foreign_keys")).scalar() == 1
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def database_url(request) -> str | None:
     return each_database(request)
 

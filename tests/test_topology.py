@@ -124,6 +124,12 @@ def trained(client: CustomVisionTrainingClient, project_id: str, iteration_id: s
     return iteration
 
 
+def job_done(topology: Topology, target_id: str, columns: str) -> list[tuple]:
+    """``columns`` of the job for ``target_id`` once it is Done (its worker writes the iteration first)."""
+    query = f"SELECT {columns} FROM jobs WHERE target_id = %s AND status = 'Done'"
+    return wait_for(lambda: topology.sql(query, target_id), "the job to be closed")
+
+
 def entries(paths: list[Path], tag_id: str) -> ImageFileCreateBatch:
     return ImageFileCreateBatch(
         images=[ImageFileCreateEntry(name=p.name, contents=p.read_bytes(), tag_ids=[tag_id]) for p in paths]
@@ -145,8 +151,8 @@ def test_quickstart_through_both_replicas_and_a_publish_seen_by_the_other(topolo
     assert trainer(a).get_tagged_image_count(project.id) == trainer(b).get_tagged_image_count(project.id) == 36
     started = trainer(a).train_project(project.id)
     iteration = trained(trainer(b), project.id, started.id)
-    held = topology.sql("SELECT worker, attempt, status FROM jobs WHERE target_id = %s", iteration.id)
-    assert held[0][0] in {w.name for w in topology.workers} and held[0][1:] == (1, "Done")
+    (worker, attempt), *_ = job_done(topology, iteration.id, "worker, attempt")
+    assert worker in {w.name for w in topology.workers} and attempt == 1
 
     trainer(b).publish_iteration(project.id, iteration.id, "live", "resource")
     unseen = [(tag, p.read_bytes()) for tag in tags for p in photos(CLOTHING, "test", tag, 3)]
@@ -289,10 +295,8 @@ def test_kill_9_of_the_training_worker_the_other_takes_over_after_the_lease(topo
         "the survivor to finish the training",
     )
     assert finished["status"] == "Completed", finished.get("trainingErrorDetails")
-    (worker, attempt, status, claimed), *_ = topology.sql(
-        "SELECT worker, attempt, status, started FROM jobs WHERE target_id = %s", started["id"]
-    )
-    assert (worker, attempt, status) == (survivor.name, 2, "Done")
+    (worker, attempt, claimed), *_ = job_done(topology, started["id"], "worker, attempt, started")
+    assert (worker, attempt) == (survivor.name, 2)
     assert claimed >= lease_at_kill, "taken over only once the killed worker's lease had lapsed"
     print(f"\ntaken over {claimed - lease_at_kill:.2f} s after the lease lapsed (lease {LEASE:.0f} s)")
     assert f"train {started['id']}: started by {survivor.name} (attempt 2)" in survivor.log()

@@ -20,6 +20,7 @@ from sqlalchemy import and_, select, update
 
 from tagvision.clock import SYSTEM, Clock
 from tagvision.service.acquisitions import Acquisitions
+from tagvision.service.caches import Sweeper
 from tagvision.service.context import Context
 from tagvision.service.exports import Exports
 from tagvision.service.training import Training
@@ -107,6 +108,7 @@ class Jobs:
             clock=self.clock,
             lease=settings.job_lease_seconds,
             poll=settings.worker_poll_seconds,
+            every_poll=Sweeper(self.ctx.sweep, clock=self.clock).maybe,  # networks of deleted iterations go
         ).start()
         return self.worker
 

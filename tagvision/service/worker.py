@@ -86,10 +86,12 @@ class Worker:
         lease: float = 30.0,
         poll: float = 1.0,
         tick: float | None = None,
+        every_poll: Callable[[], object] | None = None,
     ) -> None:
         """``lanes``: slots per lane; ``lease``: seconds a claim lasts unrenewed; ``poll``: how often an idle
         worker looks for jobs; ``tick``: how often a keeper wakes to renew or look for a cancel (real seconds;
-        what it does then is decided on ``clock``)."""
+        what it does then is decided on ``clock``); ``every_poll``: housekeeping run at each look."""
+        self.every_poll = every_poll
         self.db, self.runners, self.lanes = db, runners, lanes
         self.name = name or worker_name()
         self.clock, self.lease, self.poll = clock, lease, poll
@@ -117,6 +119,8 @@ class Worker:
         while not self._stop.is_set():
             try:
                 self.claim_free_slots()
+                if self.every_poll is not None:
+                    self.every_poll()
             except Exception:  # the database is unreachable for now: try again at the next poll
                 log.exception("worker %s: could not look for jobs", self.name)
             self._wake.wait(self.poll)
