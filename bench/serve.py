@@ -14,9 +14,14 @@ project (compact domain, 4 tags x 20 photos) trained and published through the A
   see the same machine load; the median of the paired differences is what attaching it costs (aim:
   under 1 ms; on a loaded machine the two p50s alone differ by more than that from noise). In
   process: ``ProjectKnowledge.annotate`` alone, and the response model's JSON with and without.
+* replicas (issue 19): the scaled-out shape, a shared store (PostgreSQL when a throw-away cluster
+  can start here, else one SQLite file) and blob folder, ``tagvision db upgrade``, one
+  ``tagvision worker`` to train, and two ``serve --no-worker`` replicas; 8 clients send each
+  request to the next replica in turn (a loopback round-robin balancer), to one replica and to
+  both, in the same run, alternating which goes first.
 
 Targets (issue 3, this 2-core machine): p50 under 25 ms at 1 client, over 40 predictions/s
-at 8 clients. Run: ``python bench/serve.py [--requests 200]``.
+at 8 clients. Run: ``python bench/serve.py [--requests 200] [--part single|replicas|all]``.
 """
 
 from __future__ import annotations
@@ -48,10 +53,17 @@ COMPACT = "0732100f-1a38-4e49-a514-c9b44c697ab5"
 TAGS = ("dress", "hat", "pants", "shoes")
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
-    env = {**os.environ, "TAGVISION_MODELS_DIR": str(MODELS_DIR)}
+def start_server(
+    data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, str, dict[str, str]]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TAGVISION_MODELS_DIR": str(MODELS_DIR), **(env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "tagvision.cli", "serve", "--port", "0", "--no-access-log", "--data-dir", str(data_dir)],
+        [
+            sys.executable,
+            *("-m", "tagvision.cli", "serve", "--port", "0", "--no-access-log", "--data-dir", str(data_dir)),
+            *args,
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -103,8 +115,12 @@ def percentiles(ms: list[float]) -> str:
 
 
 def run_clients(
-    url: str, headers: dict[str, str], photos: list[bytes], clients: int, requests: int
+    url: str | list[str], headers: dict[str, str], photos: list[bytes], clients: int, requests: int
 ) -> tuple[list[float], float]:
+    """``clients`` threads send ``requests`` predictions in all; with several URLs (replicas), each request goes
+    to the next URL in turn, counted across all the threads (round robin, as a load balancer would)."""
+    urls = [url] if isinstance(url, str) else url
+    turn = iter(range(10**9))
     latencies: list[float] = []
     lock = threading.Lock()
     per_client = requests // clients
@@ -117,8 +133,10 @@ def run_clients(
             mine = []
             for i in range(per_client):
                 data = photos[(offset + i) % len(photos)]
+                with lock:
+                    target = urls[next(turn) % len(urls)]
                 started = time.perf_counter()
-                http.post(url, files={"imageData": data}).raise_for_status()
+                http.post(target, files={"imageData": data}).raise_for_status()
                 mine.append((time.perf_counter() - started) * 1000)
             with lock:
                 latencies.extend(mine)
@@ -218,13 +236,25 @@ def in_process_costs(data_dir: Path, pid: str, calls: int = 5000) -> tuple[float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="requests per measurement (default 200)")
-    parser.add_argument("--information-only", action="store_true", help="measure only what tag information costs")
+    parser.add_argument("--part", choices=("single", "replicas", "all"), default="all", help="what to measure")
+    parser.add_argument(
+        "--information-only", action="store_true", help="in the single part, measure only what tag information costs"
+    )
     args = parser.parse_args()
     train_dir, test_dir = require("clothing-small", "train"), require("clothing-small", "test")
     photos = [p.read_bytes() for tag in TAGS for p in sorted((test_dir / tag).iterdir())[:10]]
     sizes = Counter(Image.open(io.BytesIO(data)).size for data in photos)
     print(f"{len(photos)} test photos, sizes {dict(sizes.most_common(3))}, {os.cpu_count()} cores")
+    if args.part in ("single", "all"):
+        single(args, train_dir, photos)
+    if args.part in ("replicas", "all"):
+        from replicas import compare_replicas
 
+        compare_replicas(args.requests, train_dir, photos, start_server, prepare, run_clients, percentiles)
+
+
+def single(args: argparse.Namespace, train_dir: Path, photos: list[bytes]) -> None:
+    """One ``tagvision serve`` (embedded worker, SQLite): the engine's floor, then 1 and 8 clients."""
     with tempfile.TemporaryDirectory(prefix="tagvision-bench-serve-") as tmp:
         data_dir = Path(tmp)
         process, endpoint, keys = start_server(data_dir)

@@ -25,7 +25,6 @@ from tagvision import cli_knowledge, cli_transfer, domains
 from tagvision.config import Settings
 from tagvision.errors import InvalidInput, NotFound, TagvisionError
 from tagvision.service import Service
-from tagvision.service.keys import KeyStore
 
 if TYPE_CHECKING:
     from tagvision.service.images import NewImage
@@ -105,13 +104,14 @@ def service(data_dir: Path | None, *, create: bool = False) -> Iterator[Service]
 
 def existing(data_dir: Path | None, *, create: bool = False) -> Settings:
     """The settings, refusing a data directory that does not exist: a command that only asks a question must
-    not make a fresh one (with new keys) in whatever folder it was run from."""
+    not make a fresh one (with new keys) in whatever folder it was run from. With a shared database
+    (TAGVISION_DATABASE_URL) the keys and projects live there, and the folder only holds this machine's copies."""
     settings = Settings.load(data_dir)
-    if not create and not settings.data_dir.is_dir():
-        told = "--data-dir" if data_dir else "TAGVISION_DATA_DIR" if os.environ.get("TAGVISION_DATA_DIR") else ""
+    embedded = settings.database_url.startswith("sqlite:///" + str(settings.data_dir))
+    if not create and embedded and not settings.data_dir.is_dir():
         raise NotFound(
             f"No tagvision data directory at {settings.data_dir}"
-            + (f" (from {told})" if told else " (the default, ./tagvision-data, in this folder)")
+            + (f" (from {settings.data_dir_from})" if settings.data_dir_from else " (the default, in this folder)")
             + ". Point at the server's with --data-dir DIR or TAGVISION_DATA_DIR=DIR; "
             "tagvision serve prints the one it uses.",
             code="NotFoundDataDirectory",
@@ -744,8 +744,18 @@ def serve(
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8000,
     data_dir: DataDir = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Run trainings, exports and acquisitions in this process too (default; $TAGVISION_EMBEDDED_WORKER). "
+            "--no-worker: an API replica only; `tagvision worker` processes run them.",
+            show_default=False,
+        ),
+    ] = True,
 ) -> None:
     """Run the server: the Custom Vision Training and Prediction APIs (OpenAPI page at /docs)."""
+    import dataclasses
     import logging
     import socket
 
@@ -769,8 +779,8 @@ def serve(
     bound = sock.getsockname()[1]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     endpoint = f"http://[{shown}]:{bound}" if ":" in shown else f"http://{shown}:{bound}"
-    svc = Service.open(existing(data_dir, create=True))
-    settings = svc.ctx.settings
+    settings = existing(data_dir, create=True)
+    svc = Service.open(dataclasses.replace(settings, embedded_worker=settings.embedded_worker and worker))
     running, closed = settings.data_dir / SERVER_FILE, False
     try:
         current = svc.keys.current()  # made at first start
@@ -835,8 +845,15 @@ def keys(
 ) -> None:
     """Show the data directory, the running server's endpoint, the Training-Key and the Prediction-Key."""
     settings = existing(data_dir)
-    store = KeyStore(settings.data_dir, settings.training_key, settings.prediction_key)
-    current = store.regenerate(regenerate) if regenerate else store.current()
+    from tagvision.service.keys import KeyStore
+    from tagvision.store.database import Database  # the keys live in the database every replica shares
+
+    database = Database(settings.database_url, upgrade=settings.migrate_at_open)
+    try:
+        store = KeyStore(database, settings.data_dir, settings.training_key, settings.prediction_key)
+        current = store.regenerate(regenerate) if regenerate else store.current()
+    finally:
+        database.close()
     server = _server_of(settings)
     endpoint = settings.public_url or (server[0] if server else None)
     if as_json:
@@ -1018,6 +1035,82 @@ def prediction_tag(
         "Train again to use it.",
         highlight=False,
     )
+
+
+@app.command("worker")
+def worker_command(data_dir: DataDir = None) -> None:
+    """Run trainings, exports and acquisitions that any server sharing the database queued, until stopped.
+
+    Each job is claimed by one worker and held by a lease it renews; a job whose worker was killed is taken
+    over by another once its lease lapses. Ctrl-C or SIGTERM: stop claiming, hand back acquisitions, finish
+    a training or export under way (a second one stops at once; the job is then taken over later).
+    """
+    import logging
+    import signal
+    import threading
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs, and some hold API keys
+    stop = threading.Event()
+
+    def stop_at_signal(signum: int, _frame) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, stop_at_signal)
+    signal.signal(signal.SIGINT, stop_at_signal)
+    svc = Service.open(Settings.load(data_dir))
+    try:
+        running = svc.jobs.start_worker()
+        (svc.ctx.settings.data_dir / "worker.json").write_text(json.dumps({"name": running.name}))
+        err.print(f"tagvision worker {running.name} running jobs; Ctrl-C stops it.", highlight=False)
+        while not stop.wait(1.0):
+            pass
+        err.print("Stopping: handing back acquisitions, finishing the training or export under way.")
+    finally:
+        svc.close()
+
+
+db_app = _Typer(help="The database schema: upgrade it once before starting the servers, or see where it is.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None) -> None:
+    """Bring the schema to this tagvision's newest revision (run once per upgrade; docs/deploy.md)."""
+    from tagvision.store import database
+
+    engine = database.make_engine(Settings.load(data_dir).database_url)
+    try:
+        before = database.current_revision(engine)
+        database.migrate(engine)
+        after = database.current_revision(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        out.print(f"The schema is at {after}, the newest revision; nothing to do.", highlight=False)
+    else:
+        out.print(f"Upgraded the schema from {before or 'nothing'} to {after}.", highlight=False)
+
+
+@db_app.command("status")
+def db_status(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Say which revision the schema is at and which this tagvision needs; exit 1 if they differ."""
+    from tagvision.store import database
+
+    engine = database.make_engine(Settings.load(data_dir).database_url)
+    try:
+        current, head = database.current_revision(engine), database.head_revision()
+    finally:
+        engine.dispose()
+    if as_json:
+        print_json({"current": current, "head": head, "upToDate": current == head})
+    else:
+        verdict = "up to date" if current == head else "run `tagvision db upgrade`"
+        out.print(f"schema at {current or 'nothing'}; this tagvision needs {head}: {verdict}", highlight=False)
+    if current != head:
+        raise typer.Exit(1)
 
 
 # tag info, catalogue, rules, records (tagvision/cli_knowledge.py): installed with this module's helpers.

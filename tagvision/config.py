@@ -51,6 +51,25 @@ class ProviderSettings:
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    """Where an S3-compatible blob store (``TAGVISION_BLOB_URL=s3://bucket/prefix``) is and how to sign in.
+
+    ``TAGVISION_S3_ENDPOINT_URL`` (MinIO, Ceph, a cloud's S3 endpoint; unset: AWS), ``TAGVISION_S3_REGION``,
+    ``TAGVISION_S3_ACCESS_KEY_ID`` and ``TAGVISION_S3_SECRET_ACCESS_KEY``; unset credentials leave boto3 to its
+    usual chain (instance roles, ``AWS_*`` variables, profiles).
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> S3Settings:
+        return cls(**{f.name: env.get(f"TAGVISION_S3_{f.name.upper()}") or None for f in fields(cls)})
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where tagvision keeps its state, and what its operator allows.
 
@@ -90,6 +109,21 @@ class Settings:
     # TAGVISION_PREDICTION_RETENTION_DAYS: days stored predictions are kept (0 or "never": not stored at all;
     # unset or "forever": kept until deleted); a project may set its own.
     prediction_retention_days: int | None = None
+    # TAGVISION_BLOB_URL=s3://bucket/prefix: blobs in an S3-compatible bucket (docs/deploy.md) instead of blob_root.
+    blob_url: str | None = None
+    s3: S3Settings = field(default_factory=S3Settings)
+    # TAGVISION_MIGRATE_AT_OPEN=0: never change the schema at start (replicas); `tagvision db upgrade` does it once.
+    migrate_at_open: bool = True
+    # TAGVISION_EMBEDDED_WORKER=0 (or `serve --no-worker`): the server only answers requests; `tagvision worker`
+    # processes run its trainings, exports and acquisitions.
+    embedded_worker: bool = True
+    # TAGVISION_JOB_LEASE_SECONDS: how long a worker's claim on a job lasts unless renewed (every third of it);
+    # a killed worker's jobs are taken over this long after its last renewal.
+    job_lease_seconds: float = 30.0
+    # TAGVISION_WORKER_POLL_SECONDS: how often an idle worker looks for jobs queued by other processes.
+    worker_poll_seconds: float = 1.0
+
+    data_dir_from: str = ""  # where data_dir came from ("--data-dir", "TAGVISION_DATA_DIR"; "": the default)
 
     @classmethod
     def load(cls, data_dir: Path | str | None = None) -> Settings:
@@ -101,6 +135,7 @@ class Settings:
         models = Path(env.get("TAGVISION_MODELS_DIR") or root / "models").expanduser().resolve()
         return cls(
             data_dir=root,
+            data_dir_from="--data-dir" if data_dir else "TAGVISION_DATA_DIR" if env.get("TAGVISION_DATA_DIR") else "",
             database_url=url,
             blob_root=blobs,
             models_dir=models,
@@ -115,6 +150,12 @@ class Settings:
             request_wait_seconds=_number(env, "TAGVISION_REQUEST_WAIT_SECONDS", 10.0, float),
             url_fetchers=_number(env, "TAGVISION_URL_FETCHERS", 8, int),
             prediction_retention_days=_retention(env.get("TAGVISION_PREDICTION_RETENTION_DAYS", "")),
+            blob_url=env.get("TAGVISION_BLOB_URL") or None,
+            s3=S3Settings.from_env(env),
+            migrate_at_open=_flag(env, "TAGVISION_MIGRATE_AT_OPEN", True),
+            embedded_worker=_flag(env, "TAGVISION_EMBEDDED_WORKER", True),
+            job_lease_seconds=_number(env, "TAGVISION_JOB_LEASE_SECONDS", 30.0, float),
+            worker_poll_seconds=_number(env, "TAGVISION_WORKER_POLL_SECONDS", 1.0, float),
         )
 
     def allowed_hosts(self) -> tuple[str, ...]:
@@ -150,3 +191,15 @@ def _number(env: Mapping[str, str], name: str, default, kind):
     if value <= 0:
         raise ValueError(f"{name}={raw!r} must be positive.")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A yes/no variable (1/0, true/false, yes/no, on/off), or ``default``; a clear error naming it otherwise."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={env[name]!r} is not 1 or 0.")

@@ -1,23 +1,29 @@
 """The ASGI app ``tagvision serve`` runs: the HTTP API and the web portal over one service.
 
 Neither interface imports the other; this module puts them side by side, bounds request bodies
-by the limits both declare, and at start-up makes the keys and queues again the trainings, exports
-and acquisitions that a stopped server left unfinished. The OpenAPI page is at ``/docs`` (JSON at
+by the limits both declare, and at start-up makes the keys and starts the embedded worker (which
+resumes the trainings, exports and acquisitions a stopped server left unfinished) unless the
+settings say this server is a pure API replica (``serve --no-worker``). While it runs, it drops
+now and then what it cached for iterations deleted since. The OpenAPI page is at ``/docs`` (JSON at
 ``/openapi.json``); the portal at ``/``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from tagvision import __version__, api, web
 from tagvision.api.middleware import BodyLimit, CaseInsensitivePaths, Guards
 from tagvision.service import Service
+from tagvision.service.caches import SWEEP_SECONDS
 
 log = logging.getLogger("tagvision.server")
 M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters
@@ -43,10 +49,15 @@ def create_app(service: Service) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.keys.current()  # make the keys now, not on the first request
-        resumed = service.jobs.resume()
-        if resumed:
-            log.info("resumed %d interrupted jobs", resumed)
-        yield
+        if service.ctx.settings.embedded_worker:
+            await run_in_threadpool(service.jobs.start_worker)
+        sweeper = asyncio.create_task(_sweep_caches(service))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
 
     app = FastAPI(
         title="tagvision",
@@ -65,3 +76,13 @@ def create_app(service: Service) -> FastAPI:
     settings = service.ctx.settings
     app.add_middleware(Guards, allowed_hosts=settings.allowed_hosts(), wait_seconds=settings.request_wait_seconds)
     return app
+
+
+async def _sweep_caches(service: Service) -> None:
+    """Every so often, drop what this process cached for iterations deleted since (on any replica)."""
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS)
+        try:
+            await run_in_threadpool(service.sweep_caches)
+        except Exception:  # the database is unreachable for now: try again later
+            log.exception("could not sweep the model caches")

@@ -1,5 +1,7 @@
 """Shared fixtures: real photos from ../shared/datasets, a shared ONNX cache, fresh data dirs, the API app
-in this process (tests/api.py) and a real server process (tests/server.py)."""
+in this process (tests/api.py), a real server process (tests/server.py), and the stores a scaled-out
+deployment uses: a throw-away PostgreSQL cluster (tests/pg.py) and an S3 server on loopback (tests/s3.py),
+each started once per session, or a skip saying why it cannot start here."""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ DATASETS = Path(os.environ.get("TAGVISION_DATASETS", REPO.parent / "shared" / "d
 CLOTHING = DATASETS / "clothing-small"
 CAR_DAMAGE = DATASETS / "car-damage"
 MODELS = REPO / "tagvision-data" / "test-models"  # exported once, reused by every test run
+# Parameters of the fixtures that run a test on each store; the PostgreSQL and S3 variants start a server
+# process (once per session), so make test-fast leaves them out.
+DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.process)]
+BLOB_STORES = ["folder", pytest.param("s3", marks=pytest.mark.process)]
 
 
 def need(path: Path) -> Path:
@@ -42,8 +48,60 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL cluster of this session's own (tests/pg.py), with a migrated template database; skips, saying
+    why, where PostgreSQL cannot be started."""
+    from tagvision.store.database import Database
+    from tests import pg
+
+    try:
+        cluster = pg.start()
+    except pg.Unavailable as exc:
+        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
+    try:
+        cluster.template = cluster.create_database("template")
+        Database(cluster.template).close()  # migrated once; each test's database is a copy
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on loopback (tests/s3.py); skips, saying why, where it cannot run."""
+    from tests import s3
+
+    try:
+        server = s3.start(tmp_path_factory.mktemp("s3") / "moto.log")
+    except s3.Unavailable as exc:
+        pytest.skip(f"No S3 server here: {exc}")
+    yield server
+    server.stop()
+
+
+def each_database(request: pytest.FixtureRequest) -> str | None:
+    """For a fixture parametrised ``["sqlite", "postgresql"]``: None (the data dir's SQLite file), or a fresh
+    database on the session's PostgreSQL cluster, dropped after the test."""
+    if request.param == "sqlite":
+        return None
+    cluster = request.getfixturevalue("postgres")
+    url = cluster.create_database("test", template=cluster.template)
+    request.addfinalizer(lambda: cluster.drop_database(url))
+    return url
+
+
 @pytest.fixture
-def svc(data_dir: Path):
+def database_url() -> str | None:
+    """The database :func:`svc` opens: None, the data dir's SQLite file. A module that runs on PostgreSQL too
+    overrides it with a fixture parametrised ``["sqlite", "postgresql"]`` returning :func:`each_database`."""
+    return None
+
+
+@pytest.fixture
+def svc(data_dir: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch):
+    if database_url:
+        monkeypatch.setenv("TAGVISION_DATABASE_URL", database_url)
     service = Service.open(Settings.load(data_dir))
     yield service
     service.close()

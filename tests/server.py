@@ -1,4 +1,5 @@
-"""A real ``tagvision serve`` process on 127.0.0.1 for end-to-end tests."""
+"""Real ``tagvision serve`` processes on 127.0.0.1 for end-to-end tests, and ``tagvision worker`` processes beside
+them (tests/test_topology.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from tests.conftest import MODELS, REPO
 class Server:
     """Starts ``python -m tagvision.cli serve --port 0`` on a data dir; ``endpoint`` and keys once up."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        """``args``: more options for ``serve`` (``--no-worker`` for an API replica)."""
         self.data_dir = data_dir
+        self.args = args
         self.env = {
             **os.environ,
             "TAGVISION_MODELS_DIR": str(MODELS),
@@ -46,6 +49,7 @@ class Server:
                 "--no-access-log",
                 "--data-dir",
                 str(self.data_dir),
+                *self.args,
             ],
             cwd=REPO,
             env=self.env,
@@ -106,3 +110,54 @@ class Server:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+
+class Worker:
+    """A ``python -m tagvision.cli worker`` process on a data dir of its own; ``name`` (its worker name, which
+    the jobs it claims carry) once it runs."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.env = {**os.environ, "TAGVISION_MODELS_DIR": str(MODELS), **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self.name = ""
+
+    def start(self, timeout: float = 60.0) -> Worker:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "worker.json").unlink(missing_ok=True)
+        log = open(self.data_dir / "worker.log", "ab")  # noqa: SIM115 (kept open for the process)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tagvision.cli", "worker", "--data-dir", str(self.data_dir)],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}: {self.log()[-2000:]}")
+            if (self.data_dir / "worker.json").exists():
+                self.name = json.loads((self.data_dir / "worker.json").read_text())["name"]
+                return self
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"worker did not start in {timeout} s: {self.log()[-2000:]}")
+
+    def log(self) -> str:
+        path = self.data_dir / "worker.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL, as in a power cut or an OOM kill: its jobs keep its name until their leases lapse."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -1,4 +1,5 @@
-"""The service layer on real photos: names, tags, images, training, performance, prediction."""
+"""The service layer on real photos: names, tags, images, training, performance, prediction; every test on SQLite
+and on PostgreSQL (a throw-away cluster of the session's own, tests/pg.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from PIL import Image
 
 from tagvision.errors import Conflict, InvalidInput, NotFound, TrainingError
 from tagvision.service import NewImage
-from tests.conftest import CLOTHING, photos
+from tests.conftest import CLOTHING, DATABASES, each_database, photos
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request) -> str | None:
+    """Each test runs on both stores: the data dir's SQLite file, and a fresh PostgreSQL database."""
+    return each_database(request)
 
 
 def new(path, *tags: str) -> NewImage:

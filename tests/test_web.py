@@ -878,6 +878,8 @@ def test_api_docs_render_with_the_network_blocked(browser, server):
         shot(tab, "22-api-docs-offline")
         tab.goto("/redoc")
         expect(tab.get_by_role("heading", name=re.compile(r"^tagvision"), level=1)).to_be_visible()
+        logo = tab.locator("img[alt='redocly logo']")  # drawn once the page has rendered; its CDN URL replaced
+        expect(logo).to_have_attribute("src", re.compile(r"^data:image/svg"))
         assert blocked == [] and errors == [], (blocked, errors)
         assert tab.request.get("/favicon.ico").ok
     finally:

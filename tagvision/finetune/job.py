@@ -220,6 +220,7 @@ class Job:
         log = loop.Loop(first, schedule, self.recipe, self.clock, self.rng, self.hooks(larger)).run()
         t = self.timed("fine-tuning", t)
         tuning = Tuning(spec.model_name, self.recipe, f"stem + {first.split} of {len(first.model._blocks)} blocks", log)
+        self.report.tuning = tuning  # reported whichever model is served
         head = self.choose(tuning, first)
         self.served = [first]
         wins = self.report.verdict is not None and self.report.verdict.tuned_wins
@@ -306,7 +307,6 @@ class Job:
 
     def tuned_result(self, tuning: Tuning) -> FineTuneResult:
         self.report.chosen = "fine-tuned"
-        self.report.tuning = tuning
         spec = next(s for s in self.specs if s.model_name == tuning.backbone)
         t = self.clock.monotonic()
         self.countdown.report("exporting", 0, 1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tagvision.clock import SYSTEM, Clock
 from tagvision.config import Settings
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def __getattr__(name: str) -> Any:
 
 
 class Service:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, clock: Clock = SYSTEM) -> None:
         from tagvision.service.acquisitions import Acquisitions
         from tagvision.service.catalogue import Catalogue
         from tagvision.service.datasets import Datasets
@@ -69,8 +70,10 @@ class Service:
         self.scorings = Scorings(ctx, self.exports, self.knowledge)
         self.prediction = Prediction(ctx, self.training, int8=self.scorings.int8_model, knowledge=self.knowledge)
         self.acquisitions = Acquisitions(ctx, self.training)
-        self.jobs = Jobs(self.training, self.exports, self.acquisitions, self.scorings)
-        self.keys = KeyStore(ctx.settings.data_dir, ctx.settings.training_key, ctx.settings.prediction_key)
+        self.jobs = Jobs(ctx, self.training, self.exports, self.acquisitions, self.scorings, clock)
+        self.keys = KeyStore(
+            ctx.db, ctx.settings.data_dir, ctx.settings.training_key, ctx.settings.prediction_key, clock=clock
+        )
         self.files = Files(ctx, self.keys, self.exports)
         settings = ctx.settings
         self.sessions = Sessions(ctx)
@@ -84,10 +87,15 @@ class Service:
         self.prediction.on_store = self.records.after_store
 
     @classmethod
-    def open(cls, settings: Settings | None = None) -> Service:
+    def open(cls, settings: Settings | None = None, clock: Clock = SYSTEM) -> Service:
         from tagvision.service.context import Context
 
-        return cls(Context.open(settings or Settings.load()))
+        return cls(Context.open(settings or Settings.load()), clock)
+
+    def sweep_caches(self) -> list[str]:
+        """Drop what this process cached for iterations deleted since (here or by another replica); returns the
+        ids and blob keys dropped."""
+        return self.prediction.sweep() + self.ctx.sweep()
 
     def close(self) -> None:
         self.records.close()

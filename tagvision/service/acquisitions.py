@@ -305,6 +305,7 @@ class Acquisitions:
         stop = threading.Event()
         with self._lock:
             self._cancel[acquisition_id] = stop
+            self._stopping.discard(acquisition_id)  # stopped here before, and now run again (taken back over)
         code = None
         try:
             self._run(acquisition_id, stop, progress)
@@ -318,6 +319,7 @@ class Acquisitions:
             with self._lock:
                 self._cancel.pop(acquisition_id, None)
                 shutting_down = acquisition_id in self._stopping
+                self._stopping.discard(acquisition_id)
         if shutting_down:
             return self.get_any(acquisition_id)
         with self.ctx.db.session() as session:

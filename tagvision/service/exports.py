@@ -95,7 +95,7 @@ class Exports:
             labels,
             iteration_id=iteration_id,
             project_name=name,
-            backbone_path=self.ctx.blobs.path(backbone_key) if backbone_key else None,
+            backbone_path=self.ctx.blobs.local_path(backbone_key) if backbone_key else None,
         )
         if int8:
             if not hashes:

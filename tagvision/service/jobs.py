@@ -1,122 +1,224 @@
-"""Background work: trainings and exports run on one worker thread, in the order asked;
-acquisitions (mostly waiting on the network) on two threads of their own; scorings on one thread of
-their own, so a catalogue of hours does not hold trainings back (the two share the cores meanwhile).
+"""Background work: trainings, exports, acquisitions and scorings are queued in the database and run by workers.
 
-One compute worker is deliberate: training and exporting use every core, so two at once would
-only slow each other and the predictions being served. A process that stops mid-job leaves the
-iteration ``Training`` (the export ``Exporting``, the acquisition ``Running``); :meth:`Jobs.resume`
-queues them again at the next start, so nothing stays in that state forever.
+Starting one (:meth:`Jobs.train`, :meth:`Jobs.export`, :meth:`Jobs.acquire`, :meth:`Jobs.score`) runs its
+checks now, records it (an iteration Training, an export Exporting, an acquisition or a scoring Running) and
+queues a job for it. A worker (``tagvision.service.worker``) claims the job: the one inside ``tagvision serve``
+by default, woken at once when its own process queued the job, or any ``tagvision worker`` process sharing the
+database. Trainings and exports run one at a time per worker (each uses every core), acquisitions two at a
+time, and scorings one at a time in a lane of their own, so a catalogue of hours does not hold trainings back.
+
+A job whose worker stopped mid-way is taken over by the next worker once its lease lapses (at once when the
+dead worker was on the same machine, on SQLite), so nothing stays Training, Exporting or Running forever.
+Later kinds of job register a :class:`~tagvision.service.worker.Runner` (:meth:`Jobs.register`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
 
+from sqlalchemy import and_, select, update
+
+from tagvision.clock import SYSTEM, Clock
 from tagvision.service.acquisitions import Acquisitions
+from tagvision.service.caches import Sweeper
+from tagvision.service.context import Context
 from tagvision.service.exports import Exports
 from tagvision.service.scoring import Scorings, ScoringView
 from tagvision.service.training import Training
 from tagvision.service.views import AcquisitionView, ExportView, IterationView
+from tagvision.service.worker import Check, Runner, Worker
+from tagvision.store import jobs as queue
+from tagvision.store.models import Acquisition, Export, Iteration, Job, Scoring
 
 log = logging.getLogger("tagvision.jobs")
+LANES = {"compute": 1, "io": 2, "score": 1}  # slots per worker: trainings and exports use every core
 
 
 class Jobs:
     def __init__(
-        self, training: Training, exports: Exports, acquisitions: Acquisitions, scorings: Scorings | None = None
+        self,
+        ctx: Context,
+        training: Training,
+        exports: Exports,
+        acquisitions: Acquisitions,
+        scorings: Scorings,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self.ctx, self.clock = ctx, clock
         self.training = training
         self.exports = exports
         self.acquisitions = acquisitions
         self.scorings = scorings
-        self._score_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagvision-score")
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagvision-job")
-        self._io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tagvision-acquire")
-        self._pending: list[Future] = []
+        self.runners: dict[str, Runner] = {
+            "train": Runner(self._train, lambda i: self._status(Iteration, i) == "Training"),
+            "export": Runner(lambda e, _check: exports.run(e), lambda e: self._status(Export, e) == "Exporting"),
+            "acquire": Runner(
+                self._acquire,
+                lambda a: self._status(Acquisition, a) == "Running",
+                cancelled=lambda a: self._status(Acquisition, a) == "Cancelled",
+                interrupt=acquisitions.stop,
+                lane="io",
+            ),
+            "score": Runner(
+                lambda s, _check: scorings.run(s),
+                lambda s: self._status(Scoring, s) == "Running",
+                cancelled=lambda s: self._status(Scoring, s) == "Cancelled",
+                interrupt=scorings.stop,
+                lane="score",
+            ),
+        }
+        self.worker: Worker | None = None
+        self._mine: list[str] = []  # jobs this process queued (for wait)
+
+    # ------------------------------------------------------------------ starting work
 
     def train(self, ref: str, **options) -> IterationView:
-        """Start a training (checks run now) and finish it in the background."""
+        """Start a training (checks run now) and queue it for a worker."""
         view = self.training.start(ref, **options)
-        self._submit(
-            f"train {view.id}", lambda: self.training.run(view.project_id, view.id, self.training.recorder(view.id))
-        )
+        self.enqueue("train", view.id)
         return view
 
     def export(self, ref: str, iteration_ref: str, platform: str, flavor: str | None = None) -> ExportView:
         view = self.exports.start(ref, iteration_ref, platform, flavor)
         if view.status == "Exporting":
-            self._submit(f"export {view.id}", lambda: self.exports.run(view.id))
+            self.enqueue("export", view.id)
         return view
 
     def acquire(self, ref: str, tags: list[str], **options) -> AcquisitionView:
-        """Start gathering images for tags (checks run now) and do it in the background."""
+        """Start gathering images for tags (checks run now) and queue it for a worker."""
         view = self.acquisitions.start(ref, tags, **options)
-        self._submit(f"acquire {view.id}", lambda: self.acquisitions.run(view.id), self._io_pool)
+        self.enqueue("acquire", view.id)
+        return view
+
+    def more(self, ref: str, acquisition_id: str) -> AcquisitionView:
+        """Review mode: gather the next page of candidates (the look refitted on the answers), queued again."""
+        view = self.acquisitions.more(ref, acquisition_id)
+        if view.status == "Running":
+            self.enqueue("acquire", view.id, again=True)
         return view
 
     def score(self, ref: str, **options) -> ScoringView:
-        """Start scoring a folder or URLs (checks run now) and do it in the background."""
-        assert self.scorings is not None
+        """Start scoring a folder or URLs (checks run now) and queue it for a worker."""
         view = self.scorings.start(ref, **options)
-        self._submit(f"score {view.id}", lambda: self.scorings.run(view.id), self._score_pool)
+        self.enqueue("score", view.id)
         return view
 
     def set_precision(self, ref: str, iteration_ref: str, precision: str) -> None:
         """Set how an iteration is served and scored; Int8 makes its int8 model now, in the background."""
-        assert self.scorings is not None
         if self.scorings.set_precision(ref, iteration_ref, precision) == "Int8":
             self.export(ref, iteration_ref, "ONNX", "Int8")
 
-    def more(self, ref: str, acquisition_id: str) -> AcquisitionView:
-        """Review mode: gather the next page of candidates in the background (the look refitted on the answers)."""
-        view = self.acquisitions.more(ref, acquisition_id)
-        if view.status == "Running":
-            self._submit(f"acquire {view.id}", lambda: self.acquisitions.run(view.id), self._io_pool)
-        return view
+    def register(self, kind: str, runner: Runner) -> None:
+        """Let workers run another kind of job (``runner.lane``: compute or io)."""
+        self.runners[kind] = runner
+
+    def enqueue(self, kind: str, target_id: str, again: bool = False) -> None:
+        """Queue work of a registered kind on ``target_id`` (once, however often asked, unless ``again``: work
+        that finished is queued once more) and wake this process's worker."""
+        queue.enqueue(self.ctx.db, kind, target_id, again=again)
+        job_id = queue.job_id(self.ctx.db, kind, target_id)
+        if job_id:
+            self._mine = [*self._mine[-999:], job_id]
+        if self.worker is not None:
+            self.worker.wake()
+
+    # ------------------------------------------------------------------ workers
+
+    def start_worker(self, name: str | None = None) -> Worker:
+        """Run a worker in this process (as ``tagvision serve`` and ``tagvision worker`` do) until :meth:`shutdown`."""
+        resumed = self.resume()
+        if resumed:
+            log.info("queued again %d jobs left without one", resumed)
+        swept = self.ctx.blobs.sweep()
+        if swept:
+            log.info("removed %d temporary files of unfinished blob writes", swept)
+        settings = self.ctx.settings
+        self.worker = Worker(
+            self.ctx.db,
+            self.runners,
+            LANES,
+            name=name,
+            clock=self.clock,
+            lease=settings.job_lease_seconds,
+            poll=settings.worker_poll_seconds,
+            every_poll=Sweeper(self.ctx.sweep, clock=self.clock).maybe,  # networks of deleted iterations go
+        ).start()
+        return self.worker
 
     def resume(self) -> int:
-        """Queue the trainings and exports a stopped process left unfinished; returns how many."""
-        interrupted = self.training.interrupted()
-        for project_id, iteration_id in interrupted:
-            log.info("resuming training %s", iteration_id)
-            self._submit(
-                f"train {iteration_id}",
-                lambda p=project_id, i=iteration_id: self.training.run(p, i, self.training.recorder(i)),
-            )
-        exports = self.exports.interrupted()
-        for export_id in exports:
-            self._submit(f"export {export_id}", lambda e=export_id: self.exports.run(e))
-        acquisitions = self.acquisitions.interrupted()
-        for acquisition_id in acquisitions:
-            self._submit(f"acquire {acquisition_id}", lambda a=acquisition_id: self.acquisitions.run(a), self._io_pool)
-        scorings = self.scorings.interrupted() if self.scorings else []
-        for scoring_id in scorings:
-            self._submit(f"score {scoring_id}", lambda s=scoring_id: self.scorings.run(s), self._score_pool)
-        return len(interrupted) + len(exports) + len(acquisitions) + len(scorings)
+        """Queue work left unfinished without a live job (its process stopped before it could queue it, or it
+        was started outside the queue, as ``tagvision train`` does); returns how many."""
+        kinds = (
+            ("train", Iteration, "Training"),
+            ("export", Export, "Exporting"),
+            ("acquire", Acquisition, "Running"),
+            ("score", Scoring, "Running"),
+        )
+        count = 0
+        for kind, model, status in kinds:
+            with self.ctx.db.session() as session:
+                rows = session.execute(
+                    select(model.id, Job.status)
+                    .outerjoin(Job, and_(Job.kind == kind, Job.target_id == model.id))
+                    .where(model.status == status)
+                    .order_by(model.created)
+                ).all()
+                finished = [target for target, job in rows if job in ("Done", "Failed")]
+                if finished:
+                    session.execute(
+                        update(Job)
+                        .where(Job.kind == kind, Job.target_id.in_(finished), Job.status.in_(("Done", "Failed")))
+                        .values(status="Queued", worker=None, lease_expires=None)
+                    )
+            for target, job in rows:
+                if job is None:
+                    queue.enqueue(self.ctx.db, kind, target)
+            count += sum(job is None or job in ("Done", "Failed") for _, job in rows)
+        return count
 
     def wait(self) -> None:
-        """Block until every job submitted so far has finished (tests, CLI)."""
-        for future in list(self._pending):
-            future.exception()
+        """Block until every job this process queued has finished (tests). Without a worker in this process,
+        the jobs no other worker holds run here, one by one."""
+        mine = list(self._mine)
+        if self.worker is None:
+            here = Worker(self.ctx.db, self.runners, LANES, clock=self.clock, lease=self.ctx.settings.job_lease_seconds)
+            with self.ctx.db.session() as session:
+                targets = list(session.scalars(select(Job.target_id).where(Job.id.in_(mine))))
+            kinds = list(self.runners)
+            while claim := queue.claim(here.db, here.name, kinds, self.clock.time(), here.lease, targets):
+                here.execute(claim)
+        while queue.unfinished(self.ctx.db, mine):
+            time.sleep(0.05)
 
     def shutdown(self) -> None:
-        for acquisition_id in self.acquisitions.interrupted():
-            self.acquisitions.stop(acquisition_id)  # leaves it Running: the next start resumes it
-        for scoring_id in self.scorings.interrupted() if self.scorings else []:
-            self.scorings.stop(scoring_id)  # leaves it Running: the next start resumes it
-        self._io_pool.shutdown(wait=True, cancel_futures=True)
-        self._score_pool.shutdown(wait=True, cancel_futures=True)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop this process's worker: acquisitions are handed back for the next worker; a training or export
+        under way is finished first."""
+        if self.worker is not None:
+            self.worker.stop(wait=True)
+            self.worker = None
 
-    def _submit(self, name: str, fn: Callable[[], object], pool: ThreadPoolExecutor | None = None) -> None:
-        def job() -> None:
-            try:
-                fn()
-                log.info("%s: done", name)
-            except Exception:  # the service recorded the failure on the iteration or export
-                log.exception("%s: failed", name)
+    # ------------------------------------------------------------------ runners
 
-        self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append((pool or self._pool).submit(job))
+    def _train(self, iteration_id: str, check: Check) -> None:
+        with self.ctx.db.session() as session:
+            iteration = session.get(Iteration, iteration_id)
+            project_id = iteration.project_id if iteration else iteration_id
+        record = self.training.recorder(iteration_id)
+
+        def progress(stage: str, done: int, total: int, /, eta: float | None = None) -> None:
+            check()
+            record(stage, done, total, eta=eta)
+
+        self.training.run(project_id, iteration_id, progress)
+
+    def _acquire(self, acquisition_id: str, check: Check) -> None:
+        def progress(_stage: str, _done: int, _total: int, /, eta: float | None = None) -> None:
+            check()
+
+        self.acquisitions.run(acquisition_id, progress)
+
+    def _status(self, model, target_id: str) -> str | None:
+        with self.ctx.db.session() as session:
+            row = session.get(model, target_id)
+            return row.status if row is not None else None

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +15,7 @@ from sqlalchemy import and_, select
 from tagvision import backbone, fetch, images
 from tagvision.errors import ImageError, InvalidInput, NotFound, TrainingError
 from tagvision.learn import LinearHead
+from tagvision.service.caches import LRU
 from tagvision.service.context import Context, get_iteration, get_project
 from tagvision.service.details import IterationDetails
 from tagvision.service.images import Images, NewImage, image_view
@@ -31,7 +30,7 @@ from tagvision.service.views import (
     TagProbability,
 )
 from tagvision.store import queries
-from tagvision.store.models import Image, PredictionMetadata, PredictionTag, new_id, utcnow
+from tagvision.store.models import Image, Iteration, PredictionMetadata, PredictionTag, new_id, utcnow
 from tagvision.store.models import Prediction as StoredPrediction
 
 HEAD_CACHE = 16
@@ -136,8 +135,9 @@ class Prediction:
         self.int8 = int8
         self.knowledge = knowledge or Knowledge(ctx)
         self.on_store: Callable[[], None] = lambda: None  # after a prediction is stored (retention purges)
-        self._models: OrderedDict[str, Model] = OrderedDict()
-        self._lock = threading.Lock()
+        # Keyed by (iteration id, head blob, precision): the first two are fixed once the iteration completed, and a
+        # change of precision (on any replica) reads as a new key, so an entry is never stale.
+        self._models: LRU[tuple[str, str, str], Model] = LRU(HEAD_CACHE)
 
     # ------------------------------------------------------------------ models
 
@@ -170,16 +170,29 @@ class Prediction:
             head_key, tags = iteration.head_blob, IterationDetails.from_json(iteration.details).tags
             project_id, types = project.id, {t.id: t.type for t in project.tags}
             knowledge = self.knowledge.of(session, project)
-        with self._lock:  # the server predicts from many threads
-            key = f"{iteration_id}:{precision}"
-            cached = self._models.get(key)
-            if cached is None:
-                head = LinearHead.from_bytes(self.ctx.blobs.get(head_key))
-                cached = self._models[key] = Model(project_id, iteration_id, domain, head, tags, tuned, precision)
-                while len(self._models) > HEAD_CACHE:
-                    self._models.popitem(last=False)
-            self._models.move_to_end(key)
-            return cached, types, knowledge
+        cached = self._models.get_or_make(  # the server predicts from many threads: loaded once
+            (iteration_id, head_key, precision),
+            lambda: Model(
+                project_id,
+                iteration_id,
+                domain,
+                LinearHead.from_bytes(self.ctx.blobs.get(head_key)),
+                tags,
+                tuned,
+                precision,
+            ),
+        )
+        return cached, types, knowledge
+
+    def sweep(self) -> list[str]:
+        """Drop the heads of iterations that were deleted (here or on another replica); returns their ids."""
+        cached = {key[0] for key in self._models.cached()}
+        if not cached:
+            return []
+        with self.ctx.db.session() as session:
+            live = set(session.scalars(select(Iteration.id).where(Iteration.id.in_(cached))))
+        self._models.keep_only(key for key in self._models.cached() if key[0] in live)
+        return sorted(cached - live)
 
     def predict(
         self,

@@ -192,7 +192,7 @@ class Training:
             reason = exc.message if isinstance(exc, TrainingError | StorageError) else f"{type(exc).__name__}: {exc}"
             with self.ctx.db.session() as session:
                 iteration = session.get(Iteration, iteration_id)
-                if iteration is not None:
+                if iteration is not None and iteration.status == "Training":  # not one another worker finished
                     iteration.status, iteration.error, iteration.last_modified = "Failed", reason, utcnow()
             raise
 

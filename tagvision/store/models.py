@@ -339,3 +339,41 @@ class Scoring(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """Background work (a training, an export, an acquisition) for any worker to claim.
+
+    ``target_id`` names the row the work is for (the iteration, export or acquisition), which keeps its own
+    status for clients. A worker claims a Queued job, or a Running one whose lease has lapsed (its worker was
+    killed), by writing its name, a new ``attempt`` and ``lease_expires`` (UNIX seconds by the worker's clock),
+    and renews the lease while it works; a renewal that finds another worker's name has lost the job.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("kind", "target_id"),
+        Index("ix_jobs_status_created", "status", "created"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(16))  # train | export | acquire
+    target_id: Mapped[str] = mapped_column(String(36))
+    status: Mapped[str] = mapped_column(String(16), default="Queued")  # Queued | Running | Done | Failed
+    worker: Mapped[str | None] = mapped_column(String(128), default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires: Mapped[float | None] = mapped_column(Float, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    started: Mapped[float | None] = mapped_column(Float, default=None)  # when the current attempt was claimed
+    finished: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class ApiKey(Base):
+    """The Training-Key and the Prediction-Key, shared by every replica (``tagvision.service.keys``)."""
+
+    __tablename__ = "api_keys"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # training | prediction
+    value: Mapped[str] = mapped_column(String(64))
+    updated: Mapped[datetime] = mapped_column(default=utcnow)

@@ -40,6 +40,10 @@ BODY_LIMITS = (
 )
 
 
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+EMPTY_SVG = b"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' width='1' height='1'/%3E"
+
+
 def install(app: FastAPI) -> None:
     """Add the portal's routes, its static files and the API docs page to ``app``."""
     from tagvision.web import auth, images, knowledge, predictions, projects, scoring, search, training
@@ -55,12 +59,23 @@ def install_docs(app: FastAPI) -> None:
     """The API docs, Swagger UI at ``/docs`` and ReDoc at ``/redoc``, with their files served from the installed
     ``fastapi-offline`` package (Swagger UI 5, which reads OpenAPI 3.1; no CDN, so the pages work offline), and
     a favicon for browsers that ask for ``/favicon.ico``. The app is made with ``docs_url=None, redoc_url=None``.
+    ReDoc's bundle draws Redocly's logo from their CDN once the page has rendered; that one URL is replaced
+    by an empty local image, so the docs ask nothing of the network.
     """
     import fastapi_offline
     from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-    from fastapi.responses import FileResponse, HTMLResponse
+    from fastapi.responses import FileResponse, HTMLResponse, Response
 
     assets = Path(fastapi_offline.__file__).parent / "static"
+    redoc_js: list[bytes] = []
+
+    async def redoc_bundle() -> Response:
+        if not redoc_js:
+            text = (assets / "redoc.standalone.js").read_bytes()
+            redoc_js.append(text.replace(REDOC_CDN_LOGO, EMPTY_SVG))
+        return Response(redoc_js[0], media_type="text/javascript", headers={"Cache-Control": "max-age=3600"})
+
+    app.add_api_route("/docs-assets/redoc.standalone.js", redoc_bundle, methods=["GET"], include_in_schema=False)
     app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
     openapi = app.openapi_url or "/openapi.json"
 

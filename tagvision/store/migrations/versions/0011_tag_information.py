@@ -1,15 +1,15 @@
 """tag information, decision rules, prediction records
 
-Revision ID: 0010_tag_information
-Revises: 0009_acquisition_reasons
+Revision ID: 0011_tag_information
+Revises: 0010_jobs
 Create Date: 2026-11-30 09:00:00.000000
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_tag_information"
-down_revision = "0009_acquisition_reasons"
+revision = "0011_tag_information"
+down_revision = "0010_jobs"
 branch_labels = None
 depends_on = None
 
