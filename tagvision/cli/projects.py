@@ -226,7 +226,7 @@ def image_list(
     table = Table("image id", "size", "tags", "source")
     for i in images:
         table.add_row(
-            i.id, f"{i.width}x{i.height}", ", ".join(name for _, name in i.tags), str(i.source.get("name", ""))
+            i.id, f"{i.width}x{i.height}", ", ".join(name for _, name, _ in i.tags), str(i.source.get("name", ""))
         )
     out.print(table)
 
