@@ -150,6 +150,8 @@ def test_bad_images_get_their_codes_and_good_ones_land(data_dir: Path, tmp_path:
     assert result["isBatchSuccessful"] is False
     listed = json.loads(tagvision("image", "list", "p", "--json", data_dir=data_dir).stdout)
     assert len(listed) == 3 and all(i["tags"][0]["tagName"] == "hat" for i in listed)
+    table = tagvision("image", "list", "p", data_dir=data_dir).stdout  # the table names each image's tags
+    assert sum(line.split("│")[3].strip() == "hat" for line in table.splitlines() if line.count("│") == 5) == 3
 
     missing = tagvision("train", "nope", data_dir=data_dir, check=False)
     assert missing.returncode == 1 and "error: NotFoundProject" in missing.stderr

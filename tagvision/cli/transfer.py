@@ -2,24 +2,25 @@
 server), ``project export`` / ``project import`` (``.tvproj`` archives) and ``dataset export`` /
 ``dataset import`` (folders, CSV, COCO).
 
-``tagvision.cli`` registers them; they call the service only. Helpers (the service, the progress bar,
-the consoles) are taken from ``tagvision.cli`` when a command runs, as that module imports this one.
+They call the service only. Their options keep the help texts they were written with (``Print JSON.``, the
+data directory's ``[default: ...]``), so this module declares its own.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
+from tagvision.cli.common import err, out, print_json, progress_bar, service
 from tagvision.errors import TagvisionError
 
-dataset_app = typer.Typer(
-    help="Export a project as a dataset (folders, CSV, COCO) or import one.", no_args_is_help=True
-)
+if TYPE_CHECKING:
+    from tagvision.service.migrations import Comparison, MigrationReport
+    from tagvision.sources.customvision import SourcePerformance, SourceTagPerformance
 
 DataDir = Annotated[
     Path | None,
@@ -31,12 +32,6 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ProjectArg = Annotated[str, typer.Argument(help="Project name or id.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="folders (one folder per tag), csv or coco.")]
 SHOWN_REFUSALS = 20
-
-
-def _cli():
-    from tagvision import cli
-
-    return cli
 
 
 # ---------------------------------------------------------------------- migrate
@@ -74,32 +69,31 @@ def migrate(
     regions. Run it again to finish an interrupted migration: what came before is skipped."""
     from tagvision.service.migrations import MigrationRequest
 
-    cli = _cli()
     request = MigrationRequest(
         endpoint, training_key, tuple(project or ()), every, concurrency=concurrency, calls_per_second=calls_per_second
     )
-    with cli.service(data_dir, create=True) as svc, svc.migrations.source(request) as api:
+    with service(data_dir, create=True) as svc, svc.migrations.source(request) as api:
         try:
-            with cli.progress_bar() as update:
+            with progress_bar() as update:
                 report = svc.migrations.run(request, progress=update, api=api)
         except KeyboardInterrupt:
-            cli.err.print("Stopped; what came stays. Run the same command again to bring the rest.")
+            err.print("Stopped; what came stays. Run the same command again to bring the rest.")
             raise typer.Exit(130) from None
         comparisons = []
         if train:
-            with cli.progress_bar() as update:
+            with progress_bar() as update:
                 comparisons = [svc.migrations.compare(api, p, threshold, update) for p in report.projects]
     if as_json:
-        cli.print_json({**report.to_json(), "comparisons": [_comparison_json(c) for c in comparisons]})
+        print_json({**report.to_json(), "comparisons": [_comparison_json(c) for c in comparisons]})
     else:
-        _print_report(cli.out, report)
+        _print_report(report)
         for comparison in comparisons:
-            _print_comparison(cli.out, comparison)
+            _print_comparison(comparison)
     if any(p.error for p in report.projects):
         raise typer.Exit(1)
 
 
-def _print_report(out, report) -> None:
+def _print_report(report: MigrationReport) -> None:
     table = Table("source project", "here", "images", "came", "already there", "did not come", "tags made")
     for p in report.projects:
         name = p.project_name + (" (object detection: not trainable yet)" if p.detection else "")
@@ -139,7 +133,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:6.1%}"
 
 
-def _print_comparison(out, c) -> None:
+def _print_comparison(c: Comparison) -> None:
     if c.note and c.here is None:
         out.print(f"{c.project_name}: nothing to compare: {c.note}.", highlight=False)
         return
@@ -185,7 +179,7 @@ def _print_comparison(out, c) -> None:
     out.print(table)
 
 
-def _comparison_json(c) -> dict:
+def _comparison_json(c: Comparison) -> dict[str, Any]:
     return {
         "project": c.project_name,
         "threshold": c.threshold,
@@ -209,7 +203,7 @@ def _comparison_json(c) -> dict:
     }
 
 
-def _figures(source) -> dict | None:
+def _figures(source: SourcePerformance | SourceTagPerformance | None) -> dict[str, Any] | None:
     if source is None:
         return None
     return {"precision": source.precision, "recall": source.recall, "averagePrecision": source.average_precision}
@@ -226,19 +220,18 @@ def project_export(
 ) -> None:
     """Write a whole project (tags, images with tags/metadata/sources/regions, iterations with their models and
     performance) to one archive that `project import` restores elsewhere."""
-    cli = _cli()
-    with cli.service(data_dir) as svc, cli.progress_bar() as update:
+    with service(data_dir) as svc, progress_bar() as update:
         summary = svc.transfer.export_project(project, out_path, update)
     if as_json:
-        cli.print_json({k: v for k, v in summary.__dict__.items()})
+        print_json({k: v for k, v in summary.__dict__.items()})
         return
-    cli.out.print(
+    out.print(
         f"Wrote {out_path} ({summary.size_bytes / 1e6:.1f} MB): {summary.tags} tags, {summary.images} images, "
         f"{summary.iterations} iterations",
         highlight=False,
     )
     if summary.skipped_iterations:
-        cli.out.print(f"Left out (still training): {', '.join(summary.skipped_iterations)}", highlight=False)
+        out.print(f"Left out (still training): {', '.join(summary.skipped_iterations)}", highlight=False)
 
 
 def project_import(
@@ -248,16 +241,15 @@ def project_import(
     as_json: JsonFlag = False,
 ) -> None:
     """Restore a project from an archive, with new ids; its iterations predict as before, untrained again."""
-    cli = _cli()
     if not archive_path.is_file():
         raise TagvisionError(f"No such file: {archive_path}", code="BadRequestPathNotFound")
-    with cli.service(data_dir, create=True) as svc, cli.progress_bar() as update:
+    with service(data_dir, create=True) as svc, progress_bar() as update:
         view = svc.transfer.import_project(archive_path, name, update)
         iterations = svc.training.iterations(view.id)
     if as_json:
-        cli.print_json(view.to_json())
+        print_json(view.to_json())
         return
-    cli.out.print(
+    out.print(
         f"Imported project [bold]{view.name}[/] ({view.classification_type}): {view.tag_count} tags, "
         f"{view.image_count} images, {len(iterations)} iterations; id {view.id}",
         highlight=False,
@@ -267,7 +259,6 @@ def project_import(
 # ---------------------------------------------------------------------- datasets
 
 
-@dataset_app.command("export")
 def dataset_export(
     project: ProjectArg,
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="The folder to write the dataset into.")],
@@ -275,15 +266,13 @@ def dataset_export(
     data_dir: DataDir = None,
 ) -> None:
     """Write a project's images and tags as a dataset other tools read."""
-    cli = _cli()
-    with cli.service(data_dir) as svc, cli.progress_bar() as update:
+    with service(data_dir) as svc, progress_bar() as update:
         result = svc.datasets.export(project, out_dir, format_, update)
-    cli.out.print(f"Wrote {result.images} images ({result.tags} tags) to {out_dir} as {format_}", highlight=False)
+    out.print(f"Wrote {result.images} images ({result.tags} tags) to {out_dir} as {format_}", highlight=False)
     for what in result.left_out:
-        cli.out.print(f"Not written: {what}", highlight=False)
+        out.print(f"Not written: {what}", highlight=False)
 
 
-@dataset_app.command("import")
 def dataset_import(
     project: ProjectArg,
     path: Annotated[Path, typer.Argument(help="The dataset: a folder, or the CSV or COCO JSON file.")],
@@ -297,8 +286,7 @@ def dataset_import(
     as_json: JsonFlag = False,
 ) -> None:
     """Add a dataset's images and tags to a project (created when missing)."""
-    cli = _cli()
-    with cli.service(data_dir, create=True) as svc, cli.progress_bar() as update:
+    with service(data_dir, create=True) as svc, progress_bar() as update:
         result = svc.datasets.import_(project, path, format_, classification=type_, domain=domain, progress=update)
     if as_json:
         print(
@@ -313,20 +301,12 @@ def dataset_import(
             )
         )
     else:
-        cli.out.print(
+        out.print(
             f"{result.project_name}: added {result.added} images, {result.already_there} already there, "
             f"{len(result.refused)} refused; new tags: {', '.join(result.tags_created) or 'none'}",
             highlight=False,
         )
         for r in result.refused[:SHOWN_REFUSALS]:
-            cli.out.print(f"  {r.source_url}: {r.status}: {r.message}", highlight=False)
+            out.print(f"  {r.source_url}: {r.status}: {r.message}", highlight=False)
     if result.refused and not result.added and not result.already_there:
         raise typer.Exit(1)
-
-
-def register(app: typer.Typer, project_app: typer.Typer) -> None:
-    """Add these commands to the ``tagvision`` command line."""
-    app.command("migrate")(migrate)
-    project_app.command("export")(project_export)
-    project_app.command("import")(project_import)
-    app.add_typer(dataset_app, name="dataset")

@@ -1,22 +1,120 @@
-"""The command line's side of gathering images: the summary by reason, review pages, set-aside candidates.
+"""``tagvision acquire``: gather training images for tag names, with the summary by reason, review pages in
+the terminal and the set-aside candidates (``tagvision image list --refused``).
 
-Kept beside ``cli.py`` (which declares the commands) so that module stays a list of commands; these
-helpers call the service and print with the consoles they are given.
+The service's views and the refusal reasons are imported when a command runs: ``tagvision --help`` loads this
+module and must start without numpy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote, urlsplit
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from tagvision.service import Service
-from tagvision.service.views import AcquisitionView, CandidateView
-from tagvision.sources import reasons
+from tagvision.cli.common import DataDir, JsonFlag, ProjectArg, err, out, print_json, progress_bar, service
+from tagvision.errors import TagvisionError
+
+if TYPE_CHECKING:
+    from tagvision.service import Service
+    from tagvision.service.views import AcquisitionView, CandidateView
+
+TagsOpt = Annotated[str, typer.Option("--tags", help="Comma-separated tag names (created when missing).")]
+PerTagOpt = Annotated[
+    int,
+    typer.Option(
+        "--per-tag",
+        help="Fill each tag until it has this many acquired images (a re-run adds only what is missing).",
+    ),
+]
+ProviderOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--provider",
+        help="openverse (default), wikimedia, pexels, unsplash, pixabay, bing or library; repeat to combine.",
+        show_default=False,
+    ),
+]
+LibraryOpt = Annotated[Path | None, typer.Option(help="Folder for --provider library.", show_default=False)]
+MinSideOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--min-side",
+        help="Refuse images smaller than this on a side [default: none, as uploads; images smaller than the "
+        "model's input are kept with a warning].",
+        show_default=False,
+    ),
+]
+ReviewFlag = Annotated[
+    bool,
+    typer.Option(
+        "--review",
+        help="Review a page of candidates per tag before they are added; each next page "
+        "is ranked again with your answers.",
+    ),
+]
+PageSizeOpt = Annotated[int, typer.Option("--page-size", min=1, help="Candidates per tag on a review page.")]
+RetryRefusedFlag = Annotated[
+    bool, typer.Option("--retry-refused", help="Look again at the candidates earlier acquisitions refused.")
+]
+
+
+def acquire(
+    project: ProjectArg,
+    tags: TagsOpt,
+    per_tag: PerTagOpt = 50,
+    provider: ProviderOpt = None,
+    library: LibraryOpt = None,
+    min_side: MinSideOpt = None,
+    review: ReviewFlag = False,
+    page_size: PageSizeOpt = 20,
+    retry_refused: RetryRefusedFlag = False,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Gather training images for tag names from an image-search provider or a local folder, ranked and
+    filtered by how they look against every tag of the project."""
+    providers = tuple(provider or (["library"] if library else ["openverse"]))
+    names = [t for t in (part.strip() for part in tags.split(",")) if t]
+    with service(data_dir) as svc:
+        started = svc.acquisitions.start(
+            project,
+            names,
+            per_tag=per_tag,
+            providers=providers,
+            library=str(library) if library else None,
+            min_side=min_side,
+            review=review,
+            page_size=page_size if review else None,
+            retry_refused=retry_refused,
+            library_anywhere=True,
+        )
+        view = _gather(svc, project, started.id, review)
+    if as_json:
+        print_json(view.to_json())
+        return
+    print_summary(view, project)
+    if view.status != "Completed":
+        raise TagvisionError(f"The acquisition {view.status.lower()}: {view.error or 'see above'}", code="ErrorSource")
+
+
+def _gather(svc: Service, project: str, acquisition_id: str, reviewed: bool) -> AcquisitionView:
+    """Run the acquisition with a progress bar (page by page with ``--review``); Ctrl-C cancels it, keeping what
+    was added, and exits with status 130."""
+
+    def run() -> AcquisitionView:
+        with progress_bar() as update:
+            return svc.acquisitions.run(acquisition_id, progress=update)
+
+    try:
+        return review_pages(svc, project, acquisition_id, run) if reviewed else run()
+    except KeyboardInterrupt:
+        svc.acquisitions.cancel(project, acquisition_id)
+        err.print("Stopped; what was added stays. Run the same command again to add the rest.")
+        raise typer.Exit(130) from None
 
 
 def where(source: dict[str, Any]) -> str:
@@ -27,8 +125,10 @@ def where(source: dict[str, Any]) -> str:
     return str(source.get("landingPage") or url)
 
 
-def print_summary(out: Console, view: AcquisitionView, project: str) -> None:
+def print_summary(view: AcquisitionView, project: str) -> None:
     """The table per tag, then what was not added and why, counted by reason."""
+    from tagvision.sources import reasons
+
     table = Table("tag", "added", "wanted", "had before", "duplicates", "doubtful", "refused", "candidates")
     for tag in view.tags:
         table.add_row(
@@ -62,7 +162,10 @@ def print_summary(out: Console, view: AcquisitionView, project: str) -> None:
         )
 
 
-def print_set_aside(out: Console, items: list[CandidateView]) -> None:
+def print_set_aside(items: list[CandidateView]) -> None:
+    """The candidates acquisitions did not add, each with its reason and where it came from."""
+    from tagvision.sources import reasons
+
     table = Table("tag", "status", "reason", "why", "look", "source", "item id")
     for c in items:
         table.add_row(
@@ -94,13 +197,11 @@ def parse_numbers(text: str, count: int) -> set[int]:
     return chosen
 
 
-def review(
+def review_pages(
     svc: Service,
     project: str,
     acquisition_id: str,
     run: Callable[[], AcquisitionView],
-    out: Console,
-    err: Console,
 ) -> AcquisitionView:
     """Review pages in the terminal: show a page, ask which to reject, keep the rest, then the next page
     (ranked again with the answers) until every tag has what it wants or the user stops."""
@@ -109,7 +210,7 @@ def review(
         pending = _page(svc, project, acquisition_id)
         if not pending:
             break
-        _print_page(out, pending)
+        _print_page(pending)
         try:
             rejected = _ask(len(pending))
         except typer.Abort:  # no answer (end of input): the page stays pending for the portal or API
@@ -139,7 +240,7 @@ def _page(svc: Service, project: str, acquisition_id: str) -> list[CandidateView
     return sorted(pending, key=lambda c: (order.get(c.tag_id, 0), -(c.score if c.score is not None else -1.0)))
 
 
-def _print_page(out: Console, pending: list[CandidateView]) -> None:
+def _print_page(pending: list[CandidateView]) -> None:
     table = Table("#", "tag", "look", "source", "note", title=f"Review: {len(pending)} candidates")
     for n, c in enumerate(pending, 1):
         warning = (c.warning or {}).get("message", "")

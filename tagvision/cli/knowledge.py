@@ -1,83 +1,35 @@
-"""CLI commands for what tags know and the records predictions leave: ``tag info``, ``catalogue``, ``rules``
-and ``records``. ``tagvision.cli`` installs them with its helpers (:func:`install`), so this module never
-imports it (``python -m tagvision.cli`` would load a second copy). The service's modules are imported when a
-command runs: ``tagvision --help`` starts without numpy or SQLAlchemy."""
+"""``tagvision tag info``, ``catalogue``, ``rules`` and ``records``: what tags know and the records predictions
+leave. The service's modules are imported when a command runs: ``tagvision --help`` starts without numpy or
+SQLAlchemy."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tagvision.cli.common import SERVER_FILE, DataDir, ProjectArg, out, print_json, progress_bar, service
 from tagvision.errors import InvalidInput
 from tagvision.knowledge import catalogue as cat
 from tagvision.knowledge import information as info
 
 if TYPE_CHECKING:
     from tagvision.service import Service
+    from tagvision.service.catalogue import ImportReport
     from tagvision.service.prediction import PredictionQuery
 
 
-@dataclass(frozen=True)
-class Helpers:
-    """What the commands borrow from ``tagvision.cli``."""
-
-    service: Callable[[Path | None], AbstractContextManager[Service]]
-    progress_bar: Callable[[], AbstractContextManager[Any]]
-    print_json: Callable[[Any], None]
-    out: Console
-    typer: Callable[..., typer.Typer] = typer.Typer  # the CLI's Typer (its usage lines)
-
-
-_h: Helpers | None = None
-
-
-def h() -> Helpers:
-    assert _h is not None, "tagvision.cli installs these commands"
-    return _h
-
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        help="Data directory (default: $TAGVISION_DATA_DIR, else ./tagvision-data).",
-        show_default=False,
-        metavar="DIR",
-    ),
-]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-ProjectArg = Annotated[str, typer.Argument(help="Project name or id.", metavar="PROJECT", show_default=False)]
 MetaOpt = Annotated[
     list[str] | None,
     typer.Option("--meta", help="Only records with this metadata, key=value; repeatable.", show_default=False),
 ]
-
-
-def install(app: typer.Typer, tag_app: typer.Typer, helpers: Helpers) -> None:
-    """Add ``tag info`` and the ``catalogue``, ``rules`` and ``records`` commands to the CLI's apps."""
-    global _h
-    _h = helpers
-    tag_app.command("info")(tag_info)
-    groups = (
-        ("catalogue", "Import and export tag information (a product or crop catalogue).", CATALOGUE),
-        ("rules", "Decision rules over predicted tags and their information.", RULES),
-        ("records", "Stored predictions as records: search by metadata, export, retention.", RECORDS),
-    )
-    for name, help_text, commands in groups:
-        group = helpers.typer(help=help_text, no_args_is_help=True)
-        for command, function in commands:
-            group.command(command)(function)
-        app.add_typer(group, name=name)
 
 
 def _read(path: Path) -> bytes:
@@ -122,12 +74,12 @@ def tag_info(
         parsed = cat.infer(value, key.strip())
         updates[info.check_key(key.strip(), "--set")] = "" if parsed is cat.ABSENT else parsed
     replacement = info.loads(_read(from_json), str(from_json)) if from_json is not None else None
-    with h().service(data_dir) as svc:
+    with service(data_dir) as svc:
         if replacement is None and not updates and not unset:
             view = svc.knowledge.get(project, tag)
         else:
             view = svc.knowledge.set(project, tag, replacement, updates=updates, remove=tuple(unset or ()))
-    h().print_json(view.information)
+    print_json(view.information)
 
 
 # ---------------------------------------------------------------------- catalogue
@@ -154,7 +106,7 @@ def catalogue_import(
     with their line; the good ones land together."""
     fmt = cat.format_of(file.name, format_)
     data = _read(file)
-    with h().service(data_dir) as svc, h().progress_bar() as update:
+    with service(data_dir) as svc, progress_bar() as update:
         report = svc.catalogue.import_(
             project,
             data,
@@ -166,15 +118,14 @@ def catalogue_import(
             progress=update,
         )
     if as_json:
-        h().print_json(report.to_json())
+        print_json(report.to_json())
     else:
         _print_report(report)
     if report.errors and not report.rows:
         raise typer.Exit(1)
 
 
-def _print_report(report) -> None:
-    out = h().out
+def _print_report(report: ImportReport) -> None:
     if report.rows:
         table = Table("line", "tag", "action", "attributes", "images", title="Would change" if report.dry_run else None)
         for r in report.rows:
@@ -205,12 +156,12 @@ def catalogue_export(
     data_dir: DataDir = None,
 ) -> None:
     """Export every tag's information in the format import reads."""
-    with h().service(data_dir) as svc:
+    with service(data_dir) as svc:
         _, data = svc.catalogue.export(project, format_, key)
     _write(out_path, [data])
 
 
-def _write(out_path: Path | None, chunks) -> None:
+def _write(out_path: Path | None, chunks: Iterable[bytes]) -> None:
     if out_path is None:
         for chunk in chunks:
             sys.stdout.buffer.write(chunk)
@@ -222,7 +173,7 @@ def _write(out_path: Path | None, chunks) -> None:
         for chunk in chunks:
             fh.write(chunk)
     tmp.replace(out_path)
-    h().out.print(f"Wrote {out_path}", highlight=False, markup=False)
+    out.print(f"Wrote {out_path}", highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------- rules
@@ -230,8 +181,8 @@ def _write(out_path: Path | None, chunks) -> None:
 
 def rules_show(project: ProjectArg, data_dir: DataDir = None) -> None:
     """Print the project's decision rules as JSON."""
-    with h().service(data_dir) as svc:
-        h().print_json(svc.knowledge.rules(project))
+    with service(data_dir) as svc:
+        print_json(svc.knowledge.rules(project))
 
 
 def rules_set(
@@ -241,15 +192,15 @@ def rules_set(
 ) -> None:
     """Replace the decision rules; each is checked against the catalogue and an error names its field."""
     raw = info.loads(_read(file), "rules")
-    with h().service(data_dir) as svc:
-        h().print_json(svc.knowledge.set_rules(project, raw))
+    with service(data_dir) as svc:
+        print_json(svc.knowledge.set_rules(project, raw))
 
 
 def rules_clear(project: ProjectArg, data_dir: DataDir = None) -> None:
     """Remove every decision rule."""
-    with h().service(data_dir) as svc:
+    with service(data_dir) as svc:
         svc.knowledge.set_rules(project, [])
-    h().out.print("Removed the decision rules.", highlight=False)
+    out.print("Removed the decision rules.", highlight=False)
 
 
 # ---------------------------------------------------------------------- records
@@ -279,7 +230,7 @@ def records_search(
     as_json: JsonFlag = False,
 ) -> None:
     """Stored predictions with the caller's metadata, oldest first."""
-    with h().service(data_dir) as svc:
+    with service(data_dir) as svc:
         views = list(svc.records.search(project, _query(meta, since, until)))
     if as_json:
         for v in views:
@@ -296,7 +247,7 @@ def records_search(
             ", ".join(f"{k}={json.dumps(d.get('value'))}" for k, d in (v.decision or {}).items()),
             v.id,
         )
-    h().out.print(table)
+    out.print(table)
 
 
 def records_export(
@@ -317,7 +268,7 @@ def records_export(
     data_dir: DataDir = None,
 ) -> None:
     """Export stored predictions with image links, metadata, and the tag information and decision as they were."""
-    with h().service(data_dir) as svc:
+    with service(data_dir) as svc:
         base = _endpoint(svc)
         chunks = svc.records.export(
             project,
@@ -334,7 +285,7 @@ def _endpoint(svc: Service) -> str:
     if svc.ctx.settings.public_url:
         return svc.ctx.settings.public_url
     try:
-        return json.loads((svc.ctx.settings.data_dir / "server.json").read_text())["endpoint"]
+        return json.loads((svc.ctx.settings.data_dir / SERVER_FILE).read_text())["endpoint"]
     except (OSError, ValueError, KeyError):
         return "http://127.0.0.1:8000"
 
@@ -351,13 +302,13 @@ def records_retention(
     """Show or set how long the project's stored predictions are kept; setting it purges what is past it."""
     from tagvision.service.records import describe
 
-    with h().service(data_dir) as svc:
+    with service(data_dir) as svc:
         if value is None:
             view, purged = svc.records.retention(project), None
         else:
             view, purged = svc.records.set_retention(project, value)
     if as_json:
-        h().print_json({**view.to_json(), "purged": purged})
+        print_json({**view.to_json(), "purged": purged})
         return
     effective = describe(view.effective_days)
     kept = (
@@ -366,9 +317,7 @@ def records_retention(
         else {"never": "not stored", "forever": "kept forever"}[effective]
     )
     source = "the server's setting" if view.project_days is None else "the project's setting"
-    h().out.print(
-        f"Stored predictions: {kept} ({source})." + (f" Purged {purged} now." if purged else ""), highlight=False
-    )
+    out.print(f"Stored predictions: {kept} ({source})." + (f" Purged {purged} now." if purged else ""), highlight=False)
 
 
 def records_purge(
@@ -378,16 +327,6 @@ def records_purge(
     data_dir: DataDir = None,
 ) -> None:
     """Delete stored predictions past their retention now (the server also does it every 10 minutes)."""
-    with h().service(data_dir) as svc:
+    with service(data_dir) as svc:
         purged = svc.records.purge(project)
-    h().out.print(f"Purged {purged} stored predictions.", highlight=False)
-
-
-CATALOGUE = (("import", catalogue_import), ("export", catalogue_export))
-RULES = (("show", rules_show), ("set", rules_set), ("clear", rules_clear))
-RECORDS = (
-    ("search", records_search),
-    ("export", records_export),
-    ("retention", records_retention),
-    ("purge", records_purge),
-)
+    out.print(f"Purged {purged} stored predictions.", highlight=False)
