@@ -61,7 +61,8 @@ def test_keys_show_the_endpoint_of_a_running_server_only(tmp_path: Path) -> None
 
 
 def test_help_reads_as_plain_words() -> None:
-    for command in ((), ("train",), ("image", "add"), ("publish",), ("prediction", "tag"), ("keys",)):
+    commands = ((), ("train",), ("image", "add"), ("publish",), ("prediction", "tag"), ("keys",), ("migrate",))
+    for command in (*commands, ("dataset", "export"), ("project", "export"), ("catalogue", "import")):
         text = tagvision(*command, "--help").stdout
         for wrong in ("<bool>", "{project}", "{PROJECT}", "Data directory .", "[default: $"):
             assert wrong not in text, (command, wrong, text)

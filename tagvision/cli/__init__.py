@@ -11,8 +11,6 @@ imports the service's heavy parts inside its commands, so ``tagvision --help`` s
 
 from __future__ import annotations
 
-import typer
-
 from tagvision.cli import acquire, knowledge, predictions, projects, score, serving, training, transfer
 from tagvision.cli.common import Typer, run
 
@@ -27,10 +25,7 @@ project_app = Typer(help="Create, list, delete, export and import projects.", no
 tag_app = Typer(help="Create, list and delete tags.", no_args_is_help=True)
 image_app = Typer(help="Add and list training images.", no_args_is_help=True)
 iteration_app = Typer(help="List and delete trained iterations.", no_args_is_help=True)
-# typer's own Typer: these two commands have always had its usage lines ({project}).
-dataset_app = typer.Typer(
-    help="Export a project as a dataset (folders, CSV, COCO) or import one.", no_args_is_help=True
-)
+dataset_app = Typer(help="Export a project as a dataset (folders, CSV, COCO) or import one.", no_args_is_help=True)
 prediction_app = Typer(help="Review stored predictions and turn them into training images.", no_args_is_help=True)
 db_app = Typer(help="The database schema: upgrade it once before starting the servers, or see where it is.")
 catalogue_app = Typer(help="Import and export tag information (a product or crop catalogue).", no_args_is_help=True)

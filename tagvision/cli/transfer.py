@@ -2,8 +2,7 @@
 server), ``project export`` / ``project import`` (``.tvproj`` archives) and ``dataset export`` /
 ``dataset import`` (folders, CSV, COCO).
 
-They call the service only. Their options keep the help texts they were written with (``Print JSON.``, the
-data directory's ``[default: ...]``), so this module declares its own.
+They call the service only.
 """
 
 from __future__ import annotations
@@ -15,21 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from tagvision.cli.common import err, out, print_json, progress_bar, service
+from tagvision.cli.common import DataDir, JsonFlag, ProjectArg, err, out, print_json, progress_bar, service
 from tagvision.errors import TagvisionError
 
 if TYPE_CHECKING:
     from tagvision.service.migrations import Comparison, MigrationReport
     from tagvision.sources.customvision import SourcePerformance, SourceTagPerformance
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Data directory [default: $TAGVISION_DATA_DIR, else ./tagvision-data].", show_default=False
-    ),
-]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-ProjectArg = Annotated[str, typer.Argument(help="Project name or id.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="folders (one folder per tag), csv or coco.")]
 SHOWN_REFUSALS = 20
 
