@@ -105,7 +105,7 @@ def page_bounds(query: PredictionQuery) -> tuple[int, int]:
     return offset, max(1, min(query.max_count or 50, MAX_QUERY_RESULTS))
 
 
-def matching(project_id: str, iteration_id: str | None, query: PredictionQuery) -> Select[tuple[StoredPrediction]]:
+def matching(project_id: str, iteration_id: str | None, query: PredictionQuery) -> Select[StoredPrediction]:
     """The project's stored predictions that pass every filter of ``query`` (unordered)."""
     sql = select(StoredPrediction).where(StoredPrediction.project_id == project_id)
     if iteration_id:
@@ -137,6 +137,7 @@ def suggestion_page(views: list[SuggestionView], query: SuggestionQuery) -> tupl
     """Sorted by uncertainty as asked; -> (the page after ``continuation``, the next token or None at the end)."""
     descending = query.sort_by != "UncertaintyAscending"
     ordered = sorted(views, key=lambda v: -v.uncertainty if descending else v.uncertainty)
-    start = int(query.continuation) if (query.continuation or "").isdecimal() else 0
+    token = query.continuation or ""
+    start = int(token) if token.isdecimal() else 0
     end = start + max(1, min(query.max_count or 50, MAX_QUERY_RESULTS))
     return ordered[start:end], (str(end) if end < len(ordered) else None)

@@ -29,6 +29,9 @@ from tagvision.store.models import Iteration, Project, utcnow
 
 
 class Training(TrainingRun, TrainingReports):
+    """One object for the interfaces: start and manage iterations (here), run a started one (:class:`TrainingRun`)
+    and report its performance (:class:`TrainingReports`)."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
