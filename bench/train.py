@@ -80,7 +80,7 @@ def retrain_child(args: argparse.Namespace) -> None:
     import numpy as np
 
     from tagvision import learn
-    from tagvision.service import training
+    from tagvision.service.training_set import read_training_set
     from tagvision.store import queries
 
     svc = open_service(args.data_dir, args.models_dir)
@@ -94,7 +94,7 @@ def retrain_child(args: argparse.Namespace) -> None:
 
     domain = svc.projects.get(PROJECT).domain
     with svc.ctx.db.session() as session:
-        snapshot = training._training_set(session, queries.project_by_ref(session, PROJECT))
+        snapshot = read_training_set(session, queries.project_by_ref(session, PROJECT))
         started = time.perf_counter()
         plain, flipped = queries.load_embeddings(session, svc.ctx.backbone_key(domain), snapshot.hashes)
     loaded = time.perf_counter()

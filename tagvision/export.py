@@ -70,81 +70,102 @@ def build_classifier_onnx(
 
     ``backbone_path``: a fine-tuned backbone (advanced training) instead of the stock one.
     """
-    dim, tags = head.weights.shape
     base = onnx.load(backbone_path or backbone.ensure_onnx(spec, models_dir))
     (image,), (embedding,) = base.graph.input, base.graph.output
-    features = embedding.type.tensor_type.shape.dim[1].dim_value  # 1280; a multiple for a fine-tuned ensemble
+    _check_fit(head, labels, features=embedding.type.tensor_type.shape.dim[1].dim_value)
+    s, tags = spec.image_size, len(labels)
+    graph = helper.make_graph(
+        [*_mirror_nodes(image.name), *base.graph.node, *_head_nodes(embedding.name, head.multilabel)],
+        "tagvision-classifier",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", 3, s, s])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", tags])],
+        initializer=[*base.graph.initializer, *_head_constants(head)],
+    )
+    model = helper.make_model(
+        graph, opset_imports=base.opset_import, ir_version=base.ir_version, producer_name="tagvision"
+    )
+    helper.set_model_props(model, _metadata(spec, head, labels, iteration_id, project_name))
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def _check_fit(head: LinearHead, labels: list[str], features: int) -> None:
+    """Refuse a head that does not fit the backbone's ``features`` (1280; a multiple for a fine-tuned ensemble)
+    or the labels."""
+    dim, tags = head.weights.shape
     if dim != features or head.bias.shape != (tags,) or len(labels) != tags:
         raise ValueError(
             f"head {head.weights.shape} / bias {head.bias.shape} do not fit "
             f"{features}-d features and {len(labels)} labels"
         )
 
-    def name(suffix: str) -> str:
-        return f"tagvision/{suffix}"
 
-    def const(suffix: str, value: np.ndarray) -> TensorProto:
-        return numpy_helper.from_array(value, name(suffix))
+def _name(suffix: str) -> str:
+    """Every node and tensor tagvision adds is named ``tagvision/...``, apart from the backbone's own."""
+    return f"tagvision/{suffix}"
 
-    initializers = [
-        const("flip_starts", np.array([-1], np.int64)),
-        const("flip_ends", np.array([_INT64_MIN], np.int64)),
-        const("flip_axes", np.array([3], np.int64)),
-        const("flip_steps", np.array([-1], np.int64)),
-        const("pairs_shape", np.array([2, -1, dim], np.int64)),
-        const("power", np.array(POWER, np.float32)),
-        const("weights", np.ascontiguousarray(head.weights, np.float32)),
-        const("bias", np.ascontiguousarray(head.bias, np.float32)),
+
+def _head_constants(head: LinearHead) -> list[TensorProto]:
+    """The constants of the mirror, the pairing of plain and mirrored rows, the power and the linear head."""
+    values: dict[str, np.ndarray] = {
+        "flip_starts": np.array([-1], np.int64),
+        "flip_ends": np.array([_INT64_MIN], np.int64),
+        "flip_axes": np.array([3], np.int64),
+        "flip_steps": np.array([-1], np.int64),
+        "pairs_shape": np.array([2, -1, head.weights.shape[0]], np.int64),
+        "power": np.array(POWER, np.float32),
+        "weights": np.ascontiguousarray(head.weights, np.float32),
+        "bias": np.ascontiguousarray(head.bias, np.float32),
+    }
+    return [numpy_helper.from_array(value, _name(suffix)) for suffix, value in values.items()]
+
+
+def _mirror_nodes(image: str) -> list[onnx.NodeProto]:
+    """Before the backbone: the input and its mirror (width flipped) stacked, so the backbone's input ``image``
+    holds the plain rows first, then their mirrors, and the backbone runs once on 2N images."""
+    flip = [_name("flip_starts"), _name("flip_ends"), _name("flip_axes"), _name("flip_steps")]
+    return [
+        helper.make_node("Slice", [INPUT, *flip], [_name("mirrored")], name=_name("Mirror")),
+        helper.make_node("Concat", [INPUT, _name("mirrored")], [image], name=_name("Pairs"), axis=0),
     ]
-    before = [
-        helper.make_node(
-            "Slice",
-            [INPUT, name("flip_starts"), name("flip_ends"), name("flip_axes"), name("flip_steps")],
-            [name("mirrored")],
-            name=name("Mirror"),
-        ),
-        # Plain rows first, then their mirrors: the backbone runs once on 2N images.
-        helper.make_node("Concat", [INPUT, name("mirrored")], [image.name], name=name("Pairs"), axis=0),
+
+
+def _head_nodes(embedding: str, multilabel: bool) -> list[onnx.NodeProto]:
+    """After the backbone's ``embedding``: power normalisation, the mean of each image and its mirror, the linear
+    head and the link (sigmoid for multilabel, softmax for multiclass) to the output."""
+    n = _name
+    link = (
+        helper.make_node("Sigmoid", [n("logits")], [OUTPUT], name=n("Sigmoid"))
+        if multilabel
+        else helper.make_node("Softmax", [n("logits")], [OUTPUT], name=n("Softmax"), axis=1)
+    )
+    return [
+        helper.make_node("Relu", [embedding], [n("relu")], name=n("Relu")),
+        helper.make_node("Pow", [n("relu"), n("power")], [n("features")], name=n("Power")),
+        helper.make_node("Reshape", [n("features"), n("pairs_shape")], [n("pairs")], name=n("Split")),
+        helper.make_node("ReduceMean", [n("pairs")], [n("mean")], name=n("FlipMean"), axes=[0], keepdims=0),
+        helper.make_node("MatMul", [n("mean"), n("weights")], [n("scores")], name=n("MatMul")),
+        helper.make_node("Add", [n("scores"), n("bias")], [n("logits")], name=n("Bias")),
+        link,
     ]
-    after = [
-        helper.make_node("Relu", [embedding.name], [name("relu")], name=name("Relu")),
-        helper.make_node("Pow", [name("relu"), name("power")], [name("features")], name=name("Power")),
-        helper.make_node("Reshape", [name("features"), name("pairs_shape")], [name("pairs")], name=name("Split")),
-        helper.make_node("ReduceMean", [name("pairs")], [name("mean")], name=name("FlipMean"), axes=[0], keepdims=0),
-        helper.make_node("MatMul", [name("mean"), name("weights")], [name("scores")], name=name("MatMul")),
-        helper.make_node("Add", [name("scores"), name("bias")], [name("logits")], name=name("Bias")),
-        helper.make_node("Sigmoid", [name("logits")], [OUTPUT], name=name("Sigmoid"))
-        if head.multilabel
-        else helper.make_node("Softmax", [name("logits")], [OUTPUT], name=name("Softmax"), axis=1),
-    ]
-    s = spec.image_size
-    graph = helper.make_graph(
-        [*before, *base.graph.node, *after],
-        "tagvision-classifier",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", 3, s, s])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", tags])],
-        initializer=[*base.graph.initializer, *initializers],
-    )
-    model = helper.make_model(
-        graph, opset_imports=base.opset_import, ir_version=base.ir_version, producer_name="tagvision"
-    )
-    helper.set_model_props(
-        model,
-        {
-            "labels": json.dumps(labels, ensure_ascii=False),
-            "classification": "Multilabel" if head.multilabel else "Multiclass",
-            "preprocessing": preprocessing_text(spec),
-            "image_size": str(s),
-            "resize": str(spec.resize),
-            "backbone": spec.model_name,
-            "domain": spec.domain,
-            "iteration_id": iteration_id,
-            "project": project_name,
-            "producer": "tagvision",
-        },
-    )
-    onnx.checker.check_model(model, full_check=True)
-    return model.SerializeToString()
+
+
+def _metadata(
+    spec: backbone.BackboneSpec, head: LinearHead, labels: list[str], iteration_id: str, project_name: str
+) -> dict[str, str]:
+    """The model's metadata: labels in column order, classification type, input recipe and provenance."""
+    return {
+        "labels": json.dumps(labels, ensure_ascii=False),
+        "classification": "Multilabel" if head.multilabel else "Multiclass",
+        "preprocessing": preprocessing_text(spec),
+        "image_size": str(spec.image_size),
+        "resize": str(spec.resize),
+        "backbone": spec.model_name,
+        "domain": spec.domain,
+        "iteration_id": iteration_id,
+        "project": project_name,
+        "producer": "tagvision",
+    }
 
 
 def write_bundle(model_bytes: bytes, labels: list[str], path_or_file: str | Path | IO[bytes]) -> None:

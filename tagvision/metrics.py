@@ -260,15 +260,29 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray, t
     fold_ids = np.unique(folds)
     per_fold = [_counts(probabilities[folds == f], labels[folds == f], threshold) for f in fold_ids]
     fold = _Counts(*(np.stack(field) for field in zip(*per_fold, strict=True)))
+    fold_precision = _ratio(fold.true_pos.sum(axis=1), fold.predicted.sum(axis=1), undefined=np.nan)
+    fold_recall = _ratio(fold.true_pos.sum(axis=1), fold.positives.sum(axis=1), undefined=np.nan)
+    return Performance(
+        threshold=threshold,
+        precision=float(_ratio(pooled.true_pos.sum(), pooled.predicted.sum())),
+        precision_std=float(_spread(fold_precision)),
+        recall=float(_ratio(pooled.true_pos.sum(), pooled.positives.sum())),
+        recall_std=float(_spread(fold_recall)),
+        average_precision=float(np.nan_to_num(_defined_mean(pooled.average_precision))),
+        average_precision_std=float(_spread(_defined_mean(fold.average_precision))),
+        per_tag=_per_tag(pooled, fold),
+        folds=len(fold_ids),
+    )
 
+
+def _per_tag(pooled: _Counts, fold: _Counts) -> list[TagPerformance]:
+    """Each tag's figures: pooled over all images, their spread across the folds (``fold``, stacked (k, T))."""
     precision = _ratio(pooled.true_pos, pooled.predicted)
     recall = _ratio(pooled.true_pos, pooled.positives)
     precision_std = _spread(_ratio(fold.true_pos, fold.predicted, undefined=np.nan))
     recall_std = _spread(_ratio(fold.true_pos, fold.positives, undefined=np.nan))
     ap_std = _spread(fold.average_precision)
-    fold_precision = _ratio(fold.true_pos.sum(axis=1), fold.predicted.sum(axis=1), undefined=np.nan)
-    fold_recall = _ratio(fold.true_pos.sum(axis=1), fold.positives.sum(axis=1), undefined=np.nan)
-    per_tag = [
+    return [
         TagPerformance(
             index=j,
             precision=float(precision[j]),
@@ -279,19 +293,8 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray, t
             average_precision_std=float(ap_std[j]),
             support=int(pooled.positives[j]),
         )
-        for j in range(labels.shape[1])
+        for j in range(len(pooled.positives))
     ]
-    return Performance(
-        threshold=threshold,
-        precision=float(_ratio(pooled.true_pos.sum(), pooled.predicted.sum())),
-        precision_std=float(_spread(fold_precision)),
-        recall=float(_ratio(pooled.true_pos.sum(), pooled.positives.sum())),
-        recall_std=float(_spread(fold_recall)),
-        average_precision=float(np.nan_to_num(_defined_mean(pooled.average_precision))),
-        average_precision_std=float(_spread(_defined_mean(fold.average_precision))),
-        per_tag=per_tag,
-        folds=len(fold_ids),
-    )
 
 
 def confusion_matrix(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:

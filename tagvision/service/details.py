@@ -1,4 +1,5 @@
-"""What an iteration keeps beside its artifacts (the ``Iteration.details`` JSON column), typed.
+"""What an iteration keeps beside its artifacts (the ``Iteration.details`` JSON column), typed, and the
+:class:`IterationView` the interfaces get from an iteration's columns and details.
 
 Known fields are attributes; anything else an iteration recorded (the quick head's shrinkage and
 folds, seconds per stage, the advanced-training report) is kept in ``extra`` and written back as is,
@@ -10,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from tagvision import metrics
+from tagvision import backbone, domains, metrics
+from tagvision.service.views import IterationView
+from tagvision.store.models import Iteration
 
 _KEYS = {
     "fingerprint": "fingerprint",
@@ -71,3 +74,43 @@ class IterationDetails:
             out["measuredOn"] = self.measured_on.to_json()
             out["metricsFrom"] = self.measured_on.sentence()
         return {**self.extra, **out}
+
+
+def iteration_view(iteration: Iteration) -> IterationView:
+    """An iteration as the interfaces see it: its columns, with its counts, progress and measurement from its
+    details."""
+    details = IterationDetails.from_json(iteration.details)
+    return IterationView(
+        iteration.id,
+        iteration.name,
+        iteration.status,
+        iteration.project_id,
+        iteration.domain,
+        iteration.classification_type,
+        iteration.training_type,
+        iteration.created,
+        iteration.last_modified,
+        iteration.trained_at,
+        iteration.error,
+        iteration.training_seconds,
+        details.image_count,
+        len(details.tags),
+        iteration.reserved_budget_hours,
+        iteration.publish_name,
+        iteration.publish_resource_id,
+        details.progress if iteration.status == "Training" else None,
+        details.describe_measurement(),
+        details.budget_seconds,
+        iteration.backbone_blob is not None,
+        _served_backbone(iteration, details),
+        details.measured_on,
+        iteration.precision or "Float32",
+    )
+
+
+def _served_backbone(iteration: Iteration, details: IterationDetails) -> str:
+    """The network serving an iteration: the one fine-tuned (which may be smaller than the domain's), else the
+    domain's."""
+    if iteration.backbone_blob is not None and details.fine_tuned_backbone:
+        return details.fine_tuned_backbone
+    return backbone.spec_for(domains.backbone_for(iteration.domain)).model_name

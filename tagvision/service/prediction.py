@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, select
+from sqlalchemy import select
 
 from tagvision import backbone, fetch, images
 from tagvision.errors import ImageError, InvalidInput, NotFound, TrainingError
@@ -20,6 +19,17 @@ from tagvision.service.context import Context, get_iteration, get_project
 from tagvision.service.details import IterationDetails
 from tagvision.service.images import Images, NewImage, image_view
 from tagvision.service.knowledge import NO_EXTRAS, Extras, Knowledge, ProjectKnowledge
+from tagvision.service.prediction_query import (  # the query values are re-exported: interfaces import them here
+    MAX_QUERY_RESULTS,
+    ORDERS,
+    PredictionQuery,
+    QueryTag,
+    SuggestionQuery,
+    check_threshold,
+    matching,
+    page_bounds,
+    suggestion_page,
+)
 from tagvision.service.training import Training
 from tagvision.service.views import (
     ImageCreateResult,
@@ -34,8 +44,17 @@ from tagvision.store.models import Image, Iteration, PredictionMetadata, Predict
 from tagvision.store.models import Prediction as StoredPrediction
 
 HEAD_CACHE = 16
-MAX_QUERY_TAGS = 2
-MAX_QUERY_RESULTS = 256
+
+__all__ = [
+    "MAX_QUERY_RESULTS",
+    "Model",
+    "Prediction",
+    "PredictionQuery",
+    "QueryTag",
+    "SuggestionQuery",
+    "stored_view",
+    "uncertainty",
+]
 
 
 @dataclass(frozen=True)
@@ -49,63 +68,6 @@ class Model:
     tags: list[tuple[str, str]]
     tuned: str | None = None  # blob of the fine-tuned backbone (advanced training), else the stock one
     precision: str = "Float32"  # Int8: served by the iteration's int8 classifier (a setting of the iteration)
-
-
-@dataclass(frozen=True)
-class QueryTag:
-    tag_id: str
-    min_threshold: float = 0.0
-    max_threshold: float = 1.0
-
-
-@dataclass(frozen=True)
-class PredictionQuery:
-    """Custom Vision's PredictionQueryToken: which stored predictions, in which order, from where."""
-
-    order_by: str = "Newest"  # Newest | Oldest | Suggested (most uncertain first)
-    tags: tuple[QueryTag, ...] = ()
-    iteration_id: str | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    application: str | None = None
-    max_count: int = 50
-    continuation: str | None = None
-    metadata: tuple[tuple[str, str], ...] = ()  # tagvision: the caller's key/values, all of which must match
-
-    def __post_init__(self) -> None:
-        _check_count(self.max_count)
-        for tag in self.tags:
-            _check_threshold(tag.min_threshold)
-            _check_threshold(tag.max_threshold)
-
-
-@dataclass(frozen=True)
-class SuggestionQuery:
-    """Custom Vision's SuggestedTagAndRegionQueryToken: which untagged images, in which order, which page.
-
-    With ``tag_ids``, only images where one of those tags reaches ``threshold``; ``continuation`` is the
-    token of the previous page (anything else starts at the first).
-    """
-
-    tag_ids: tuple[str, ...] = ()
-    threshold: float = 0.0
-    sort_by: str = "UncertaintyDescending"  # or UncertaintyAscending; anything else sorts descending
-    max_count: int = 50
-    continuation: str | None = None
-
-    def __post_init__(self) -> None:
-        _check_count(self.max_count)
-        _check_threshold(self.threshold)
-
-
-def _check_count(count: int) -> None:
-    if count < 0:
-        raise InvalidInput(f"maxCount must be 0 (the default page) or more, not {count}.", code="BadRequestInvalid")
-
-
-def _check_threshold(threshold: float) -> None:
-    if not 0.0 <= threshold <= 1.0:
-        raise InvalidInput(f"A threshold is a probability from 0 to 1, not {threshold}.", code="BadRequestInvalid")
 
 
 def uncertainty(probabilities: np.ndarray, multilabel: bool) -> float:
@@ -243,56 +205,17 @@ class Prediction:
         project's retention says never. The predicted tags carry their information and the project's rules give
         the decision (``extras`` says which information, and the caller's metadata kept with the record).
 
-        Bad images raise :class:`ImageError` with Custom Vision's ``BadRequestImage*`` codes.
+        Bad images raise :class:`InvalidInput` with Custom Vision's ``BadRequestImage*`` codes.
         """
         model, types, knowledge = self._resolve(ref, iteration_ref, published)
-        embedder = self.ctx.embedder(model.domain, model.tuned)
-        try:  # one decode, no larger than the network needs
-            facts, img = images.inspect(data, max_bytes=max_bytes, min_side=embedder.spec.resize)
-        except ImageError as exc:
-            raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
-        batch = backbone.preprocess(img, embedder.spec)[None]
-        if model.precision == "Int8" and self.int8 is not None:
-            row = self.int8(model.project_id, model.iteration_id).probabilities(batch)[0]
-        else:
-            plain, flipped = embedder.forward_pairs(batch)
-            row = model.head.predict_proba(plain, flipped)[0]
+        facts, row = self._score(model, data, max_bytes)
         ranked, decision = knowledge.annotate(_ranked(model.tags, row, types), extras)
-        created = utcnow()
-        prediction_id = new_id()
         store = store and knowledge.stores
-        if store:
-            self.ctx.blobs.put(data)
-            with self.ctx.db.session() as session:
-                stored = StoredPrediction(
-                    id=prediction_id,
-                    project_id=model.project_id,
-                    iteration_id=model.iteration_id,
-                    sha256=facts.sha256,
-                    content_type=facts.content_type,
-                    width=facts.width,
-                    height=facts.height,
-                    domain=model.domain,
-                    application=application,
-                    source={"url": source} if source else {},
-                    uncertainty=uncertainty(row, model.head.multilabel),
-                    created=created,
-                    decision=decision,
-                    tags=[
-                        PredictionTag(tag_id=t, probability=float(p), information_sha=knowledge.shas.get(t))
-                        for (t, _), p in zip(model.tags, row, strict=True)
-                    ],
-                    caller_metadata=[PredictionMetadata(key=k, value=v) for k, v in extras.metadata.items()],
-                )
-                session.add(stored)
-            if not self.ctx.blobs.exists(facts.sha256):  # a retention purge took it meanwhile: it is ours again
-                self.ctx.blobs.put(data)
-            self.on_store()
-        return PredictionView(
-            prediction_id,
+        view = PredictionView(
+            new_id(),
             model.project_id,
             model.iteration_id,
-            created,
+            utcnow(),
             ranked,
             domain=model.domain,
             width=facts.width,
@@ -302,6 +225,34 @@ class Prediction:
             metadata=dict(extras.metadata) if store else {},
             stored=store,
         )
+        if store:
+            record = _record(view, model, row, knowledge.shas, facts.content_type, application, source)
+            self._store(record, data)
+        return view
+
+    def _score(self, model: Model, data: bytes, max_bytes: int) -> tuple[images.ImageFacts, np.ndarray]:
+        """Decode ``data`` once (no larger than the network needs) and score it: -> (its facts, the probability
+        of each of the model's tags). A bad image is a request error (``BadRequestImage*``)."""
+        embedder = self.ctx.embedder(model.domain, model.tuned)
+        try:
+            facts, img = images.inspect(data, max_bytes=max_bytes, min_side=embedder.spec.resize)
+        except ImageError as exc:
+            raise InvalidInput(exc.message, code=_bad_request_code(exc.code)) from None
+        batch = backbone.preprocess(img, embedder.spec)[None]
+        if model.precision == "Int8" and self.int8 is not None:
+            return facts, self.int8(model.project_id, model.iteration_id).probabilities(batch)[0]
+        plain, flipped = embedder.forward_pairs(batch)
+        return facts, model.head.predict_proba(plain, flipped)[0]
+
+    def _store(self, stored: StoredPrediction, data: bytes) -> None:
+        """Keep a prediction for review and re-training: the image blob before the row that names it."""
+        sha256 = stored.sha256
+        self.ctx.blobs.put(data)
+        with self.ctx.db.session() as session:
+            session.add(stored)
+        if not self.ctx.blobs.exists(sha256):  # a retention purge took it meanwhile: it is ours again
+            self.ctx.blobs.put(data)
+        self.on_store()
 
     def classify_url(
         self, ref: str, url: str, *, max_bytes: int = images.MAX_PREDICTION_BYTES, **options
@@ -318,63 +269,12 @@ class Prediction:
 
     def query(self, ref: str, query: PredictionQuery) -> tuple[list[PredictionView], str | None]:
         """Stored predictions matching ``query``; -> (page, continuation token or None at the end)."""
-        if len(query.tags) > MAX_QUERY_TAGS:
-            raise InvalidInput(
-                f"A prediction query combines at most {MAX_QUERY_TAGS} tags.",
-                code="BadRequestPredictionTagsExceededCount",
-            )
-        if query.order_by not in ("Newest", "Oldest", "Suggested"):
-            raise InvalidInput(
-                f"Unknown orderBy {query.order_by!r}; use Newest, Oldest or Suggested.",
-                code="BadRequestPredictionInvalidQueryParameters",
-            )
-        try:
-            offset = int(query.continuation or 0)
-            if not 0 <= offset < 2**31:  # a token we gave out; SQLite overflows past 2**63
-                raise ValueError(offset)
-        except ValueError:
-            raise InvalidInput(
-                "The continuation token is not one this server gave out.",
-                code="BadRequestPredictionInvalidQueryParameters",
-            ) from None
-        count = max(1, min(query.max_count or 50, MAX_QUERY_RESULTS))
+        offset, count = page_bounds(query)
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
-            sql = select(StoredPrediction).where(StoredPrediction.project_id == project.id)
-            if query.iteration_id:
-                sql = sql.where(StoredPrediction.iteration_id == get_iteration(session, project, query.iteration_id).id)
-            if query.application:
-                sql = sql.where(StoredPrediction.application == query.application)
-            if query.start_time:
-                sql = sql.where(StoredPrediction.created >= query.start_time)
-            if query.end_time:
-                sql = sql.where(StoredPrediction.created <= query.end_time)
-            for key, value in query.metadata:
-                sql = sql.where(
-                    StoredPrediction.caller_metadata.any(
-                        and_(PredictionMetadata.key == key, PredictionMetadata.value == value)
-                    )
-                )
-            for tag in query.tags:
-                sql = sql.where(
-                    StoredPrediction.tags.any(
-                        and_(
-                            PredictionTag.tag_id == tag.tag_id,
-                            PredictionTag.probability >= tag.min_threshold,
-                            PredictionTag.probability <= tag.max_threshold,
-                        )
-                    )
-                )
-            order = {
-                "Newest": (StoredPrediction.created.desc(), StoredPrediction.id),
-                "Oldest": (StoredPrediction.created, StoredPrediction.id),
-                "Suggested": (
-                    StoredPrediction.uncertainty.desc(),
-                    StoredPrediction.created.desc(),
-                    StoredPrediction.id,
-                ),
-            }[query.order_by]
-            rows = list(session.scalars(sql.order_by(*order).offset(offset).limit(count + 1)))
+            iteration_id = get_iteration(session, project, query.iteration_id).id if query.iteration_id else None
+            sql = matching(project.id, iteration_id, query)
+            rows = list(session.scalars(sql.order_by(*ORDERS[query.order_by]).offset(offset).limit(count + 1)))
             names = {t.id: (t.name, t.type) for t in project.tags}
             versions = _versions(session, rows[:count])
             page = [stored_view(row, names, versions) for row in rows[:count]]
@@ -490,29 +390,20 @@ class Prediction:
         """A page of the untagged images with suggested tags, most uncertain first unless asked otherwise;
         -> (page, continuation token or None at the end)."""
         views = self.suggest(ref, iteration_ref, tag_ids=list(query.tag_ids) or None, threshold=query.threshold)
-        return _page(views, query)
+        return suggestion_page(views, query)
 
     def suggested_counts(
         self, ref: str, iteration_ref: str, tag_ids: list[str] | None = None, threshold: float = 0.0
     ) -> dict[str, int]:
         """Per tag (the given ones, else every suggested tag), how many untagged images it reaches
         ``threshold`` on."""
-        _check_threshold(threshold)
+        check_threshold(threshold)
         views = self.suggest(ref, iteration_ref)
         wanted = tag_ids or sorted({p.tag_id for v in views for p in v.predictions})
         return {
             tag_id: sum(any(p.tag_id == tag_id and p.probability >= threshold for p in v.predictions) for v in views)
             for tag_id in wanted
         }
-
-
-def _page(views: list[SuggestionView], query: SuggestionQuery) -> tuple[list[SuggestionView], str | None]:
-    """Sorted by uncertainty as asked; -> (the page after ``continuation``, the next token or None at the end)."""
-    descending = query.sort_by != "UncertaintyAscending"
-    ordered = sorted(views, key=lambda v: -v.uncertainty if descending else v.uncertainty)
-    start = int(query.continuation) if (query.continuation or "").isdecimal() else 0
-    end = start + max(1, min(query.max_count or 50, MAX_QUERY_RESULTS))
-    return ordered[start:end], (str(end) if end < len(ordered) else None)
 
 
 def _ranked(tags: list[tuple[str, str]], row: np.ndarray, types: dict[str, str] | None = None) -> list[TagProbability]:
@@ -548,6 +439,39 @@ def stored_view(
         application=row.application,
         decision=row.decision,
         metadata={m.key: m.value for m in row.caller_metadata},
+    )
+
+
+def _record(
+    view: PredictionView,
+    model: Model,
+    row: np.ndarray,
+    shas: Mapping[str, str],
+    content_type: str,
+    application: str | None,
+    source: str | None,
+) -> StoredPrediction:
+    """The stored form of a classified image: every tag's probability (``row``, in the model's column order) with
+    the version of the tag's information (``shas``) the prediction carried, and the caller's metadata."""
+    return StoredPrediction(
+        id=view.id,
+        project_id=view.project_id,
+        iteration_id=view.iteration_id,
+        sha256=view.sha256,
+        content_type=content_type,
+        width=view.width,
+        height=view.height,
+        domain=view.domain,
+        application=application,
+        source={"url": source} if source else {},
+        uncertainty=uncertainty(row, model.head.multilabel),
+        created=view.created,
+        decision=view.decision,
+        tags=[
+            PredictionTag(tag_id=t, probability=float(p), information_sha=shas.get(t))
+            for (t, _), p in zip(model.tags, row, strict=True)
+        ],
+        caller_metadata=[PredictionMetadata(key=k, value=v) for k, v in view.metadata.items()],
     )
 
 

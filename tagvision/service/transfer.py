@@ -31,7 +31,7 @@ from tagvision.errors import InvalidInput, TagvisionError
 from tagvision.service.context import Context, Progress, get_project, no_progress
 from tagvision.service.details import IterationDetails
 from tagvision.service.projects import Projects, free_name
-from tagvision.service.training import Evaluation, training_fingerprint
+from tagvision.service.training_set import Evaluation, training_fingerprint
 from tagvision.service.views import ProjectView
 from tagvision.store.models import Image, ImageTag, Iteration, Project, Tag, new_id, utcnow
 

@@ -13,8 +13,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from tagvision import metrics
 from tagvision.errors import InvalidInput
-from tagvision.service import Service
-from tagvision.service import training as training_service
+from tagvision.service import Service, training_checks
 from tagvision.service.views import IterationView, PerformanceView
 from tagvision.web import charts, shape
 from tagvision.web import session as sessions
@@ -26,8 +25,8 @@ data = APIRouter(route_class=JsonRoute)
 routers = (pages, data)
 MISCLASSIFIED_SHOWN = 48
 EXPORT_PLATFORM = "ONNX"
-DEFAULT_BUDGET_MINUTES = training_service.DEFAULT_BUDGET_MINUTES
-MIN_BUDGET_MINUTES = training_service.MIN_BUDGET_SECONDS / 60
+DEFAULT_BUDGET_MINUTES = training_checks.DEFAULT_BUDGET_MINUTES
+MIN_BUDGET_MINUTES = training_checks.MIN_BUDGET_SECONDS / 60
 
 
 # ---------------------------------------------------------------------- train
@@ -48,8 +47,8 @@ def train_page(request: Request, project_id: str, iteration: str = "") -> Respon
         iterations=list(reversed(iterations)),
         watched=watched,
         tags=svc.projects.list_tags(project_id),
-        min_tags=training_service.MIN_TAGS,
-        min_images=training_service.MIN_IMAGES_PER_TAG,
+        min_tags=training_checks.MIN_TAGS,
+        min_images=training_checks.MIN_IMAGES_PER_TAG,
         min_budget=MIN_BUDGET_MINUTES,
         status=status_sentence(watched) if watched else "",
         bar=progress_bar(watched) if watched else None,
