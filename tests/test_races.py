@@ -92,6 +92,7 @@ def test_one_tag_name_taken_at_once_is_a_conflict(svc, monkeypatch) -> None:
     race(monkeypatch, projects, "Tag")  # between the name check and the insert
     results = run_together([lambda: svc.projects.create_tags("p", ["heels"]) for _ in range(WRITERS)])
 
+    monkeypatch.undo()  # list_tags reads the Tag model too
     conflicts = [r for r in results if isinstance(r, Conflict)]
     assert len(conflicts) == WRITERS - 1 and {c.code for c in conflicts} == {"BadRequestTagNameNotUnique"}
     assert [t.name for t in svc.projects.list_tags("p")] == ["heels"]
