@@ -108,6 +108,23 @@ def test_derived_blobs_are_kept_beside_their_source(blobs: Blobs) -> None:
     assert blobs.get(key) == b"a photo"
     with pytest.raises(ValueError):
         blobs.put_derived("../up", key, b"x")
+    blobs.delete_derived("thumbnail", key)
+    blobs.delete_derived("thumbnail", key)  # nothing left: no error
+    assert blobs.get_derived("thumbnail", key) is None and blobs.get(key) == b"a photo"
+
+
+def test_files_go_in_and_come_out_as_files(blobs: Blobs, tmp_path: Path) -> None:
+    """Project archives: stored from a file and served from one, never whole in memory (both stores)."""
+    source = tmp_path / "archive.tvproj"
+    source.write_bytes(bytes(range(256)) * 40_000)  # 10 MB: boto3 uploads it in parts
+    key = blobs.put_file(source)
+    assert key == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert blobs.put_file(source) == key and blobs.exists(key)
+    assert blobs.local_path(key).read_bytes() == source.read_bytes()
+    blobs.forget_local(key)
+    blobs.delete(key)
+    with pytest.raises(StorageError):
+        blobs.local_path(key)
 
 
 def test_blob_keys_cannot_escape_the_root(blobs: Blobs) -> None:

@@ -70,7 +70,7 @@ class Files:
         if kind == "project":  # a project archive made by export_project, by its sha256
             if not SHA256.fullmatch(ident) or not self.ctx.blobs.exists(ident):
                 raise NotFound("This project archive is no longer stored.", code="NotFound")
-            return Download(b"", "application/zip", "project.tvproj", self.ctx.blobs.path(ident))
+            return Download(b"", "application/zip", "project.tvproj", self.ctx.blobs.local_path(ident))
         if not SHA256.fullmatch(ident) or not self.ctx.blobs.exists(ident):
             raise NotFound("This image is no longer stored.", code="NotFoundImage")
         if kind.endswith("thumbnail"):

@@ -333,7 +333,7 @@ class Records:
         if self._referenced(sha256):
             self.ctx.blobs.put(data)
             return
-        self.ctx.blobs.derived_path(THUMBNAIL, sha256).unlink(missing_ok=True)
+        self.ctx.blobs.delete_derived(THUMBNAIL, sha256)
 
     def _referenced(self, sha256: str) -> bool:
         with self.ctx.db.session() as session:

@@ -135,7 +135,7 @@ class Transfer:
         that made it."""
         url, sha = _read_token(token)
         if self.ctx.blobs.exists(sha):
-            return self.import_project(self.ctx.blobs.path(sha), name)
+            return self.import_project(self.ctx.blobs.local_path(sha), name)
         with tempfile.TemporaryDirectory(dir=self.ctx.settings.data_dir, prefix=".import-") as folder:
             path = Path(folder) / "project.tvproj"
             with open(path, "wb") as sink:

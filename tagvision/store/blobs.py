@@ -64,8 +64,17 @@ class Blobs(ABC):
         """What :meth:`put_derived` kept for ``key``, or None."""
 
     @abstractmethod
+    def delete_derived(self, kind: str, key: str) -> None:
+        """Drop what :meth:`put_derived` kept for ``key``, if anything."""
+
+    @abstractmethod
+    def put_file(self, source: Path) -> str:
+        """Store a file's contents without holding them in memory (a project archive); returns its key."""
+
+    @abstractmethod
     def local_path(self, key: str) -> Path:
-        """A file on this machine holding the blob, for libraries that open files (ONNX Runtime)."""
+        """A file on this machine holding the blob, for libraries that open files (ONNX Runtime) and for
+        large blobs served as files (project archives)."""
 
     def forget_local(self, key: str) -> None:
         """Drop this machine's copy made by :meth:`local_path`, if the store keeps one apart from the blob."""
@@ -111,9 +120,11 @@ class BlobStore(Blobs):
         except FileNotFoundError:
             return None
 
+    def delete_derived(self, kind: str, key: str) -> None:
+        self.derived_path(kind, key).unlink(missing_ok=True)
+
     def put_file(self, source: Path) -> str:
-        """Store a file's contents without holding them in memory (a project archive); returns its key.
-        The file is copied to a temporary file beside its target (hashing as it goes), then renamed."""
+        """The file is copied to a temporary file beside its target (hashing as it goes), then renamed."""
         digest = hashlib.sha256()
         staging = self.root / ".staging"
         staging.mkdir(parents=True, exist_ok=True)
@@ -151,7 +162,10 @@ class BlobStore(Blobs):
         self.path(key).unlink(missing_ok=True)
 
     def local_path(self, key: str) -> Path:
-        return self.path(key)
+        path = self.path(key)
+        if not path.is_file():
+            raise StorageError(f"Blob {key} is missing from the blob store.")
+        return path
 
     def sweep(self, older_than: float = STALE_TEMP_SECONDS) -> int:
         """Remove temporary files of writes that never finished (their writer was killed) once they are old."""

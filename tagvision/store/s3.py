@@ -10,12 +10,14 @@ copied once into a local cache, checked against their key.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from tagvision.config import S3Settings
 from tagvision.errors import StorageError
-from tagvision.store.blobs import Blobs, check_key, check_kind, write_atomic
+from tagvision.store.blobs import Blobs, check_key, check_kind
 
 
 class S3BlobStore(Blobs):
@@ -85,14 +87,41 @@ class S3BlobStore(Blobs):
     def get_derived(self, kind: str, key: str) -> bytes | None:
         return self._read(self.derived_key(kind, key))
 
+    def delete_derived(self, kind: str, key: str) -> None:
+        self._call(
+            "delete a derived blob", self.client.delete_object, Bucket=self.bucket, Key=self.derived_key(kind, key)
+        )
+
+    def put_file(self, source: Path) -> str:
+        """Hashed while read once, then uploaded by boto3's transfer manager (multipart for large files)."""
+        key = _file_sha256(source)
+        if self._size(self.object_key(key)) != source.stat().st_size:
+            target = self.object_key(key)
+            self._call("write a blob", self.client.upload_file, Filename=str(source), Bucket=self.bucket, Key=target)
+        return key
+
     def local_path(self, key: str) -> Path:
-        """A checked copy in the local cache (``<data dir>/blob-cache``), fetched on first use."""
+        """A checked copy in the local cache (``<data dir>/blob-cache``), streamed to disk on first use."""
         path = self.cache_dir / check_key(key)[:2] / key[2:]
-        if not path.is_file():
-            data = self.get(key)
-            if hashlib.sha256(data).hexdigest() != key:
+        if path.is_file():
+            return path
+        if not self.exists(key):
+            raise StorageError(f"Blob {key} is missing from the blob store.")
+        staging = self.cache_dir / ".tmp"
+        staging.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=staging, prefix=".tmp-")
+        os.close(fd)
+        try:
+            self._call(
+                "read a blob", self.client.download_file, Bucket=self.bucket, Key=self.object_key(key), Filename=tmp
+            )
+            if _file_sha256(Path(tmp)) != key:
                 raise StorageError(f"Blob {key} in {self.url} does not hold the bytes its name says.")
-            write_atomic(path, data, self.cache_dir / ".tmp")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         return path
 
     def forget_local(self, key: str) -> None:
@@ -127,6 +156,14 @@ class S3BlobStore(Blobs):
             return method(**kwargs)
         except Exception as exc:  # botocore's ClientError, BotoCoreError (connection, credentials, ...)
             raise _storage_error(what, exc, self.url) from None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for chunk in iter(lambda: source.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _status(exc) -> int | None:
