@@ -12,6 +12,7 @@ at a time: :meth:`Acquisitions.more` gathers the next page with the look refitte
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 from pathlib import Path
@@ -172,7 +173,7 @@ class Acquisitions:
             event.set()
         return self.get(ref, acquisition_id)
 
-    def commit(self, ref: str, acquisition_id: str, item_ids: list[str]) -> ImageCreateSummary:
+    def commit(self, ref: str, acquisition_id: str, item_ids: builtins.list[str]) -> ImageCreateSummary:
         """Add the chosen candidates as training images: pending ones (the other pending ones are rejected, and
         count as negatives for the look from then on), doubtful ones, or rejected ones (undoing the rejection)."""
         with self.ctx.db.session() as session:
@@ -239,7 +240,9 @@ class Acquisitions:
                 row.last_modified = utcnow()
             return _view(row)
 
-    def candidates(self, ref: str, acquisition_id: str, statuses: tuple[str, ...] | None = None) -> list[CandidateView]:
+    def candidates(
+        self, ref: str, acquisition_id: str, statuses: tuple[str, ...] | None = None
+    ) -> builtins.list[CandidateView]:
         """The acquisition's candidates (those in ``statuses``), in the order they were found."""
         with self.ctx.db.session() as session:
             row = _get(session, ref, acquisition_id)
@@ -250,7 +253,7 @@ class Acquisitions:
             items = session.scalars(query.order_by(AcquisitionItem.created))
             return [_candidate(i, names.get(i.tag_id, "")) for i in items]
 
-    def set_aside(self, ref: str) -> list[CandidateView]:
+    def set_aside(self, ref: str) -> builtins.list[CandidateView]:
         """The project's candidates that were not added (refused, duplicates, rejected, doubtful), newest first,
         once each: a candidate looked at again shows its latest outcome."""
         with self.ctx.db.session() as session:
@@ -274,7 +277,7 @@ class Acquisitions:
         if event is not None:
             event.set()
 
-    def interrupted(self) -> list[str]:
+    def interrupted(self) -> builtins.list[str]:
         with self.ctx.db.session() as session:
             return list(session.scalars(select(Acquisition.id).where(Acquisition.status == "Running")))
 
@@ -369,7 +372,7 @@ class Acquisitions:
             for provider in providers:
                 _close(provider)
 
-    def _providers(self, request: dict, look: Look | None, domain: str) -> list:
+    def _providers(self, request: dict, look: Look | None, domain: str) -> builtins.list:
         made = []
         for name in request["providers"]:
             if name == "library":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import io
 import threading
 import zipfile
@@ -168,7 +169,7 @@ class Exports:
             key = row.blob
         return name, self.ctx.blobs.get(key)
 
-    def interrupted(self) -> list[str]:
+    def interrupted(self) -> builtins.list[str]:
         """Exports left ``Exporting`` by a stopped process."""
         with self.ctx.db.session() as session:
             return list(session.scalars(select(Export.id).where(Export.status == "Exporting")))

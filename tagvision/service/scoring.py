@@ -8,6 +8,7 @@ under ``<data dir>/scorings/`` (resumed, not restarted, after a stop), downloada
 
 from __future__ import annotations
 
+import builtins
 import csv
 import io
 import logging
@@ -352,7 +353,7 @@ class Scorings:
         if event is not None:
             event.set()
 
-    def interrupted(self) -> list[str]:
+    def interrupted(self) -> builtins.list[str]:
         """Jobs a stopped process left Running."""
         with self.ctx.db.session() as session:
             return list(session.scalars(select(Scoring.id).where(Scoring.status == "Running")))
