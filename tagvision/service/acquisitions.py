@@ -201,6 +201,8 @@ class Acquisitions:
         with self.ctx.db.session() as session:
             for (item_id, *_), result in zip(chosen, summary.results, strict=True):
                 item = session.get(AcquisitionItem, item_id)
+                if item is None:  # the acquisition was deleted while its images were being added
+                    continue
                 item.image_id = result.image_id
                 if result.status == "OK":
                     item.status, item.reason, item.message = "Added", None, None
@@ -213,7 +215,9 @@ class Acquisitions:
                 )
             ):
                 item.status, item.reason, item.message = "Rejected", reasons.REJECTED, "You did not keep it."
-            _recount(session, session.get(Acquisition, acquisition_id))
+            acquisition = session.get(Acquisition, acquisition_id)
+            if acquisition is not None:
+                _recount(session, acquisition)
         return summary
 
     def more(self, ref: str, acquisition_id: str) -> AcquisitionView:
