@@ -13,12 +13,13 @@ at a time: :meth:`Acquisitions.more` gathers the next page with the look refitte
 from __future__ import annotations
 
 import builtins
+import functools
 import logging
 import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from tagvision import images, sources
 from tagvision.config import LIBRARY_ROOTS_ENV
@@ -192,9 +193,13 @@ class Acquisitions:
             if unknown:
                 raise NotFound(f"No pending candidate {unknown[0]!r} in this acquisition.", code="NotFound")
             wanted = set(item_ids)
-            chosen = [(i.id, i.sha256, i.tag_id, i.source) for i in takeable.values() if i.id in wanted]
+            chosen = [
+                (i.id, i.sha256, i.tag_id, i.source)
+                for i in takeable.values()
+                if i.id in wanted and i.sha256 is not None  # the query took only stored ones
+            ]
         items = [
-            NewImage(source.get("url", item_id), lambda sha=sha: self.ctx.blobs.get(sha), (tag_id,), source)
+            NewImage(source.get("url", item_id), functools.partial(self.ctx.blobs.get, sha), (tag_id,), source)
             for item_id, sha, tag_id, source in chosen
         ]
         summary = self.images.add(ref, items)
@@ -346,18 +351,17 @@ class Acquisitions:
             counts = {t: _filled(p) for t, p in row.progress.items()}
             min_side = int(request.get("minSide") or 0)
             _reconsider(session, project_id, acquisition_id, min_side, bool(request.get("retryRefused")))
-            settled = set(
+            settled: set[str] = set(
                 session.scalars(
                     select(AcquisitionItem.key).where(
                         AcquisitionItem.project_id == project_id, AcquisitionItem.status.in_(SETTLED)
                     )
                 )
             )
-            settled |= {
-                k
-                for k in session.scalars(select(Image.source["key"].as_string()).where(Image.project_id == project_id))
-                if k
-            }
+            image_keys: Select[str | None] = select(Image.source["key"].as_string()).where(
+                Image.project_id == project_id
+            )
+            settled |= {k for k in session.scalars(image_keys) if k}
             domain = get_project(session, project_id).domain
         look = self.looks.fit(project_id, progress)
         run = Run(acquisition_id, project_id, domain, review, look, self.ctx.spec(domain).image_size, stop=stop)

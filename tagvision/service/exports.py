@@ -119,7 +119,10 @@ class Exports:
             if view.status != "Done":
                 raise TrainingError(f"The int8 model could not be made: {view.error}", code="ErrorExport")
             with self.ctx.db.session() as session:
-                key = session.get(Export, view.id).blob
+                row = session.get(Export, view.id)
+                if row is None or row.blob is None:  # deleted since it was made
+                    raise NotFound("This export does not exist or is not finished.", code="NotFound")
+                key = row.blob
             with zipfile.ZipFile(io.BytesIO(self.ctx.blobs.get(key))) as bundle:
                 return bundle.read("model.onnx")
 

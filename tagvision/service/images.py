@@ -242,7 +242,7 @@ class Images:
             query = self._filtered(session, project, None, tag_ids, untagged, tagged, iteration)
             if metadata:
                 return sum(_metadata_matches(r.image_metadata, metadata) for r in session.scalars(query))
-            return session.scalar(select(func.count()).select_from(query.with_only_columns(Image.id).subquery()))
+            return session.scalar(select(func.count()).select_from(query.with_only_columns(Image.id).subquery())) or 0
 
     def _filtered(self, session, project, tag, tag_ids, untagged, tagged, iteration):
         query = select(Image).where(Image.project_id == project.id)
@@ -378,7 +378,7 @@ class Images:
                     f"Metadata values are strings of at most {MAX_METADATA_VALUE} characters.",
                     code="BadRequestImageMetadataValue",
                 )
-        out = []
+        out: list[tuple[str, str, dict]] = []
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             rows = {
@@ -465,5 +465,5 @@ def image_view(img: Image, tag_names: dict[str, str]) -> ImageView:
         [(t.tag_id, tag_names[t.tag_id], t.created) for t in img.tags],
         img.source,
         dict(img.image_metadata or {}),
-        [{**r, "tagName": tag_names.get(r.get("tagId"), "")} for r in img.regions or []],
+        [{**r, "tagName": tag_names.get(r.get("tagId", ""), "")} for r in img.regions or []],
     )

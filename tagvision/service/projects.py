@@ -149,10 +149,10 @@ class Projects:
             project = get_project(session, ref)
             if kind == "Negative" and (len(cleaned) > 1 or any(t.type == "Negative" for t in project.tags)):
                 raise InvalidInput("A project has at most one Negative tag.", code="BadRequestMultipleNegativeTag")
-            taken = {t.name.casefold() for t in project.tags}
+            existing = {t.name.casefold() for t in project.tags}
             seen: set[str] = set()
             for name in cleaned:
-                if name.casefold() in taken or name.casefold() in seen:
+                if name.casefold() in existing or name.casefold() in seen:
                     raise Conflict(
                         f"Project {project.name!r} already has a tag named {name!r}.", code="BadRequestTagNameNotUnique"
                     )
