@@ -239,6 +239,12 @@ class EmbedResult:
     flipped: np.ndarray | None = None
     error: ImageError | None = None
 
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(plain, flipped) of an image that was embedded; a refused image has none."""
+        if self.plain is None or self.flipped is None:
+            raise ValueError(f"Image {self.index} was not embedded: {self.error}")
+        return self.plain, self.flipped
+
 
 class Embedder:
     """Batched embedding with ONNX Runtime and a decode thread pool.

@@ -12,10 +12,12 @@ from collections.abc import Callable
 
 import pytest
 from PIL import Image
+from sqlalchemy import delete
 
 from tagvision.errors import Conflict, TrainingError
 from tagvision.service import NewImage
 from tagvision.store import queries
+from tagvision.store.models import Acquisition, AcquisitionItem
 
 WRITERS = 4
 
@@ -127,3 +129,38 @@ def test_the_same_embeddings_cached_at_once_are_kept_once(svc, monkeypatch) -> N
     assert results == [3, 3]  # both computed all three; the second writer's rows were skipped, not an error
     with svc.ctx.db.session() as session:
         assert session.query(models.Embedding).count() == 3
+
+
+def test_an_acquisition_deleted_while_its_candidates_are_added_is_no_crash(svc, monkeypatch) -> None:
+    """Committing candidates adds the images first, then marks the candidates: if the acquisition was deleted in
+    between (its candidates with it), the images stay added and there is nothing left to mark."""
+    project = svc.projects.create("p")
+    (tag,) = svc.projects.create_tags("p", ["a"])
+    with svc.ctx.db.session() as session:
+        acquisition = Acquisition(project_id=project.id, status="Completed", review=True)
+        session.add(acquisition)
+        session.flush()
+        item = AcquisitionItem(
+            acquisition_id=acquisition.id,
+            project_id=project.id,
+            tag_id=tag.id,
+            key="library:one",
+            status="Pending",
+            sha256=svc.ctx.blobs.put(png(1)),
+            source={"url": "file:///one.png"},
+        )
+        session.add(item)
+        session.flush()
+        acquisition_id, item_id = acquisition.id, item.id
+    add = svc.acquisitions.images.add
+
+    def add_then_delete(ref, items, **kwargs):
+        summary = add(ref, items, **kwargs)
+        with svc.ctx.db.session() as session:
+            session.execute(delete(Acquisition).where(Acquisition.id == acquisition_id))
+        return summary
+
+    monkeypatch.setattr(svc.acquisitions.images, "add", add_then_delete)
+    summary = svc.acquisitions.commit("p", acquisition_id, [item_id])
+    assert summary.count("OK") == 1
+    assert svc.images.count("p") == 1

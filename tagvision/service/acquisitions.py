@@ -12,12 +12,14 @@ at a time: :meth:`Acquisitions.more` gathers the next page with the look refitte
 
 from __future__ import annotations
 
+import builtins
+import functools
 import logging
 import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from tagvision import images, sources
 from tagvision.config import LIBRARY_ROOTS_ENV
@@ -172,7 +174,7 @@ class Acquisitions:
             event.set()
         return self.get(ref, acquisition_id)
 
-    def commit(self, ref: str, acquisition_id: str, item_ids: list[str]) -> ImageCreateSummary:
+    def commit(self, ref: str, acquisition_id: str, item_ids: builtins.list[str]) -> ImageCreateSummary:
         """Add the chosen candidates as training images: pending ones (the other pending ones are rejected, and
         count as negatives for the look from then on), doubtful ones, or rejected ones (undoing the rejection)."""
         with self.ctx.db.session() as session:
@@ -191,15 +193,21 @@ class Acquisitions:
             if unknown:
                 raise NotFound(f"No pending candidate {unknown[0]!r} in this acquisition.", code="NotFound")
             wanted = set(item_ids)
-            chosen = [(i.id, i.sha256, i.tag_id, i.source) for i in takeable.values() if i.id in wanted]
+            chosen = [
+                (i.id, i.sha256, i.tag_id, i.source)
+                for i in takeable.values()
+                if i.id in wanted and i.sha256 is not None  # the query took only stored ones
+            ]
         items = [
-            NewImage(source.get("url", item_id), lambda sha=sha: self.ctx.blobs.get(sha), (tag_id,), source)
+            NewImage(source.get("url", item_id), functools.partial(self.ctx.blobs.get, sha), (tag_id,), source)
             for item_id, sha, tag_id, source in chosen
         ]
         summary = self.images.add(ref, items)
         with self.ctx.db.session() as session:
             for (item_id, *_), result in zip(chosen, summary.results, strict=True):
                 item = session.get(AcquisitionItem, item_id)
+                if item is None:  # the acquisition was deleted while its images were being added
+                    continue
                 item.image_id = result.image_id
                 if result.status == "OK":
                     item.status, item.reason, item.message = "Added", None, None
@@ -212,7 +220,9 @@ class Acquisitions:
                 )
             ):
                 item.status, item.reason, item.message = "Rejected", reasons.REJECTED, "You did not keep it."
-            _recount(session, session.get(Acquisition, acquisition_id))
+            acquisition = session.get(Acquisition, acquisition_id)
+            if acquisition is not None:
+                _recount(session, acquisition)
         return summary
 
     def more(self, ref: str, acquisition_id: str) -> AcquisitionView:
@@ -239,7 +249,9 @@ class Acquisitions:
                 row.last_modified = utcnow()
             return _view(row)
 
-    def candidates(self, ref: str, acquisition_id: str, statuses: tuple[str, ...] | None = None) -> list[CandidateView]:
+    def candidates(
+        self, ref: str, acquisition_id: str, statuses: tuple[str, ...] | None = None
+    ) -> builtins.list[CandidateView]:
         """The acquisition's candidates (those in ``statuses``), in the order they were found."""
         with self.ctx.db.session() as session:
             row = _get(session, ref, acquisition_id)
@@ -250,7 +262,7 @@ class Acquisitions:
             items = session.scalars(query.order_by(AcquisitionItem.created))
             return [_candidate(i, names.get(i.tag_id, "")) for i in items]
 
-    def set_aside(self, ref: str) -> list[CandidateView]:
+    def set_aside(self, ref: str) -> builtins.list[CandidateView]:
         """The project's candidates that were not added (refused, duplicates, rejected, doubtful), newest first,
         once each: a candidate looked at again shows its latest outcome."""
         with self.ctx.db.session() as session:
@@ -274,7 +286,7 @@ class Acquisitions:
         if event is not None:
             event.set()
 
-    def interrupted(self) -> list[str]:
+    def interrupted(self) -> builtins.list[str]:
         with self.ctx.db.session() as session:
             return list(session.scalars(select(Acquisition.id).where(Acquisition.status == "Running")))
 
@@ -339,18 +351,17 @@ class Acquisitions:
             counts = {t: _filled(p) for t, p in row.progress.items()}
             min_side = int(request.get("minSide") or 0)
             _reconsider(session, project_id, acquisition_id, min_side, bool(request.get("retryRefused")))
-            settled = set(
+            settled: set[str] = set(
                 session.scalars(
                     select(AcquisitionItem.key).where(
                         AcquisitionItem.project_id == project_id, AcquisitionItem.status.in_(SETTLED)
                     )
                 )
             )
-            settled |= {
-                k
-                for k in session.scalars(select(Image.source["key"].as_string()).where(Image.project_id == project_id))
-                if k
-            }
+            image_keys: Select[str | None] = select(Image.source["key"].as_string()).where(
+                Image.project_id == project_id
+            )
+            settled |= {k for k in session.scalars(image_keys) if k}
             domain = get_project(session, project_id).domain
         look = self.looks.fit(project_id, progress)
         run = Run(acquisition_id, project_id, domain, review, look, self.ctx.spec(domain).image_size, stop=stop)
@@ -369,7 +380,7 @@ class Acquisitions:
             for provider in providers:
                 _close(provider)
 
-    def _providers(self, request: dict, look: Look | None, domain: str) -> list:
+    def _providers(self, request: dict, look: Look | None, domain: str) -> builtins.list:
         made = []
         for name in request["providers"]:
             if name == "library":

@@ -8,6 +8,7 @@ tags it is listed with (the same photo in two tag folders is one image with two 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,12 +101,12 @@ class Datasets:
             items.append(self._new_image(item, tag_ids))
         summary = self.images.add(project.id, items, progress=progress)
         extra: list[tuple[str, str]] = []
-        for item, result in zip(items, summary.results, strict=True):
+        for new, result in zip(items, summary.results, strict=True):
             if result.status == "OK":
                 report.added += 1
             elif result.status == "OKDuplicate" and result.image_id:
                 report.already_there += 1
-                extra += [(result.image_id, t) for t in item.tags]
+                extra += [(result.image_id, t) for t in new.tags]
             else:
                 report.refused.append(result)
         if extra:
@@ -160,7 +161,7 @@ def _item(img: Image, tag_names: dict[str, str], get) -> datasets.Item:
     source = img.source or {}
     stem = str(source.get("file") or source.get("name") or source.get("url") or "image").rsplit("/", 1)[-1]
     regions = tuple(
-        datasets.Region(tag_names.get(r.get("tagId"), ""), r["left"], r["top"], r["width"], r["height"])
+        datasets.Region(tag_names.get(r.get("tagId", ""), ""), r["left"], r["top"], r["width"], r["height"])
         for r in img.regions or []
     )
     return datasets.Item(
@@ -168,7 +169,7 @@ def _item(img: Image, tag_names: dict[str, str], get) -> datasets.Item:
         tuple(tag_names[t.tag_id] for t in img.tags),
         dict(img.image_metadata or {}),
         regions,
-        read=lambda sha=img.sha256: get(sha),
+        read=functools.partial(get, img.sha256),
         width=img.width,
         height=img.height,
     )

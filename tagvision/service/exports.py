@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import io
 import threading
 import zipfile
@@ -118,7 +119,10 @@ class Exports:
             if view.status != "Done":
                 raise TrainingError(f"The int8 model could not be made: {view.error}", code="ErrorExport")
             with self.ctx.db.session() as session:
-                key = session.get(Export, view.id).blob
+                row = session.get(Export, view.id)
+                if row is None or row.blob is None:  # deleted since it was made
+                    raise NotFound("This export does not exist or is not finished.", code="NotFound")
+                key = row.blob
             with zipfile.ZipFile(io.BytesIO(self.ctx.blobs.get(key))) as bundle:
                 return bundle.read("model.onnx")
 
@@ -168,7 +172,7 @@ class Exports:
             key = row.blob
         return name, self.ctx.blobs.get(key)
 
-    def interrupted(self) -> list[str]:
+    def interrupted(self) -> builtins.list[str]:
         """Exports left ``Exporting`` by a stopped process."""
         with self.ctx.db.session() as session:
             return list(session.scalars(select(Export.id).where(Export.status == "Exporting")))

@@ -14,11 +14,11 @@ mode the end of the page.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 
 from tagvision import images
 from tagvision.errors import TagvisionError
@@ -129,27 +129,29 @@ class Gathering:
             item.status, item.reason, item.detail = "Refused", done.reason, done.detail or None
             state["refused"] += 1
             state["reasons"][done.reason] = state["reasons"].get(done.reason, 0) + 1
-        elif (twin := self._twin(run, done.dhash, candidate.key)) is not None:
-            # Checked before keeping a spare, so a picture and its copy always give one duplicate, whichever
-            # download finishes first and whether or not the target was met by then.
-            item.status, item.reason, item.message = "Duplicate", reasons.DUPLICATE, twin.sentence()
-            item.detail = {"duplicateOf": twin.describe()}
-            state["duplicates"] += 1
-        elif state["added"] >= state["goal"] or run.stop.is_set():  # in flight when the goal was met or it stopped
-            item.status, item.sha256 = "Spare", self.ctx.blobs.put(done.data)
-            item.source = {**item.source, "dhash": f"{done.dhash:016x}"}
-            run.seen.append(Seen(done.dhash, candidate.key, title=candidate.title or ""))
         else:
-            verdict = verdict or self.judge(run, tag["name"], done)
-            item.score, item.detail = verdict.score, _warning(done, run.input_side)
-            if verdict.doubtful:
-                item.status, item.reason, item.message = "Doubtful", reasons.DOUBTFUL, verdict.message(tag["name"])
-                item.sha256 = self.ctx.blobs.put(done.data)
-                item.source = {**item.source, "dhash": f"{done.dhash:016x}"}
-                state["doubtful"] += 1
+            data, dhash = done.image()
+            if (twin := self._twin(run, dhash, candidate.key)) is not None:
+                # Checked before keeping a spare, so a picture and its copy always give one duplicate, whichever
+                # download finishes first and whether or not the target was met by then.
+                item.status, item.reason, item.message = "Duplicate", reasons.DUPLICATE, twin.sentence()
+                item.detail = {"duplicateOf": twin.describe()}
+                state["duplicates"] += 1
+            elif state["added"] >= state["goal"] or run.stop.is_set():  # in flight when the goal was met or it stopped
+                item.status, item.sha256 = "Spare", self.ctx.blobs.put(data)
+                item.source = {**item.source, "dhash": f"{dhash:016x}"}
+                run.seen.append(Seen(dhash, candidate.key, title=candidate.title or ""))
             else:
-                self._keep(run, tag, done, state, item, provider)
-            run.seen.append(Seen(done.dhash, candidate.key, item.image_id, candidate.title or ""))
+                verdict = verdict or self.judge(run, tag["name"], done)
+                item.score, item.detail = verdict.score, _warning(done, run.input_side)
+                if verdict.doubtful:
+                    item.status, item.reason, item.message = "Doubtful", reasons.DOUBTFUL, verdict.message(tag["name"])
+                    item.sha256 = self.ctx.blobs.put(data)
+                    item.source = {**item.source, "dhash": f"{dhash:016x}"}
+                    state["doubtful"] += 1
+                else:
+                    self._keep(run, tag, done, state, item, provider)
+                run.seen.append(Seen(dhash, candidate.key, item.image_id, candidate.title or ""))
         with self.ctx.db.session() as session:
             session.add(item)
 
@@ -162,7 +164,7 @@ class Gathering:
         if done.candidate.embedding is not None:
             plain, flipped = done.candidate.embedding
         else:
-            sha = self.ctx.blobs.put(done.data)
+            sha = self.ctx.blobs.put(done.image()[0])
             try:
                 plain, flipped = self.looks.embeddings(run.domain, [sha])
             except TagvisionError:  # validated, yet the backbone cannot decode it: let it through unjudged
@@ -181,10 +183,10 @@ class Gathering:
         """Perceptual hashes of the project's images (stored with acquired ones, computed for the rest) and of
         the candidates waiting in any acquisition (pending review, spare, doubtful)."""
         with self.ctx.db.session() as session:
-            rows = session.execute(
+            rows: Sequence[Row[str, str, dict[str, Any]]] = session.execute(
                 select(Image.id, Image.sha256, Image.source).where(Image.project_id == project_id)
             ).all()
-            waiting = session.execute(
+            waiting: Sequence[Row[str, dict[str, Any]]] = session.execute(
                 select(AcquisitionItem.key, AcquisitionItem.source).where(
                     AcquisitionItem.project_id == project_id,
                     AcquisitionItem.status.in_(("Pending", "Spare", "Doubtful")),
@@ -210,16 +212,16 @@ class Gathering:
         state["downloaded"] += 1
         if item.detail and item.detail.get("warning"):
             state["small"] = state.get("small", 0) + 1
-        item.sha256 = self.ctx.blobs.put(done.data)
+        data, dhash = done.image()
+        item.sha256 = self.ctx.blobs.put(data)
         if run.review:
             item.status = "Pending"
-            item.source = {**item.source, "dhash": f"{done.dhash:016x}"}
+            item.source = {**item.source, "dhash": f"{dhash:016x}"}
             state["added"] += 1  # counted toward the goal; the user picks among them
             return
-        source = {**candidate.source(), "dhash": f"{done.dhash:016x}"}
-        result = self.images.add(
-            run.project_id, [NewImage(candidate.url, lambda: done.data, (tag["id"],), source)]
-        ).results[0]
+        source = {**candidate.source(), "dhash": f"{dhash:016x}"}
+        new = NewImage(candidate.url, lambda: data, (tag["id"],), source)
+        result = self.images.add(run.project_id, [new]).results[0]
         item.image_id = result.image_id
         if result.status == "OK":
             item.status = "Added"
@@ -276,6 +278,8 @@ class Gathering:
             return
         again = []
         for item in kept:
+            if item.sha256 is None:  # as the query asks
+                continue
             done = _downloaded(item, self.ctx.blobs.get(item.sha256))
             again.append((item, done, self.judge(run, tag["name"], done)))
         again.sort(key=lambda x: -(x[2].score if x[2].score is not None else -1.0))  # stable: spares by age
@@ -285,7 +289,10 @@ class Gathering:
             if verdict.doubtful:
                 continue
             with self.ctx.db.session() as session:
-                session.get(AcquisitionItem, item.id).status = "Used"
+                row = session.get(AcquisitionItem, item.id)
+                if row is None:  # its acquisition was deleted meanwhile: the spare is gone
+                    continue
+                row.status = "Used"
             if item.status == "Doubtful":
                 state["doubtful"] = max(0, state["doubtful"] - (item.acquisition_id == run.acquisition_id))
             self.settle(run, tag, done, state, verdict=verdict)
@@ -294,9 +301,8 @@ class Gathering:
 
 def _downloaded(item: AcquisitionItem, data: bytes) -> Downloaded:
     """A stored candidate (spare or doubtful) as if just downloaded."""
-    candidate = Candidate(
-        **{k: item.source.get(v) for k, v in SOURCE_FIELDS.items()}, provider_id=item.key.split(":", 1)[1]
-    )
+    fields: dict[str, Any] = {k: item.source.get(v) for k, v in SOURCE_FIELDS.items()}  # stored JSON
+    candidate = Candidate(**fields, provider_id=item.key.split(":", 1)[1])
     return Downloaded(candidate, "OK", data=data, facts=images.validate(data), dhash=int(item.source["dhash"], 16))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -230,18 +231,18 @@ class Images:
         self,
         ref: str,
         *,
-        tag_ids: list[str] | None = None,
+        tag_ids: builtins.list[str] | None = None,
         untagged: bool = False,
         tagged: bool = False,
         iteration: str | None = None,
-        metadata: list[MetadataCondition] | None = None,
+        metadata: builtins.list[MetadataCondition] | None = None,
     ) -> int:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             query = self._filtered(session, project, None, tag_ids, untagged, tagged, iteration)
             if metadata:
                 return sum(_metadata_matches(r.image_metadata, metadata) for r in session.scalars(query))
-            return session.scalar(select(func.count()).select_from(query.with_only_columns(Image.id).subquery()))
+            return session.scalar(select(func.count()).select_from(query.with_only_columns(Image.id).subquery())) or 0
 
     def _filtered(self, session, project, tag, tag_ids, untagged, tagged, iteration):
         query = select(Image).where(Image.project_id == project.id)
@@ -257,7 +258,7 @@ class Images:
             query = query.where(Image.id.in_(IterationDetails.from_json(trained.details).image_ids))
         return query
 
-    def by_ids(self, ref: str, image_ids: list[str], iteration: str | None = None) -> list[ImageView]:
+    def by_ids(self, ref: str, image_ids: builtins.list[str], iteration: str | None = None) -> builtins.list[ImageView]:
         """The named images, in the order asked; unknown ids (and, given an ``iteration``, images it was not
         trained on) are left out, as Custom Vision does."""
         with self.ctx.db.session() as session:
@@ -276,7 +277,7 @@ class Images:
             raise NotFound(f"Project has no image {image_id!r}.", code="NotFoundImage")
         return self.ctx.blobs.get(sha)
 
-    def tag(self, ref: str, pairs: list[tuple[str, str]]) -> ImageTagCreateSummary:
+    def tag(self, ref: str, pairs: builtins.list[tuple[str, str]]) -> ImageTagCreateSummary:
         """Add (image id, tag id) taggings; a multiclass image keeps one tag (extra ones are ``exceeded``)."""
         created: list[tuple[str, str]] = []
         duplicated: list[tuple[str, str]] = []
@@ -313,7 +314,7 @@ class Images:
                 project.last_modified = utcnow()
         return ImageTagCreateSummary(created, duplicated, exceeded)
 
-    def set_tags(self, ref: str, image_ids: list[str], tag_ids: list[str]) -> int:
+    def set_tags(self, ref: str, image_ids: builtins.list[str], tag_ids: builtins.list[str]) -> int:
         """Give each image exactly ``tag_ids`` (a multiclass image exactly one), in one transaction: re-tagging
         in one step, where ``untag`` then ``tag`` would leave the image untagged between the two. Returns how
         many images changed."""
@@ -348,7 +349,7 @@ class Images:
                 project.last_modified = utcnow()
         return changed
 
-    def untag(self, ref: str, image_ids: list[str], tag_ids: list[str]) -> None:
+    def untag(self, ref: str, image_ids: builtins.list[str], tag_ids: builtins.list[str]) -> None:
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             for tag_id in tag_ids:
@@ -363,7 +364,9 @@ class Images:
             )
             project.last_modified = utcnow()
 
-    def set_metadata(self, ref: str, image_ids: list[str], metadata: dict[str, str]) -> list[tuple[str, str, dict]]:
+    def set_metadata(
+        self, ref: str, image_ids: builtins.list[str], metadata: dict[str, str]
+    ) -> builtins.list[tuple[str, str, dict]]:
         """Merge ``metadata`` into each image's; -> (image id, status, metadata) per id."""
         for key, value in metadata.items():
             if not key or len(key) > MAX_METADATA_KEY:
@@ -375,7 +378,7 @@ class Images:
                     f"Metadata values are strings of at most {MAX_METADATA_VALUE} characters.",
                     code="BadRequestImageMetadataValue",
                 )
-        out = []
+        out: list[tuple[str, str, dict]] = []
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
             rows = {
@@ -395,7 +398,7 @@ class Images:
                 out.append((image_id, "OK", merged))
         return out
 
-    def delete(self, ref: str, image_ids: list[str] | None = None, *, every: bool = False) -> int:
+    def delete(self, ref: str, image_ids: builtins.list[str] | None = None, *, every: bool = False) -> int:
         """Delete the named images (or ``every`` image) from a project; returns how many were deleted.
 
         Iterations keep working: they hold their own frozen heads, and blobs are content-addressed.
@@ -462,5 +465,5 @@ def image_view(img: Image, tag_names: dict[str, str]) -> ImageView:
         [(t.tag_id, tag_names[t.tag_id], t.created) for t in img.tags],
         img.source,
         dict(img.image_metadata or {}),
-        [{**r, "tagName": tag_names.get(r.get("tagId"), "")} for r in img.regions or []],
+        [{**r, "tagName": tag_names.get(r.get("tagId", ""), "")} for r in img.regions or []],
     )

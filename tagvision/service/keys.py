@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from tagvision.clock import SYSTEM, Clock
 from tagvision.errors import InvalidInput
-from tagvision.store.database import Database
+from tagvision.store.database import Database, insert_or_skip
 from tagvision.store.models import ApiKey, utcnow
 
 KINDS = ("training", "prediction")
@@ -97,11 +96,10 @@ class KeyStore:
         stored = self._stored()
         if len(stored) < len(KINDS):
             seed = self._from_file() or Keys(_new_key(), _new_key())
-            insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[self.db.dialect]
             with self.db.session() as session:  # another process may make them at the same moment: first wins
                 for kind in KINDS:
                     row = {"kind": kind, "value": getattr(seed, kind), "updated": utcnow()}
-                    session.execute(insert(ApiKey).values(row).on_conflict_do_nothing(index_elements=["kind"]))
+                    session.execute(insert_or_skip(self.db.dialect, ApiKey, row, index_elements=["kind"]))
             stored = self._stored()
         return Keys(stored["training"], stored["prediction"])
 

@@ -11,11 +11,11 @@ batch scoring reads :meth:`Knowledge.information_by_name`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Result, Row, select
 from sqlalchemy.orm import Session
 
 from tagvision.errors import InvalidInput
@@ -109,9 +109,12 @@ class Knowledge:
         if cached is not None and cached[0] == key:
             return cached[1]
         shas = {t.id: t.information_sha for t in project.tags if t.information_sha}
-        data = dict(
-            session.execute(select(Tag.id, Tag.information).where(Tag.id.in_(list(shas)))).all() if shas else []
-        )
+        data: dict[str, dict[str, Any]] = {}
+        if shas:
+            rows: Result[str, dict[str, Any]] = session.execute(
+                select(Tag.id, Tag.information).where(Tag.id.in_(list(shas)))
+            )
+            data = {tag_id: value for tag_id, value in rows}
         made = ProjectKnowledge(
             data, shas, decision_rules.from_stored(project.rules or []), self.retention(project.retention_days)
         )
@@ -135,7 +138,7 @@ class Knowledge:
         """Tag information by tag name (tags without any left out): what batch scoring attaches to its rows."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)
-            rows = session.execute(
+            rows: Sequence[Row[str, dict[str, Any]]] = session.execute(
                 select(Tag.name, Tag.information).where(Tag.project_id == project.id, Tag.information_sha.is_not(None))
             ).all()
         return {name: chosen for name, data in rows if (chosen := info.select(data, attributes))}
@@ -204,7 +207,7 @@ class Knowledge:
 
 def information_of(session: Session, project_id: str) -> dict[str, dict[str, Any]]:
     """Tag id -> information, for the project's tags that have some (one query; the column is deferred)."""
-    rows = session.execute(
+    rows: Result[str, dict[str, Any]] = session.execute(
         select(Tag.id, Tag.information).where(Tag.project_id == project_id, Tag.information_sha.is_not(None))
     )
     return {tag_id: data for tag_id, data in rows}

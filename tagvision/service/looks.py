@@ -39,8 +39,9 @@ class Looks:
                 .join(ImageTag, ImageTag.image_id == Image.id)
                 .where(Image.project_id == project_id)
             ).all()
-            rejected = list(
-                session.scalars(
+            rejected = [
+                sha
+                for sha in session.scalars(
                     select(AcquisitionItem.sha256)
                     .where(
                         AcquisitionItem.project_id == project_id,
@@ -49,7 +50,8 @@ class Looks:
                     )
                     .distinct()
                 )
-            )
+                if sha is not None  # as the query asks
+            ]
         if not tagged:
             return None
         tags = tuple(names.values())

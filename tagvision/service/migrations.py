@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Result, select
 
 from tagvision import domains
 from tagvision.clock import SYSTEM, Clock
@@ -236,6 +236,7 @@ class Migrations:
                     ProjectMigration.endpoint == endpoint, ProjectMigration.source_project_id == source.id
                 )
             ).first()
+            project: Project | None
             if record is None:
                 project = self._new_project(session, source, report)
                 record = ProjectMigration(endpoint=endpoint, source_project_id=source.id, project_id=project.id)
@@ -349,14 +350,19 @@ class Migrations:
 
     def _already_here(self, endpoint: str, source_id: str, project_id: str) -> tuple[set[str], set[str]]:
         """Source image ids brought over into the project before, and the content hashes it holds."""
-        ids, hashes = set(), set()
+        ids: set[str] = set()
+        hashes: set[str] = set()
         endpoint = normalise_endpoint(endpoint)
         with self.ctx.db.session() as session:
-            for sha, src in session.execute(select(Image.sha256, Image.source).where(Image.project_id == project_id)):
+            rows: Result[str, dict[str, Any]] = session.execute(
+                select(Image.sha256, Image.source).where(Image.project_id == project_id)
+            )
+            for sha, src in rows:
                 hashes.add(sha)
                 origin = (src or {}).get("migratedFrom") or {}
-                if origin.get("endpoint") == endpoint and origin.get("projectId") == source_id:
-                    ids.add(origin.get("imageId"))
+                same_project = origin.get("endpoint") == endpoint and origin.get("projectId") == source_id
+                if same_project and origin.get("imageId") is not None:
+                    ids.add(origin["imageId"])
         return ids, hashes
 
     def _check_tags(

@@ -168,8 +168,9 @@ class Prediction:
         model, types, knowledge = self._resolve(ref, iteration_ref, None)
         results = list(self.ctx.embedder(model.domain, model.tuned).embed([read for _, read in items]))
         good = [r for r in results if r.error is None]
+        pairs = [r.embeddings() for r in good]
         probabilities = (
-            model.head.predict_proba(np.stack([r.plain for r in good]), np.stack([r.flipped for r in good]))
+            model.head.predict_proba(np.stack([p for p, _ in pairs]), np.stack([f for _, f in pairs]))
             if good
             else np.zeros((0, len(model.tags)))
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import unicodedata
 
 from sqlalchemy import select
@@ -134,7 +135,9 @@ class Projects:
 
     # ------------------------------------------------------------------ tags
 
-    def create_tags(self, ref: str, names: list[str], description: str = "", type_: str = "Regular") -> list[TagView]:
+    def create_tags(
+        self, ref: str, names: builtins.list[str], description: str = "", type_: str = "Regular"
+    ) -> builtins.list[TagView]:
         """Create tags; all or nothing. Names must be new in the project (and distinct)."""
         cleaned = [clean_name(n, "tag") for n in names]
         if not cleaned:
@@ -146,10 +149,10 @@ class Projects:
             project = get_project(session, ref)
             if kind == "Negative" and (len(cleaned) > 1 or any(t.type == "Negative" for t in project.tags)):
                 raise InvalidInput("A project has at most one Negative tag.", code="BadRequestMultipleNegativeTag")
-            taken = {t.name.casefold() for t in project.tags}
+            existing = {t.name.casefold() for t in project.tags}
             seen: set[str] = set()
             for name in cleaned:
-                if name.casefold() in taken or name.casefold() in seen:
+                if name.casefold() in existing or name.casefold() in seen:
                     raise Conflict(
                         f"Project {project.name!r} already has a tag named {name!r}.", code="BadRequestTagNameNotUnique"
                     )
@@ -160,7 +163,7 @@ class Projects:
             session.flush()
             return [TagView(t.id, t.name, t.description, t.type, 0) for t in tags]
 
-    def list_tags(self, ref: str, iteration_ref: str | None = None) -> list[TagView]:
+    def list_tags(self, ref: str, iteration_ref: str | None = None) -> builtins.list[TagView]:
         """The project's tags with their image counts (as trained in ``iteration_ref``, when given)."""
         with self.ctx.db.session() as session:
             project = get_project(session, ref)

@@ -300,7 +300,8 @@ class Records:
         Rows go first, in one transaction; then each image file no image, prediction or acquisition refers to.
         """
         now = datetime.fromtimestamp(self.clock.time(), UTC)
-        purged, hashes = 0, set()
+        purged = 0
+        hashes: set[str] = set()
         with self.ctx.db.session() as session:
             projects = [get_project(session, ref)] if ref else list(session.scalars(select(Project)))
             for project in projects:

@@ -8,6 +8,7 @@ under ``<data dir>/scorings/`` (resumed, not restarted, after a stop), downloada
 
 from __future__ import annotations
 
+import builtins
 import csv
 import io
 import logging
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import select
 
@@ -82,6 +83,10 @@ class ScoringView:
         }
 
 
+@overload
+def check_precision(value: str) -> str: ...
+@overload
+def check_precision(value: str | None) -> str | None: ...
 def check_precision(value: str | None) -> str | None:
     """``Float32``/``Int8`` in any case (also ``fp32``/``int8``), or None."""
     if value is None:
@@ -110,6 +115,8 @@ class Scorings:
         iteration_id, chosen = self.model_choice(ref, iteration_ref, precision)
         with self.ctx.db.session() as session:
             iteration = session.get(Iteration, iteration_id)
+            if iteration is None:  # deleted since it was chosen
+                raise NotFound(f"No iteration {iteration_id!r}.", code="NotFoundIteration")
             labels = [name for _, name in IterationDetails.from_json(iteration.details).tags]
             project_id, name = iteration.project_id, iteration.name
         if chosen == "Int8":
@@ -303,7 +310,8 @@ class Scorings:
             row.last_modified = utcnow()
 
     def _counts(self, scoring_id: str) -> dict[str, Any]:
-        scored, errors = 0, {}
+        scored = 0
+        errors: dict[str, int] = {}
         for row in results.read_rows(self.results_path(scoring_id)):
             if row.error_code:
                 errors[row.error_code] = errors.get(row.error_code, 0) + 1
@@ -352,7 +360,7 @@ class Scorings:
         if event is not None:
             event.set()
 
-    def interrupted(self) -> list[str]:
+    def interrupted(self) -> builtins.list[str]:
         """Jobs a stopped process left Running."""
         with self.ctx.db.session() as session:
             return list(session.scalars(select(Scoring.id).where(Scoring.status == "Running")))

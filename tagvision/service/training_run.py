@@ -4,6 +4,7 @@ marked Completed, or Failed with the reason. Progress is written to the iteratio
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -125,7 +126,7 @@ class TrainingRun:
         result = finetune.fine_tune(
             spec,
             self.ctx.settings.models_dir,
-            [lambda h=h: self.ctx.blobs.get(h) for h in snapshot.hashes],
+            [functools.partial(self.ctx.blobs.get, h) for h in snapshot.hashes],
             snapshot.labels,
             multilabel=multilabel,
             budget_seconds=max(budget, 1.0),
@@ -203,15 +204,16 @@ class TrainingRun:
         done = 0
         pending: list[dict] = []
         progress("embedding images", 0, len(missing))
-        for result in embedder.embed([lambda h=h: self.ctx.blobs.get(h) for h in missing]):
+        for result in embedder.embed([functools.partial(self.ctx.blobs.get, h) for h in missing]):
             if result.error is not None:
                 raise TrainingError(f"Image {missing[result.index]} can no longer be decoded: {result.error.message}")
+            plain, flipped = result.embeddings()
             pending.append(
                 {
                     "sha256": missing[result.index],
                     "backbone": key,
-                    "plain": result.plain.astype("<f4").tobytes(),
-                    "flipped": result.flipped.astype("<f4").tobytes(),
+                    "plain": plain.astype("<f4").tobytes(),
+                    "flipped": flipped.astype("<f4").tobytes(),
                 }
             )
             done += 1

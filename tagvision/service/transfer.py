@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import tempfile
@@ -92,12 +93,12 @@ class Transfer:
         writer = archive.ArchiveWriter(path)
         try:
             for done, image in enumerate(image_records, 1):
-                writer.add_image(image, lambda sha=image.sha256: self.ctx.blobs.get(sha))
+                writer.add_image(image, functools.partial(self.ctx.blobs.get, image.sha256))
                 if done % 32 == 0 or done == len(image_records):
                     progress("exporting images", done, len(image_records))
             for iteration in record.iterations:
                 for key in iteration.blobs():
-                    writer.add_file(key, lambda k=key: self.ctx.blobs.get(k))
+                    writer.add_file(key, functools.partial(self.ctx.blobs.get, key))
             manifest = writer.finish(record)
         except BaseException:
             writer.abort()
@@ -310,7 +311,7 @@ def _image_row(
     unknown = [t.tagId for t in record.tags if t.tagId not in tags_map]
     if unknown:
         raise archive.invalid_archive(f"Image {record.id} names tags the archive does not have: {', '.join(unknown)}.")
-    regions = [{**r, "tagId": tags_map.get(r.get("tagId"), r.get("tagId"))} for r in record.regions or []]
+    regions = [{**r, "tagId": tags_map.get(r.get("tagId", ""), r.get("tagId"))} for r in record.regions or []]
     return Image(
         id=images_map[record.id],
         project_id=project_id,

@@ -368,7 +368,7 @@ class PredictionView:
     stored: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "id": self.id,
             "project": self.project_id,
             "iteration": self.iteration_id,

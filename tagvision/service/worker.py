@@ -67,6 +67,9 @@ class _Running:
     stopping: threading.Event = field(default_factory=threading.Event)  # interrupted to hand it back
     finished: threading.Event = field(default_factory=threading.Event)
 
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
 
 def worker_name() -> str:
     """host:pid:random, unique among live workers; the host and pid let a restarted process on the same machine
@@ -143,7 +146,7 @@ class Worker:
 
     def _busy(self, lane: str) -> int:
         with self._lock:
-            self._running = {k: r for k, r in self._running.items() if r.thread.is_alive()}
+            self._running = {k: r for k, r in self._running.items() if r.alive()}
             return sum(self.runners[r.claim.kind].lane == lane for r in self._running.values())
 
     def _start(self, claim: Claim) -> None:
@@ -264,11 +267,12 @@ class Worker:
             self._thread.join()
         if wait:
             for item in running:
-                item.thread.join()
+                if item.thread is not None:  # always set before the job is registered
+                    item.thread.join()
 
     def running(self) -> list[Claim]:
         with self._lock:
-            return [r.claim for r in self._running.values() if r.thread.is_alive()]
+            return [r.claim for r in self._running.values() if r.alive()]
 
 
 def _alive(holder: str) -> bool:

@@ -221,6 +221,7 @@ class TrainingAPI:
 
     def images(self, project_id: str) -> Iterator[SourceImage]:
         """Every image of the project, tagged and untagged, oldest first, each once."""
+        listings: list[tuple[str, dict[str, str]]]
         if self.version == "v3.2":
             listings = [(f"/projects/{project_id}/images/{kind}", {}) for kind in ("tagged", "untagged")]
         else:
@@ -257,7 +258,8 @@ class TrainingAPI:
         done = [i for i in self.iterations(project_id) if i.status == "Completed"]
         newest_first = sorted(done, key=lambda i: i.trained_at or i.created, reverse=True)
         published = [i for i in newest_first if i.publish_name]
-        return (published or newest_first or [None])[0]
+        chosen = published or newest_first
+        return chosen[0] if chosen else None
 
     def performance(self, project_id: str, iteration_id: str, threshold: float) -> SourcePerformance:
         body = self._get(f"/projects/{project_id}/iterations/{iteration_id}/performance", {"threshold": threshold})

@@ -46,6 +46,12 @@ class Downloaded:
     reason: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
+    def image(self) -> tuple[bytes, int]:
+        """(data, dhash) of a downloaded image; only an OK one has them."""
+        if self.data is None or self.dhash is None:
+            raise ValueError(f"{self.candidate.key} was not downloaded: {self.status}")
+        return self.data, self.dhash
+
 
 @dataclass
 class Downloader:

@@ -13,14 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Insert, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from tagvision.errors import StorageError
 
@@ -53,6 +55,22 @@ def is_unique_violation(exc: IntegrityError) -> bool:
     if getattr(exc.orig, "sqlstate", None) == "23505":  # psycopg's unique_violation
         return True
     return str(exc.orig).startswith("UNIQUE constraint failed")
+
+
+def insert_or_skip(
+    dialect: str,
+    table: type[DeclarativeBase],
+    values: dict[str, Any] | list[dict[str, Any]],
+    index_elements: list[str] | None = None,
+) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for SQLite or PostgreSQL: rows another writer stored first are kept.
+
+    Each dialect has its own insert construct with ``on_conflict_do_nothing``; the generic one has none."""
+    if dialect == "sqlite":
+        return sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=index_elements)
+    if dialect == "postgresql":
+        return postgresql.insert(table).values(values).on_conflict_do_nothing(index_elements=index_elements)
+    raise KeyError(dialect)
 
 
 def _config() -> Config:

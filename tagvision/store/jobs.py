@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from tagvision.store.database import Database
+from tagvision.store.database import Database, insert_or_skip
 from tagvision.store.models import Job, new_id
 
 
@@ -35,10 +34,9 @@ class Claim:
 def enqueue(db: Database, kind: str, target_id: str, again: bool = False) -> None:
     """Queue work on ``target_id``; nothing happens if a job for it exists already (whoever queued it), unless
     ``again`` and that job has finished: it is then queued once more (an acquisition's next review page)."""
-    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[db.dialect]
-    statement = insert(Job).values(id=new_id(), kind=kind, target_id=target_id, status="Queued", attempt=0)
+    row = {"id": new_id(), "kind": kind, "target_id": target_id, "status": "Queued", "attempt": 0}
     with db.engine.begin() as connection:
-        connection.execute(statement.on_conflict_do_nothing(index_elements=["kind", "target_id"]))
+        connection.execute(insert_or_skip(db.dialect, Job, row, index_elements=["kind", "target_id"]))
         if again:
             connection.execute(
                 update(Job)
@@ -132,7 +130,7 @@ def holders(db: Database, prefix: str) -> list[tuple[str, str]]:
         rows = connection.execute(
             select(Job.id, Job.worker).where(Job.status == "Running", Job.worker.startswith(prefix, autoescape=True))
         )
-        return [(job_id, worker) for job_id, worker in rows]
+        return [(job_id, worker) for job_id, worker in rows if worker is not None]  # LIKE never matches NULL
 
 
 def expire(db: Database, job_id: str, worker: str) -> None:

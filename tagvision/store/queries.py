@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 from sqlalchemy import func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from tagvision.store.database import insert_or_skip
 from tagvision.store.models import Embedding, Image, ImageTag, Iteration, Project, Tag, TagInformation, utcnow
 
 
@@ -95,9 +95,7 @@ def add_embeddings(session: Session, rows: list[dict]) -> None:
     """Cache embeddings (``sha256``, ``backbone``, ``plain``, ``flipped``), skipping any another writer cached first."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
-    session.execute(insert(Embedding).values(rows).on_conflict_do_nothing())
+    session.execute(insert_or_skip(session.get_bind().dialect.name, Embedding, rows))
 
 
 def load_embeddings(session: Session, backbone: str, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -105,12 +103,12 @@ def load_embeddings(session: Session, backbone: str, hashes: list[str]) -> tuple
     rows: dict[str, tuple[bytes, bytes]] = {}
     for start in range(0, len(hashes), 500):
         chunk = hashes[start : start + 500]
-        for sha, plain, flipped in session.execute(
+        for sha, plain_bytes, flipped_bytes in session.execute(
             select(Embedding.sha256, Embedding.plain, Embedding.flipped).where(
                 Embedding.backbone == backbone, Embedding.sha256.in_(chunk)
             )
         ):
-            rows[sha] = (plain, flipped)
+            rows[sha] = (plain_bytes, flipped_bytes)
     plain = np.stack([np.frombuffer(rows[h][0], dtype="<f4") for h in hashes])
     flipped = np.stack([np.frombuffer(rows[h][1], dtype="<f4") for h in hashes])
     return plain, flipped
@@ -139,10 +137,8 @@ def add_information_versions(session: Session, versions: dict[str, dict]) -> Non
     """Keep tag information versions (sha256 -> object), skipping those already kept (by anyone)."""
     if not versions:
         return
-    dialect = session.get_bind().dialect.name
-    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
     rows = [{"sha256": sha, "information": value, "created": utcnow()} for sha, value in versions.items()]
-    session.execute(insert(TagInformation).values(rows).on_conflict_do_nothing())
+    session.execute(insert_or_skip(session.get_bind().dialect.name, TagInformation, rows))
 
 
 def information_versions(session: Session, shas: set[str]) -> dict[str, dict]:
