@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from tagvision.service.details import IterationDetails
 from tagvision.service.projects import Projects, free_name
 from tagvision.service.training_set import Evaluation, training_fingerprint
 from tagvision.service.views import ProjectView
+from tagvision.store.blobs import file_sha256
 from tagvision.store.models import Image, ImageTag, Iteration, Project, Tag, new_id, utcnow
 
 MAX_ARCHIVE_BYTES = 64 * 1024**3  # an import by token downloads at most this much
@@ -111,7 +111,7 @@ class Transfer:
             manifest.counts["iterations"],
             manifest.counts["regions"],
             skipped,
-            _file_sha256(path),
+            file_sha256(path),
             path.stat().st_size,
         )
 
@@ -153,7 +153,7 @@ class Transfer:
                         f"The archive the token names could not be fetched: {exc.message}",
                         code="ErrorProjectImportRequestFailed",
                     ) from None
-            if _file_sha256(path) != sha:
+            if file_sha256(path) != sha:
                 raise InvalidInput(
                     "The archive fetched for the token is not the one it names.", code="BadRequestInvalidImportToken"
                 )
@@ -349,11 +349,3 @@ def _read_token(token: str) -> tuple[str, str]:
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise bad
     return url, sha
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -184,6 +184,15 @@ class BlobStore(Blobs):
         write_atomic(target, data, self.root / TEMP_DIR)
 
 
+def file_sha256(path: Path) -> str:
+    """A file's blob key (hex SHA-256), read in 1 MB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for chunk in iter(lambda: source.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_atomic(target: Path, data: bytes, temp_dir: Path | None = None) -> None:
     """Write ``data`` to ``target`` so that a reader sees all of it or nothing: temp file, fsync, rename, fsync of
     the folder (and of its parent when the folder is new). ``temp_dir`` must be on the same file system."""

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from tagvision.config import S3Settings
 from tagvision.errors import StorageError
-from tagvision.store.blobs import Blobs, check_key, check_kind
+from tagvision.store.blobs import Blobs, check_key, check_kind, file_sha256
 
 
 class S3BlobStore(Blobs):
@@ -94,7 +94,7 @@ class S3BlobStore(Blobs):
 
     def put_file(self, source: Path) -> str:
         """Hashed while read once, then uploaded by boto3's transfer manager (multipart for large files)."""
-        key = _file_sha256(source)
+        key = file_sha256(source)
         if self._size(self.object_key(key)) != source.stat().st_size:
             target = self.object_key(key)
             self._call("write a blob", self.client.upload_file, Filename=str(source), Bucket=self.bucket, Key=target)
@@ -115,7 +115,7 @@ class S3BlobStore(Blobs):
             self._call(
                 "read a blob", self.client.download_file, Bucket=self.bucket, Key=self.object_key(key), Filename=tmp
             )
-            if _file_sha256(Path(tmp)) != key:
+            if file_sha256(Path(tmp)) != key:
                 raise StorageError(f"Blob {key} in {self.url} does not hold the bytes its name says.")
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, path)
@@ -156,14 +156,6 @@ class S3BlobStore(Blobs):
             return method(**kwargs)
         except Exception as exc:  # botocore's ClientError, BotoCoreError (connection, credentials, ...)
             raise _storage_error(what, exc, self.url) from None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        for chunk in iter(lambda: source.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _status(exc) -> int | None:
