@@ -75,7 +75,7 @@ def start(log: Path | None = None) -> S3Server:
     output = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (kept open for the process)
     process = subprocess.Popen([command, "-H", "127.0.0.1", "-p", str(port)], stdout=output, stderr=output)
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a give-up deadline only
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise Unavailable(f"moto_server exited with {process.returncode}")
@@ -85,4 +85,4 @@ def start(log: Path | None = None) -> S3Server:
         except httpx.TransportError:
             time.sleep(0.1)
     process.kill()
-    raise Unavailable("moto_server did not answer in 120 s")
+    raise Unavailable("moto_server did not answer in 600 s")

@@ -34,7 +34,7 @@ class Server:
         self.training_key = ""
         self.prediction_key = ""
 
-    def start(self, timeout: float = 60.0) -> Server:
+    def start(self, timeout: float = 600.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "server.json").unlink(missing_ok=True)
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 (kept open for the process)
@@ -122,7 +122,7 @@ class Worker:
         self.process: subprocess.Popen | None = None
         self.name = ""
 
-    def start(self, timeout: float = 60.0) -> Worker:
+    def start(self, timeout: float = 600.0) -> Worker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "worker.json").unlink(missing_ok=True)
         log = open(self.data_dir / "worker.log", "ab")  # noqa: SIM115 (kept open for the process)
