@@ -77,6 +77,17 @@ def put_back(path: Path, data: bytes) -> None:
     os.replace(spare, path)
 
 
+def wait_for(condition: Callable[[], T], what: str, timeout: float = 600, pause: float = 0.05) -> T:
+    """``condition()`` once it is truthy. The deadline only gives up: pytest-timeout guards first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(pause)
+    raise AssertionError(f"still waiting for {what} after {timeout} s")
+
+
 def wait_until(
     condition: Callable[[], T | None],
     process: subprocess.Popen,

@@ -16,8 +16,39 @@ import httpx
 from tests.conftest import MODELS, REPO
 
 
-class Server:
+class _Process:
+    """What a server and a worker process share: their log file in the data dir, kill -9 and a clean stop."""
+
+    LOG = ""
+    STOP_WAIT = 20.0  # seconds a clean stop may take before it becomes a kill
+
+    data_dir: Path
+    process: subprocess.Popen | None
+
+    def log(self) -> str:
+        path = self.data_dir / self.LOG
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up at all, as in a power cut or an OOM kill (a worker's jobs keep its name until
+        their leases lapse)."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(self.STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Server(_Process):
     """Starts ``python -m tagvision.cli serve --port 0`` on a data dir; ``endpoint`` and keys once up."""
+
+    LOG = "server.log"
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         """``args``: more options for ``serve`` (``--no-worker`` for an API replica)."""
@@ -37,7 +68,7 @@ class Server:
     def start(self, timeout: float = 600.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "server.json").unlink(missing_ok=True)
-        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 (kept open for the process)
+        log = open(self.data_dir / self.LOG, "ab")  # noqa: SIM115 (kept open for the process)
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -87,24 +118,6 @@ class Server:
     def prediction_headers(self) -> dict[str, str]:
         return {"Prediction-Key": self.prediction_key}
 
-    def log(self) -> str:
-        path = self.data_dir / "server.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up at all, as in a power cut or an OOM kill."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
     def __enter__(self) -> Server:
         return self.start()
 
@@ -112,9 +125,12 @@ class Server:
         self.stop()
 
 
-class Worker:
+class Worker(_Process):
     """A ``python -m tagvision.cli worker`` process on a data dir of its own; ``name`` (its worker name, which
     the jobs it claims carry) once it runs."""
+
+    LOG = "worker.log"
+    STOP_WAIT = 60.0  # it finishes a training or export under way
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
@@ -125,7 +141,7 @@ class Worker:
     def start(self, timeout: float = 600.0) -> Worker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "worker.json").unlink(missing_ok=True)
-        log = open(self.data_dir / "worker.log", "ab")  # noqa: SIM115 (kept open for the process)
+        log = open(self.data_dir / self.LOG, "ab")  # noqa: SIM115 (kept open for the process)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tagvision.cli", "worker", "--data-dir", str(self.data_dir)],
             cwd=REPO,
@@ -143,21 +159,3 @@ class Worker:
             time.sleep(0.1)
         self.kill()
         raise RuntimeError(f"worker did not start in {timeout} s: {self.log()[-2000:]}")
-
-    def log(self) -> str:
-        path = self.data_dir / "worker.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL, as in a power cut or an OOM kill: its jobs keep its name until their leases lapse."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.kill()

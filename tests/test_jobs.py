@@ -27,6 +27,7 @@ from tagvision.store import jobs as queue
 from tagvision.store.database import Database
 from tagvision.store.models import Iteration, Job
 from tests.conftest import CLOTHING, DATABASES, each_database, photos
+from tests.gates import wait_for
 
 LEASE = 30.0
 
@@ -43,15 +44,9 @@ def db(database_url: str | None, tmp_path: Path):
     opened.close()
 
 
-def until(condition, what: str, timeout: float = 600):
-    """``condition()`` once true (a give-up deadline only; pytest-timeout guards first)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"still waiting for {what}")
+def until(condition, what: str):
+    """``condition()`` once true, looked at often: these tests wait on threads of this process."""
+    return wait_for(condition, what, pause=0.005)
 
 
 def job_row(db: Database, job_id: str) -> Job:

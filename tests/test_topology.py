@@ -31,6 +31,7 @@ from azure.cognitiveservices.vision.customvision.training.models import ImageFil
 from msrest.authentication import ApiKeyCredentials
 
 from tests.conftest import CLOTHING, MODELS, REPO, photos
+from tests.gates import wait_for
 from tests.server import Server, Worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.process]
@@ -104,16 +105,6 @@ def trainer(server: Server) -> CustomVisionTrainingClient:
 def predictor(server: Server, key: str | None = None) -> CustomVisionPredictionClient:
     credentials = ApiKeyCredentials(in_headers={"Prediction-key": key or server.prediction_key})
     return CustomVisionPredictionClient(server.endpoint, credentials)
-
-
-def wait_for(condition, what: str, timeout: float = GIVE_UP):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"still waiting for {what} after {timeout} s")
 
 
 def trained(client: CustomVisionTrainingClient, project_id: str, iteration_id: str):
